@@ -1,0 +1,212 @@
+"""The ``hematovision`` command: a thin layer that parses arguments, calls the API and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import __version__
+from .errors import HematoVisionError
+
+out = Console(highlight=False)            # results: stdout
+err = Console(stderr=True, highlight=False)  # messages: stderr
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+# ---------------------------------------------------------------- data
+def cmd_data_synth(args) -> int:
+    from .data import make_synthetic
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    path = make_synthetic(args.out, classes, args.per_class, args.size, args.seed,
+                          overwrite=args.overwrite, show_progress=not args.quiet)
+    out.print(f"wrote {len(classes) * args.per_class} images of {', '.join(classes)} to {path}")
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from .data import fetch
+    info = fetch(args.name, args.dest, archive=args.archive, sha256=args.sha256, url=args.url,
+                 show_progress=not args.quiet)
+    out.print(f"{info['name']} installed in {info['path']}")
+    out.print(f"archive SHA-256 {info['sha256']}" + (" (verified)" if info["verified"] else
+                                                     " (no published checksum; pin it with --sha256)"))
+    out.print(f"licence {info['licence']}; cite: {info['citation']}")
+    return 0
+
+
+def cmd_data_inspect(args) -> int:
+    from .data import inspect_folder
+    summary = inspect_folder(args.folder, show_progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        table = Table(title=f"{summary['root']}: {summary['total']} readable images")
+        table.add_column("class")
+        table.add_column("images", justify="right")
+        table.add_column("share", justify="right")
+        for c, n in summary["counts"].items():
+            table.add_row(c, str(n), f"{100 * n / max(summary['total'], 1):.1f}%")
+        out.print(table)
+        ratio = summary["imbalance_ratio"]
+        out.print(f"imbalance (largest / smallest class): {_fmt(ratio)}")
+        out.print("sizes: " + ", ".join(f"{s} ({n})" for s, n in list(summary["sizes"].items())[:5]))
+        out.print("modes: " + ", ".join(f"{m} ({n})" for m, n in summary["modes"].items()))
+        if summary["unreadable"]:
+            out.print(f"[bold red]{len(summary['unreadable'])} unreadable file(s):[/]")
+            for u in summary["unreadable"]:
+                out.print(f"  {u['path']}: {u['error']}", markup=False)
+        else:
+            out.print("no unreadable files")
+    return 0
+
+
+# ---------------------------------------------------------------- train / evaluate
+def print_metrics(metrics: dict, title: str) -> None:
+    summary = Table(title=title)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    for k in ("n", "accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
+              "f1_weighted", "roc_auc_macro", "ece"):
+        summary.add_row(k, _fmt(metrics.get(k)))
+    out.print(summary)
+    per_class = Table(title="per class")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for c, m in metrics["per_class"].items():
+        per_class.add_row(c, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]),
+                          str(m["support"]))
+    out.print(per_class)
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("")
+    for c in metrics["classes"]:
+        cm.add_column(c[:6], justify="right")
+    for c, row in zip(metrics["classes"], metrics["confusion_matrix"]):
+        cm.add_row(c, *map(str, row))
+    out.print(cm)
+
+
+def cmd_train(args) -> int:
+    from .training import TrainConfig, train
+    cfg = TrainConfig(
+        data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
+        batch_size=args.batch_size, image_size=args.image_size, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, pretrained=args.pretrained, weights=args.weights,
+        class_weights=args.class_weights, label_smoothing=args.label_smoothing,
+        patience=args.patience, augment=not args.no_augment, max_per_class=args.max_per_class,
+        device=args.device, resume=args.resume, overwrite=args.overwrite,
+        show_progress=not args.quiet)
+    run = train(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    shown = "test" if "test" in metrics else "val"
+    print_metrics(metrics[shown], f"{cfg.arch}: {shown} split")
+    out.print(f"run folder: {run}\nreport: {run / 'report.html'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_run
+    metrics = evaluate_run(args.model, args.data, args.split, args.out, show_progress=not args.quiet)
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print_metrics(metrics, f"{Path(args.model).name} on {Path(args.data).name} ({args.split})")
+        out.print(f"report: {metrics['report']}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hematovision",
+                                description="Blood-cell classification in microscope images.")
+    p.add_argument("--version", action="version", version=f"hematovision {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="create, fetch and inspect data sets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write the simulated data set")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--classes", default="lymphocyte,neutrophil",
+                   help="comma-separated (lymphocyte, neutrophil, eosinophil, monocyte, "
+                        "basophil, platelet)")
+    s.add_argument("--per-class", type=int, default=50)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_data_synth)
+    f = dsub.add_parser("fetch", help="download and install a public data set")
+    f.add_argument("name", choices=["pbc", "bccd"])
+    f.add_argument("--dest", required=True, help="folder to install into (as DEST/NAME)")
+    f.add_argument("--archive", help="install from an archive already downloaded")
+    f.add_argument("--sha256", help="expected SHA-256 of the archive")
+    f.add_argument("--url", help="download from this address instead (a mirror)")
+    f.set_defaults(func=cmd_data_fetch)
+    i = dsub.add_parser("inspect", help="class balance, image sizes, unreadable files")
+    i.add_argument("folder")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_data_inspect)
+
+    t = sub.add_parser("train", help="train a classifier on a class-per-folder data set")
+    t.add_argument("--data", required=True)
+    t.add_argument("--arch", default="seed-cnn",
+                   help="seed-cnn, efficientnet_lite0 or any timm model name")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--image-size", type=int, default=128)
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--test-fraction", type=float, default=0.1)
+    t.add_argument("--out", default="runs/latest")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--optimizer", choices=["adam", "adamw"], default="adamw")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
+    t.add_argument("--weights", help="pretrained weights from this URL or file (implies --pretrained)")
+    t.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--patience", type=int, default=5, help="early stopping on val macro-F1")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--max-per-class", type=int, help="use at most N images per class")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a trained run on a data folder")
+    e.add_argument("--model", required=True, help="run folder")
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    e.add_argument("--out", help="where to write eval-<split>.json/.html (default: the run)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+                        force=True)
+    try:
+        return args.func(args)
+    except HematoVisionError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # one line, never wrapped
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

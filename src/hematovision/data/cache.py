@@ -1,0 +1,55 @@
+"""Decode each image once: resized uint8 arrays on disk, keyed by file content and size."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..preprocess import PreprocessSpec
+
+
+class DecodeCache:
+    """A folder of ``.npy`` files named by the SHA-256 of the image file and the resize spec.
+
+    Content keys mean a renamed or moved file is still a hit, and an edited file a miss.
+    """
+
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) if root else None
+
+    @classmethod
+    def default(cls) -> "DecodeCache":
+        """``$HEMATOVISION_CACHE`` or ``~/.cache/hematovision``; ``HEMATOVISION_CACHE=off`` disables."""
+        env = os.environ.get("HEMATOVISION_CACHE")
+        if env == "off":
+            return cls(None)
+        base = Path(env) if env else Path.home() / ".cache" / "hematovision"
+        return cls(base / "decoded")
+
+    def _path(self, key: str, spec: PreprocessSpec) -> Path:
+        return self.root / f"{spec.input_size}-{spec.resample}" / key[:2] / f"{key}.npy"
+
+    def get(self, key: str, spec: PreprocessSpec) -> np.ndarray | None:
+        if self.root is None:
+            return None
+        path = self._path(key, spec)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        size = spec.input_size
+        return arr if arr.shape == (size, size, 3) and arr.dtype == np.uint8 else None
+
+    def put(self, key: str, spec: PreprocessSpec, arr: np.ndarray) -> None:
+        if self.root is None:
+            return
+        path = self._path(key, spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write-then-rename so a concurrent reader never sees half a file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, path)

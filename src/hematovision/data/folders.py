@@ -1,0 +1,130 @@
+"""Class-per-folder data sets: scanning, class names, decoding with the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HematoVisionError
+from ..preprocess import PreprocessSpec, load_resized
+from ..progress import progress_bar
+from .cache import DecodeCache
+
+log = logging.getLogger("hematovision")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def normalize_class_name(name: str) -> str:
+    """'Immature Granulocyte ' -> 'immature_granulocyte' (case, spaces and dashes)."""
+    return re.sub(r"[\s\-]+", "_", name.strip().lower()).strip("_")
+
+
+@dataclass
+class ImageFolder:
+    """Image files of a class-per-folder tree, with their labels."""
+
+    root: Path
+    classes: list[str]
+    paths: list[Path]
+    labels: np.ndarray  # index into classes
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def counts(self) -> dict[str, int]:
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+
+    def subset(self, mask: np.ndarray) -> "ImageFolder":
+        idx = np.flatnonzero(mask)
+        return ImageFolder(self.root, self.classes, [self.paths[i] for i in idx], self.labels[idx])
+
+
+def scan_folder(root: str | Path) -> ImageFolder:
+    """Find ``root/<class>/**/<image>`` files. Class names are normalised; folders whose
+    names normalise to the same class are merged. Raises on a missing or empty folder."""
+    root = Path(root)
+    if not root.exists():
+        raise HematoVisionError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise HematoVisionError(f"not a folder: {root}")
+    by_class: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in sub.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            by_class.setdefault(normalize_class_name(sub.name), []).extend(files)
+    if not by_class:
+        raise HematoVisionError(
+            f"no images found in {root}: expected one sub-folder per class, e.g. "
+            f"{root}/lymphocyte/*.jpg")
+    classes = sorted(by_class)
+    paths = [p for c in classes for p in by_class[c]]
+    labels = np.array([i for i, c in enumerate(classes) for _ in by_class[c]], dtype=np.int64)
+    return ImageFolder(root, classes, paths, labels)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class DecodedImages:
+    """Resized uint8 images of an ImageFolder, with the files that failed to decode dropped."""
+
+    folder: ImageFolder
+    arrays: np.ndarray      # N x H x W x 3 uint8
+    sha256: list[str]
+
+
+def decode_folder(folder: ImageFolder, spec: PreprocessSpec, cache: DecodeCache | None = None,
+                  workers: int = 2, show_progress: bool = True) -> DecodedImages:
+    """Decode and resize every image once (through the cache). Files that are not
+    decodable images are skipped with a warning naming each; a class left empty is an error."""
+    cache = cache or DecodeCache.default()
+
+    def work(path: Path):
+        try:
+            data = path.read_bytes()
+            key = hashlib.sha256(data).hexdigest()
+            arr = cache.get(key, spec)
+            if arr is None:
+                arr = load_resized(data, spec)
+                cache.put(key, spec, arr)
+            return arr, key, None
+        except HematoVisionError as exc:
+            return None, None, str(exc).removeprefix("image: ")
+        except OSError as exc:
+            return None, None, str(exc)
+
+    arrays, hashes, keep, skipped = [], [], [], []
+    with progress_bar("decoding", len(folder), enabled=show_progress) as bar, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, (arr, key, err) in enumerate(pool.map(work, folder.paths)):
+            if err is None:
+                arrays.append(arr)
+                hashes.append(key)
+                keep.append(i)
+            else:
+                skipped.append((folder.paths[i], err))
+                log.warning("skipping %s: %s", folder.paths[i], err)
+            bar.advance()
+    kept = folder.subset(np.isin(np.arange(len(folder)), keep))
+    kept.skipped = skipped
+    had = folder.counts()
+    empty = [c for c, n in kept.counts().items() if n == 0 and had[c] > 0]
+    if empty:
+        raise HematoVisionError(f"no readable images left in class(es): {', '.join(empty)}")
+    size = spec.input_size
+    stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    return DecodedImages(kept, stacked, hashes)

@@ -1,0 +1,93 @@
+"""Deterministic stratified train/val/test splits, saved as a manifest next to the run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from ..errors import HematoVisionError
+from .folders import ImageFolder
+
+SPLITS = ("train", "val", "test")
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
+                     seed: int) -> np.ndarray:
+    """Assign each item to 'train', 'val' or 'test', stratified by label, fixed by ``seed``."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise HematoVisionError("--val-fraction and --test-fraction must be in [0, 1) and sum below 1")
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    if counts.min() < needed:
+        raise HematoVisionError(
+            f"a class has only {counts.min()} image(s); at least {needed} per class are needed "
+            f"for a stratified train/val/test split")
+    idx = np.arange(len(labels))
+    out = np.full(len(labels), "train", dtype=object)
+    rest = idx
+    if test_fraction > 0:
+        rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels,
+                                      random_state=seed)
+        out[test] = "test"
+    if val_fraction > 0:
+        _, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
+                                  stratify=labels[rest], random_state=seed)
+        out[val] = "val"
+    return out.astype(str)
+
+
+@dataclass
+class SplitManifest:
+    """Which file went to which split: written once, read by evaluation."""
+
+    classes: list[str]
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    data_root: str
+    files: list[dict]  # {"path": relative posix path, "label": class, "split": name, "sha256"}
+
+    @property
+    def sha256(self) -> str:
+        lines = "\n".join(f"{f['path']}\t{f['label']}\t{f['split']}\t{f.get('sha256', '')}"
+                          for f in self.files)
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {s: {c: 0 for c in self.classes} for s in SPLITS}
+        for f in self.files:
+            out[f["split"]][f["label"]] += 1
+        return out
+
+    def entries(self, split: str) -> list[dict]:
+        return [f for f in self.files if split == "all" or f["split"] == split]
+
+    def save(self, path: Path) -> None:
+        data = {"classes": self.classes, "seed": self.seed, "val_fraction": self.val_fraction,
+                "test_fraction": self.test_fraction, "data_root": self.data_root,
+                "sha256": self.sha256, "counts": self.counts(), "files": self.files}
+        Path(path).write_text(json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "SplitManifest":
+        try:
+            d = json.loads(Path(path).read_text())
+            return cls(d["classes"], d["seed"], d["val_fraction"], d["test_fraction"],
+                       d["data_root"], d["files"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise HematoVisionError(f"cannot read split manifest {path}: {exc}") from None
+
+    @classmethod
+    def build(cls, folder: ImageFolder, sha256: list[str], val_fraction: float,
+              test_fraction: float, seed: int) -> "SplitManifest":
+        split = stratified_split(folder.labels, val_fraction, test_fraction, seed)
+        files = [{"path": folder.relative(p), "label": folder.classes[y], "split": s, "sha256": h}
+                 for p, y, s, h in zip(folder.paths, folder.labels, split, sha256)]
+        return cls(list(folder.classes), seed, val_fraction, test_fraction,
+                   str(folder.root.resolve()), files)

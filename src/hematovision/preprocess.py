@@ -1,0 +1,163 @@
+"""The one definition of preprocessing, shared by training, evaluation, export and serving.
+
+An image goes through three steps:
+  1. ``to_rgb``: decode and convert any mode (L, P, RGBA, I;16, CMYK...) to 8-bit RGB;
+  2. ``resize``: square resize to the model's input size, kept as uint8 (this is what the
+     decode cache stores);
+  3. ``normalize``: scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel,
+     channels first.
+The spec is serialised into ``model.json`` so that serving reproduces it exactly, with no torch.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import HematoVisionError
+
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
+
+# Refuse absurdly large images before decoding them (a decompression bomb guard).
+Image.MAX_IMAGE_PIXELS = 64_000_000
+MIN_IMAGE_SIDE = 16
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How pixels become a model input."""
+
+    input_size: int = 128
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resample: str = "bilinear"
+    layout: str = "NCHW"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            resample=d.get("resample", "bilinear"),
+            layout=d.get("layout", "NCHW"),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise HematoVisionError(f"cannot read an image from an array of shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating):
+            scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+            arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
+        elif arr.dtype == np.uint16:
+            arr = (arr // 257).astype(np.uint8)
+        else:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    # Transparent areas become white, the colour of an empty bright-field background.
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(image: ImageInput) -> Image.Image:
+    """Decode ``image`` (path, bytes, PIL image or array) into an 8-bit RGB PIL image.
+
+    EXIF orientation is honoured; 16-bit and float images are rescaled, not clipped.
+    Raises HematoVisionError when the input is not a decodable image or is too small.
+    """
+    name = None
+    try:
+        if isinstance(image, (str, Path)):
+            name = str(image)
+            with Image.open(image) as opened:
+                opened.load()
+                img = ImageOps.exif_transpose(opened)  # always a copy, valid after close
+        elif isinstance(image, bytes):
+            img = Image.open(io.BytesIO(image))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        elif isinstance(image, Image.Image):
+            img = image
+        elif isinstance(image, np.ndarray):
+            img = _array_to_pil(image)
+        else:
+            raise HematoVisionError(f"cannot read an image from a {type(image).__name__}")
+    except HematoVisionError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise HematoVisionError(f"{name or 'image'}: too large to decode safely ({exc})") from None
+    except UnidentifiedImageError:
+        raise HematoVisionError(f"{name or 'image'}: not an image file (unknown format)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise HematoVisionError(f"{name or 'image'}: not a readable image ({exc})") from None
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if img.mode in ("I;16", "I;16B", "I;16L"):
+            lo, hi = 0.0, 65535.0
+        arr = (arr - lo) / max(hi - lo, 1e-9) * 255.0
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = _flatten_alpha(img)
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    if min(img.size) < MIN_IMAGE_SIDE:
+        raise HematoVisionError(
+            f"{name or 'image'}: too small ({img.size[0]}x{img.size[1]} px; "
+            f"at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
+    return img
+
+
+def resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """Square-resize an RGB image to the spec's input size; returns HxWx3 uint8."""
+    size = spec.input_size
+    out = img.resize((size, size), _RESAMPLE[spec.resample])
+    return np.asarray(out, dtype=np.uint8)
+
+
+def load_resized(image: ImageInput, spec: PreprocessSpec) -> np.ndarray:
+    """Decode and resize one image: HxWx3 uint8, the unit the decode cache stores."""
+    return resize(to_rgb(image), spec)
+
+
+def normalize(batch_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """NHWC uint8 (or HWC) -> NCHW float32 scaled to [0, 1] and standardised by the spec."""
+    batch = np.asarray(batch_uint8)
+    if batch.ndim == 3:
+        batch = batch[None]
+    x = batch.astype(np.float32) / 255.0
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def prepare(images: list[ImageInput], spec: PreprocessSpec) -> np.ndarray:
+    """Everything at once: inputs -> model-ready NCHW float32 batch."""
+    return normalize(np.stack([load_resized(im, spec) for im in images]), spec)

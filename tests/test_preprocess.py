@@ -1,0 +1,96 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.errors import HematoVisionError
+from hematovision.preprocess import PreprocessSpec, load_resized, normalize, prepare, to_rgb
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_grayscale_becomes_three_equal_channels():
+    img = Image.fromarray(np.full((40, 30), 77, np.uint8), "L")
+    out = np.asarray(to_rgb(img))
+    assert out.shape == (40, 30, 3) and (out == 77).all()
+
+
+def test_rgba_transparency_becomes_white_background():
+    arr = np.zeros((20, 20, 4), np.uint8)
+    arr[:10, :, :] = (200, 10, 10, 255)   # opaque red top half, transparent bottom half
+    out = np.asarray(to_rgb(Image.fromarray(arr, "RGBA")))
+    assert tuple(out[0, 0]) == (200, 10, 10)
+    assert tuple(out[-1, -1]) == (255, 255, 255)
+
+
+def test_palette_image_keeps_its_colours():
+    img = Image.new("P", (24, 24))
+    img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    img.paste(1, (0, 0, 24, 12))
+    out = np.asarray(to_rgb(_png_bytes(img)))
+    assert tuple(out[0, 0]) == (10, 200, 30) and tuple(out[-1, 0]) == (0, 0, 0)
+
+
+def test_16_bit_image_is_rescaled_not_clipped(tmp_path):
+    arr = np.zeros((32, 32), np.uint16)
+    arr[:, 16:] = 65535
+    arr[:, :16] = 32768
+    path = tmp_path / "deep.png"
+    Image.fromarray(arr).save(path)
+    out = np.asarray(to_rgb(path))
+    assert out[0, 20, 0] == 255
+    assert 120 <= out[0, 0, 0] <= 135  # half of full scale, not 255 from clipping
+
+
+def test_array_inputs_hwc_chw_float():
+    hwc = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    chw_float = np.moveaxis(hwc, -1, 0).astype(np.float32) / 255
+    a, b = np.asarray(to_rgb(hwc)), np.asarray(to_rgb(chw_float))
+    assert a.shape == b.shape == (32, 32, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    img.save(path, exif=exif, quality=95)
+    out = to_rgb(path)
+    assert out.size == (20, 40)
+
+
+def test_not_an_image_and_too_small_are_clear_errors(tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    with pytest.raises(HematoVisionError, match="notes.jpg: not an image file"):
+        to_rgb(bad)
+    with pytest.raises(HematoVisionError, match="too small"):
+        to_rgb(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_normalize_scales_and_standardises():
+    spec = PreprocessSpec(input_size=4, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    batch = np.full((2, 4, 4, 3), 255, np.uint8)
+    x = normalize(batch, spec)
+    assert x.shape == (2, 3, 4, 4) and x.dtype == np.float32
+    assert np.allclose(x, 1.0)
+    assert np.allclose(normalize(np.zeros((4, 4, 3), np.uint8), spec), -1.0)
+
+
+def test_resize_and_prepare_follow_the_spec():
+    spec = PreprocessSpec(input_size=48)
+    img = Image.new("RGB", (360, 363), (10, 20, 30))
+    assert load_resized(img, spec).shape == (48, 48, 3)
+    assert prepare([img, img], spec).shape == (2, 3, 48, 48)
+
+
+def test_spec_round_trips_through_json_dict():
+    spec = PreprocessSpec(input_size=96, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec

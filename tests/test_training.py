@@ -1,0 +1,99 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import hematovision.training.loop as loop
+from hematovision.errors import HematoVisionError, TrainingInterrupted
+from hematovision.training import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_seed_cnn_learns_the_synthetic_set(synth_run):
+    metrics = json.loads((synth_run / "metrics.json").read_text())
+    # two classes: chance is 0.5
+    assert metrics["val"]["accuracy"] >= 0.85
+    assert metrics["test"]["accuracy"] >= 0.85
+    assert metrics["epochs_run"] == 3
+
+
+def test_run_folder_holds_everything(synth_run):
+    for name in ("best.pt", "checkpoint.pt", "model.json", "history.csv", "metrics.json",
+                 "split.json", "report.html", "plots/training_curves.png",
+                 "plots/report_confusion_matrix.png", "plots/report_roc.png",
+                 "plots/report_per_class.png"):
+        assert (synth_run / name).is_file(), name
+    meta = json.loads((synth_run / "model.json").read_text())
+    assert meta["classes"] == ["lymphocyte", "neutrophil"]
+    assert meta["architecture"] == "seed-cnn" and meta["input_size"] == 64
+    assert meta["preprocess"]["mean"] == [0.0, 0.0, 0.0]
+    split = json.loads((synth_run / "split.json").read_text())
+    assert meta["data"]["manifest_sha256"] == split["sha256"]
+    assert meta["training"]["epochs"] == 3 and "accuracy" in meta["metrics"]["test"]
+    with open(synth_run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert '<img src="plots/training_curves.png"' in (synth_run / "report.html").read_text()
+
+
+def test_existing_output_needs_overwrite_and_one_class_is_refused(synth_dir, synth_run, tmp_path):
+    with pytest.raises(HematoVisionError, match="exists; pass --overwrite"):
+        train(data=str(synth_dir), out=str(synth_run), epochs=1, show_progress=False)
+    one = tmp_path / "one"
+    (one / "lymphocyte").mkdir(parents=True)
+    for p in sorted((synth_dir / "lymphocyte").iterdir())[:4]:
+        (one / "lymphocyte" / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(HematoVisionError, match="only one class"):
+        train(data=str(one), out=str(tmp_path / "r"), epochs=1, show_progress=False)
+
+
+def test_interrupt_leaves_a_resumable_checkpoint(synth_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    common = dict(data=str(synth_dir), out=str(out), arch="seed-cnn", image_size=64,
+                  batch_size=16, epochs=3, seed=1, show_progress=False)
+    real_augment = loop.augment_batch
+    calls = {"n": 0}
+
+    def interrupting_augment(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in the second epoch (4 batches per epoch)
+            raise KeyboardInterrupt
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "augment_batch", interrupting_augment)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(**common)
+    monkeypatch.setattr(loop, "augment_batch", real_augment)
+    with pytest.raises(HematoVisionError, match="different settings: seed"):
+        train(**{**common, "seed": 2, "resume": True})
+    train(**common, resume=True)
+    with open(out / "history.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(synth_dir, tmp_path):
+    with pytest.raises(HematoVisionError, match="nothing to resume"):
+        train(data=str(synth_dir), out=str(tmp_path / "none"), resume=True, show_progress=False)
+
+
+def test_same_seed_same_split_and_same_result(synth_dir, synth_run, tmp_path):
+    again = train(data=str(synth_dir), out=str(tmp_path / "again"), arch="seed-cnn", epochs=3,
+                  image_size=64, batch_size=16, seed=0, show_progress=False)
+    a = json.loads((synth_run / "split.json").read_text())
+    b = json.loads((again / "split.json").read_text())
+    assert a["sha256"] == b["sha256"]
+    assert np.allclose(np.load(synth_run / "test_probs.npy"), np.load(again / "test_probs.npy"),
+                       atol=1e-5)
+
+
+@pytest.mark.pbc
+def test_transfer_learning_on_real_pbc_beats_chance(pbc_dir, tmp_path):
+    """A short EfficientNet-Lite0 run on a small subset of the real PBC images."""
+    run = train(data=str(pbc_dir), out=str(tmp_path / "pbc"), arch="efficientnet_lite0",
+                pretrained=True, epochs=3, max_per_class=40, val_fraction=0.2,
+                test_fraction=0.25, lr=2e-3, image_size=96, seed=0, show_progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 80
+    assert metrics["test"]["accuracy"] >= 0.5  # 8 classes: chance is 0.125
