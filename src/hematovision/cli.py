@@ -125,6 +125,96 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export / predict
+def cmd_export(args) -> int:
+    from .export import export_run
+    path = export_run(args.model, args.out, int8=args.int8, data_dir=args.data,
+                      overwrite=args.overwrite, show_progress=not args.quiet)
+    meta = json.loads((path / "model.json").read_text())
+    out.print(f"model artifact: {path}")
+    out.print(f"checks: {json.dumps(meta['checks'])}")
+    test = meta["metrics"].get("test")
+    if test:
+        out.print(f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['f1_macro']:.4f}, "
+                  f"ECE {test['ece_before']:.4f} -> {test['ece_after']:.4f} after temperature "
+                  f"scaling (T={meta['temperature']:.3f})")
+    return 0
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files as given, folders searched recursively for images, globs expanded; in order."""
+    import glob
+
+    from .data.folders import IMAGE_SUFFIXES
+    found: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found += sorted(str(p) for p in path.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in pattern for ch in "*?["):
+            found += sorted(glob.glob(pattern, recursive=True))
+        else:
+            found.append(pattern)
+    return found
+
+
+def cmd_predict(args) -> int:
+    from .inference import Classifier, heatmap_overlay
+    from .preprocess import to_rgb
+    from .progress import progress_bar
+
+    classifier = Classifier.load(args.model, precision=args.precision)
+    paths = expand_inputs(args.paths)
+    if not paths:
+        raise HematoVisionError("no images found in the given paths")
+    heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    if heat_dir:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    results, failures = [], 0
+    with progress_bar("classifying", len(paths),
+                      enabled=not args.quiet and len(paths) > args.batch_size) as bar:
+        for start in range(0, len(paths), args.batch_size):
+            readable = []
+            for p in paths[start:start + args.batch_size]:
+                try:
+                    readable.append((p, to_rgb(p)))
+                except HematoVisionError as exc:
+                    failures += 1
+                    print(f"error: {exc}", file=sys.stderr)
+            if readable:
+                preds = classifier.predict([img for _, img in readable], heatmaps=bool(heat_dir),
+                                           batch_size=args.batch_size)
+                for n, ((p, img), pred) in enumerate(zip(readable, preds)):
+                    if heat_dir:
+                        name = f"{start + n:05d}_{Path(p).stem}_heatmap.png"
+                        heatmap_overlay(img, pred.heatmap).save(heat_dir / name)
+                    results.append((p, pred))
+            bar.advance(len(paths[start:start + args.batch_size]))
+    if args.format == "json":
+        print(json.dumps([{"path": str(Path(p).resolve()), **pred.to_dict(),
+                           "top_k": [[c, v] for c, v in pred.top(args.top_k)]}
+                          for p, pred in results], indent=1))
+    elif args.format == "csv":
+        import csv
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "label", "confidence", "uncertain", *classifier.classes])
+        for p, pred in results:
+            writer.writerow([str(Path(p).resolve()), pred.label, f"{pred.confidence:.6f}",
+                             int(pred.uncertain),
+                             *(f"{pred.probabilities[c]:.6f}" for c in classifier.classes)])
+    else:
+        table = Table(title=f"{classifier.name} {classifier.version} ({classifier.precision})")
+        for col in ("file", "class", "confidence", f"top {args.top_k}"):
+            table.add_column(col)
+        for p, pred in results:
+            label = f"{pred.label} [yellow](uncertain)[/]" if pred.uncertain else pred.label
+            top = ", ".join(f"{c} {v:.2f}" for c, v in pred.top(args.top_k))
+            table.add_row(p, label, f"{pred.confidence:.3f}", top)
+        out.print(table)
+    return 0 if failures == 0 else 1
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hematovision",
@@ -190,6 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="where to write eval-<split>.json/.html (default: the run)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", help="export a run to ONNX: the model artifact folder")
+    x.add_argument("--model", required=True, help="run folder")
+    x.add_argument("--out", help="artifact folder (default: RUN/artifact)")
+    x.add_argument("--int8", action="store_true", help="also write a quantised model.int8.onnx")
+    x.add_argument("--data", help="the training data, if it moved since training")
+    x.add_argument("--overwrite", action="store_true")
+    x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("predict", help="classify cell images (default: the bundled model)")
+    r.add_argument("paths", nargs="+", help="files, folders (recursive) or globs")
+    r.add_argument("--model", help="model artifact folder (default: the bundled model)")
+    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument("--top-k", type=int, default=3)
+    r.add_argument("--heatmaps", help="write heatmap overlays (PNG) into this folder")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    r.set_defaults(func=cmd_predict)
     return p
 
 
@@ -203,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     except HematoVisionError as exc:
         print(f"error: {exc}", file=sys.stderr)  # one line, never wrapped
         return exc.exit_code
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

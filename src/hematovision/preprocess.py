@@ -113,6 +113,10 @@ def to_rgb(image: ImageInput) -> Image.Image:
         raise
     except Image.DecompressionBombError as exc:
         raise HematoVisionError(f"{name or 'image'}: too large to decode safely ({exc})") from None
+    except FileNotFoundError:
+        raise HematoVisionError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise HematoVisionError(f"{name}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise HematoVisionError(f"{name or 'image'}: not an image file (unknown format)") from None
     except (OSError, ValueError, SyntaxError) as exc:

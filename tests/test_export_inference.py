@@ -1,0 +1,131 @@
+"""Export (ONNX fp32 + int8, self-checks, calibration) and the Classifier on a trained run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.cli import main
+from hematovision.errors import HematoVisionError
+from hematovision.export import choose_confidence_threshold, export_run, fit_temperature, softmax
+from hematovision.inference import Classifier, heatmap_overlay
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def artifact(synth_run, tmp_path_factory):
+    return export_run(synth_run, tmp_path_factory.mktemp("artifact") / "a", int8=True,
+                      show_progress=False)
+
+
+def test_artifact_holds_models_checks_and_calibration(artifact):
+    meta = json.loads((artifact / "model.json").read_text())
+    assert (artifact / "model.onnx").is_file() and (artifact / "model.int8.onnx").is_file()
+    assert meta["checks"]["fp32_max_abs_probability_difference"] < 1e-4
+    assert meta["checks"]["int8_top1_agreement"] >= 0.995
+    assert meta["classes"] == ["lymphocyte", "neutrophil"] and meta["input_size"] == 64
+    assert meta["temperature"] > 0 and 0.3 <= meta["confidence_threshold"] <= 0.95
+    assert {"ece_before", "ece_after"} <= set(meta["metrics"]["val"])
+    assert len(meta["files"]["onnx"]["sha256"]) == 64
+
+
+def test_classifier_accepts_paths_pil_and_arrays_alike(artifact, synth_dir):
+    clf = Classifier.load(artifact)
+    path = sorted((synth_dir / "neutrophil").iterdir())[0]
+    pil = Image.open(path)
+    arr = np.asarray(pil)
+    a, b, c = clf.predict([path, pil, arr])
+    assert a.label == b.label == c.label
+    assert a.probabilities == pytest.approx(b.probabilities) == c.probabilities
+    assert sum(a.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert set(a.to_dict()) == {"label", "confidence", "uncertain", "reasons", "probabilities"}
+
+
+def test_temperature_is_applied_to_the_probabilities(artifact, synth_dir):
+    clf = Classifier.load(artifact)
+    path = sorted((synth_dir / "lymphocyte").iterdir())[0]
+    from hematovision.preprocess import load_resized, normalize
+    logits = clf.session.run(["logits"], {"input": normalize(load_resized(path, clf.spec), clf.spec)})[0]
+    expected = softmax(logits, clf.temperature)[0]
+    got = clf.predict(path)[0]
+    assert [got.probabilities[c] for c in clf.classes] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_int8_model_agrees_with_fp32(artifact, synth_dir):
+    fp32, int8 = Classifier.load(artifact), Classifier.load(artifact, precision="int8")
+    paths = sorted(synth_dir.rglob("*.png"))[:30]
+    agree = np.mean([a.label == b.label for a, b in zip(fp32.predict(paths), int8.predict(paths))])
+    assert agree >= 0.9
+
+
+def test_heatmap_has_the_image_size_and_overlays(artifact, synth_dir):
+    clf = Classifier.load(artifact)
+    img = Image.open(sorted((synth_dir / "lymphocyte").iterdir())[0]).resize((90, 70))
+    pred = clf.predict(img, heatmaps=True)[0]
+    assert pred.heatmap.shape == (70, 90)
+    assert 0 <= pred.heatmap.min() and pred.heatmap.max() <= 1
+    assert heatmap_overlay(img, pred.heatmap).size == (90, 70)
+
+
+def test_tampered_artifact_and_missing_model_are_clear_errors(artifact, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    with open(copy / "model.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(HematoVisionError, match="does not match the hash"):
+        Classifier.load(copy)
+    with pytest.raises(HematoVisionError, match="not a model artifact"):
+        Classifier.load(tmp_path)
+
+
+def test_export_refuses_to_overwrite(artifact, synth_run):
+    with pytest.raises(HematoVisionError, match="exists; pass --overwrite"):
+        export_run(synth_run, artifact, show_progress=False)
+
+
+def test_calibration_helpers():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 500)
+    logits = 3 * (np.eye(3)[y] + rng.normal(0, 0.7, (500, 3)))  # over-confident
+    t = fit_temperature(logits, y)
+    assert t > 1
+    probs = softmax(logits, t)
+    threshold = choose_confidence_threshold(probs, y)
+    kept = probs.max(1) >= threshold
+    assert threshold == 0.95 or (probs.argmax(1) == y)[kept].mean() >= 0.995
+
+
+def test_predict_cli_formats_and_exit_codes(artifact, synth_dir, tmp_path, capsys):
+    files = [str(p) for p in sorted((synth_dir / "lymphocyte").iterdir())[:2]]
+    assert main(["-q", "predict", "--model", str(artifact), *files, "--format", "json",
+                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == [str(Path(f).resolve()) for f in files]
+    assert set(rows[0]) >= {"path", "label", "confidence", "uncertain", "probabilities"}
+    assert len(list((tmp_path / "heat").glob("*.png"))) == 2
+
+    assert main(["-q", "predict", "--model", str(artifact), str(synth_dir / "neutrophil"),
+                 "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "path,label,confidence,uncertain,lymphocyte,neutrophil" and len(lines) == 41
+
+    bad = tmp_path / "text.jpg"
+    bad.write_text("hello")
+    assert main(["-q", "predict", "--model", str(artifact), files[0], str(bad),
+                 "--format", "json"]) == 1
+    captured = capsys.readouterr()
+    assert "text.jpg: not an image file" in captured.err
+    assert [Path(r["path"]).name for r in json.loads(captured.out)] == ["lymphocyte_0000.png"]
+
+
+def test_importing_the_classifier_does_not_import_torch():
+    code = ("import sys, hematovision.inference, hematovision.cli; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
