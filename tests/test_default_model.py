@@ -1,0 +1,77 @@
+"""The bundled default model and its sample images, as shipped in the package."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.inference import DEFAULT_MODEL, Classifier
+
+SAMPLES = DEFAULT_MODEL.parent / "samples"
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return Classifier.load()
+
+
+def _samples():
+    return sorted(SAMPLES.glob("*.jpg"))
+
+
+def test_bundle_is_small_documented_and_meets_its_targets():
+    meta = json.loads((DEFAULT_MODEL / "model.json").read_text())
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir())
+    assert size <= 20 * 2**20
+    assert len(meta["classes"]) == 8
+    test = meta["metrics"]["test"]
+    assert test["n"] >= 1000
+    assert test["accuracy"] >= 0.985 and test["f1_macro"] >= 0.98
+    assert test["ece_after"] <= test["ece_before"] or test["ece_after"] < 0.02
+    assert "CC BY 4.0" in meta["data"]["licence"] and "Acevedo" in meta["data"]["citation"]
+    assert "Apache-2.0" in meta["licence"]
+    assert meta["training"]["arch"] == "efficientnet_lite0"
+
+
+def test_three_attributed_samples_per_class():
+    names = [p.name.rsplit("_", 2)[0] for p in _samples()]
+    meta = json.loads((DEFAULT_MODEL / "model.json").read_text())
+    assert sorted(set(names)) == sorted(meta["classes"])
+    assert all(names.count(c) == 3 for c in meta["classes"])
+    attribution = (SAMPLES / "ATTRIBUTION.md").read_text()
+    assert "CC BY 4.0" in attribution and all(p.name in attribution for p in _samples())
+
+
+def test_bundled_model_classifies_every_sample_correctly(clf):
+    samples = _samples()
+    for path, pred in zip(samples, clf.predict(samples)):
+        expected = path.name.rsplit("_", 2)[0]
+        assert pred.label == expected, (path.name, pred.top(3))
+
+
+def test_heatmap_peaks_on_the_cell_not_the_background(clf):
+    """PBC crops are centred on the cell: the map's centre must outweigh its border."""
+    for path in _samples():
+        heat = clf.predict(path, heatmaps=True)[0].heatmap
+        h, w = heat.shape
+        centre = heat[h // 4: 3 * h // 4, w // 4: 3 * w // 4].mean()
+        border = np.concatenate([heat[: h // 8].ravel(), heat[-h // 8:].ravel(),
+                                 heat[:, : w // 8].ravel(), heat[:, -w // 8:].ravel()]).mean()
+        assert centre > border, path.name
+
+
+@pytest.mark.parametrize("kind", ["white", "black", "noise", "photo-china", "photo-flower"])
+def test_images_that_are_not_blood_cells_are_flagged(clf, kind):
+    rng = np.random.default_rng(0)
+    if kind == "white":
+        img = np.full((360, 363, 3), 255, np.uint8)
+    elif kind == "black":
+        img = np.zeros((360, 363, 3), np.uint8)
+    elif kind == "noise":
+        img = rng.integers(0, 256, (360, 363, 3), dtype=np.uint8)
+    else:
+        from sklearn.datasets import load_sample_image  # real photographs shipped with scikit-learn
+        img = load_sample_image(kind.split("-")[1] + ".jpg")
+    pred = clf.predict(Image.fromarray(img))[0]
+    assert pred.uncertain, (kind, pred.label, pred.confidence)
