@@ -4,7 +4,7 @@
 
 1. trains EfficientNet-Lite0 (ImageNet weights) on PBC at 128 px: AdamW + cosine, label smoothing
    0.1, 10 epochs, batch 32, stratified 80/10/10 split with seed 0 (skipped with --skip-train);
-2. exports it with calibration and out-of-distribution score (``hematovision export``);
+2. exports it with calibration, out-of-distribution score and int8 (``hematovision export``);
 3. copies the artifact into src/hematovision/assets/default_model/ and picks 3 test-split images
    per class as samples (the first, by a seeded shuffle, that the model classifies correctly and
    with confidence: they are demo images, not a benchmark).
@@ -54,13 +54,14 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "default")
     ap.add_argument("--skip-train", action="store_true", help="export an existing --run")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--int8", action="store_true",
-                    help="also ship model.int8.onnx (the export fails if it disagrees with fp32)")
+    ap.add_argument("--no-int8", action="store_true", help="ship only the fp32 model")
+    ap.add_argument("--provenance", help="a note on how the run was made, kept in model.json")
     args = ap.parse_args()
     if not args.skip_train:
         train(TrainConfig(data=str(args.data), out=str(args.run), device=args.device,
                           overwrite=True, **RECIPE))
-    artifact = export_run(args.run, int8=args.int8, data_dir=args.data, overwrite=True)
+    artifact = export_run(args.run, int8=not args.no_int8, data_dir=args.data, overwrite=True,
+                          provenance=args.provenance)
     target = ASSETS / "default_model"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)

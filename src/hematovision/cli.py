@@ -215,6 +215,15 @@ def cmd_predict(args) -> int:
     return 0 if failures == 0 else 1
 
 
+# ---------------------------------------------------------------- serve
+def cmd_serve(args) -> int:
+    from .web.server import serve
+    serve(model=args.model, host=args.host, port=args.port, workers=args.workers,
+          data_dir=args.data_dir, database_url=args.database_url,
+          max_upload_mb=args.max_upload_mb, store_images=False if args.no_store_images else None)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hematovision",
@@ -298,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     r.set_defaults(func=cmd_predict)
+
+    w = sub.add_parser("serve", help="run the web application (production server)")
+    w.add_argument("--model", help="model artifact folder (default: the bundled model)")
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=5000)
+    w.add_argument("--workers", type=int, default=2)
+    w.add_argument("--data-dir", help="database, images (env HEMATOVISION_DATA_DIR)")
+    w.add_argument("--database-url", help="any SQLAlchemy URL (env HEMATOVISION_DATABASE_URL)")
+    w.add_argument("--max-upload-mb", type=float, help="env HEMATOVISION_MAX_UPLOAD_MB")
+    w.add_argument("--no-store-images", action="store_true", help="keep results, not images")
+    w.set_defaults(func=cmd_serve)
     return p
 
 

@@ -11,3 +11,11 @@ class TrainingInterrupted(HematoVisionError):
     """Training was stopped (Ctrl-C); a resumable checkpoint was written."""
 
     exit_code = 130
+
+
+class UnreadableImage(HematoVisionError):
+    """The bytes are not a decodable image."""
+
+
+class ImageTooLarge(HematoVisionError):
+    """The image has more pixels than is safe to decode."""

@@ -12,6 +12,7 @@ The spec is serialised into ``model.json`` so that serving reproduces it exactly
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Union
@@ -19,12 +20,14 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import HematoVisionError
+from .errors import HematoVisionError, ImageTooLarge, UnreadableImage
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
 
-# Refuse absurdly large images before decoding them (a decompression bomb guard).
+# Refuse absurdly large images before decoding them (a decompression bomb guard). The check is
+# ours (_load_checked raises), so PIL's own warning for the same condition is only noise.
 Image.MAX_IMAGE_PIXELS = 64_000_000
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 MIN_IMAGE_SIDE = 16
 
 
@@ -86,6 +89,14 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+def _load_checked(opened: Image.Image) -> Image.Image:
+    # The header gives the size before any pixel is decoded: refuse bombs before decoding.
+    if opened.width * opened.height > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{opened.width}x{opened.height}")
+    opened.load()
+    return ImageOps.exif_transpose(opened)  # always a copy, valid after the file is closed
+
+
 def to_rgb(image: ImageInput) -> Image.Image:
     """Decode ``image`` (path, bytes, PIL image or array) into an 8-bit RGB PIL image.
 
@@ -97,12 +108,10 @@ def to_rgb(image: ImageInput) -> Image.Image:
         if isinstance(image, (str, Path)):
             name = str(image)
             with Image.open(image) as opened:
-                opened.load()
-                img = ImageOps.exif_transpose(opened)  # always a copy, valid after close
+                img = _load_checked(opened)
         elif isinstance(image, bytes):
-            img = Image.open(io.BytesIO(image))
-            img.load()
-            img = ImageOps.exif_transpose(img)
+            with Image.open(io.BytesIO(image)) as opened:
+                img = _load_checked(opened)
         elif isinstance(image, Image.Image):
             img = image
         elif isinstance(image, np.ndarray):
@@ -111,16 +120,17 @@ def to_rgb(image: ImageInput) -> Image.Image:
             raise HematoVisionError(f"cannot read an image from a {type(image).__name__}")
     except HematoVisionError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise HematoVisionError(f"{name or 'image'}: too large to decode safely ({exc})") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name or 'image'}: more than {Image.MAX_IMAGE_PIXELS:,} pixels, "
+                            f"too large to decode safely") from None
     except FileNotFoundError:
         raise HematoVisionError(f"{name}: file not found") from None
     except IsADirectoryError:
         raise HematoVisionError(f"{name}: is a folder, not an image") from None
     except UnidentifiedImageError:
-        raise HematoVisionError(f"{name or 'image'}: not an image file (unknown format)") from None
+        raise UnreadableImage(f"{name or 'image'}: not an image file (unknown format)") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise HematoVisionError(f"{name or 'image'}: not a readable image ({exc})") from None
+        raise UnreadableImage(f"{name or 'image'}: not a readable image ({exc})") from None
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)

@@ -1,0 +1,120 @@
+"""The REST API, /api/v1, and its OpenAPI 3 document."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, current_app, jsonify, request, url_for
+
+from .openapi import openapi_document
+from .service import UploadError, classify_files
+
+api = Blueprint("api", __name__)
+
+
+def _classifier():
+    return current_app.extensions["hematovision.classifier"]
+
+
+def _storage():
+    return current_app.extensions["hematovision.storage"]
+
+
+def error(status: int, code: str, message: str):
+    return jsonify(error={"code": code, "message": message}), status
+
+
+def model_summary() -> dict:
+    clf = _classifier()
+    return {"name": clf.name, "version": clf.version}
+
+
+@api.before_request
+def require_token():
+    token = current_app.config["HEMATOVISION"].api_token
+    if not token or request.endpoint in ("api.healthz", "api.openapi"):
+        return None
+    sent = request.headers.get("Authorization", "")
+    if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), token.encode())):
+        return error(401, "unauthorized", "this server needs 'Authorization: Bearer <token>'")
+    return None
+
+
+def _prediction_json(record) -> dict:
+    data = record.to_dict()
+    data["links"] = {"self": url_for("api.get_prediction", prediction_id=record.id),
+                     "result_page": url_for("pages.result", upload_id=record.upload_id)}
+    return data
+
+
+@api.post("/api/v1/predictions")
+def create_predictions():
+    files = request.files.getlist("file")
+    if len(files) > current_app.config["HEMATOVISION"].max_files:
+        return error(400, "too_many_files", "too many files in one request")
+    try:
+        upload = classify_files([(f.filename, f.read()) for f in files], _classifier(), _storage())
+    except UploadError as exc:
+        return error(exc.status, exc.code, exc.message)
+    body = {"predictions": [_prediction_json(p) for p in upload.predictions],
+            "model": model_summary(), "upload_id": upload.id}
+    return jsonify(body), 201, {"Location": url_for("pages.result", upload_id=upload.id)}
+
+
+@api.get("/api/v1/predictions/<int:prediction_id>")
+def get_prediction(prediction_id: int):
+    record = _storage().get_prediction(prediction_id)
+    if record is None:
+        return error(404, "not_found", f"no prediction {prediction_id}")
+    return jsonify(_prediction_json(record))
+
+
+@api.get("/api/v1/predictions")
+def list_predictions():
+    try:
+        limit = int(request.args.get("limit", 20))
+        offset = int(request.args.get("offset", 0))
+    except ValueError:
+        return error(400, "bad_request", "limit and offset must be integers")
+    if not (1 <= limit <= 200 and offset >= 0):
+        return error(400, "bad_request", "limit must be 1..200 and offset >= 0")
+    records, total = _storage().list_predictions(limit, offset, request.args.get("label"))
+    return jsonify(predictions=[_prediction_json(r) for r in records], total=total,
+                   limit=limit, offset=offset)
+
+
+@api.delete("/api/v1/predictions/<int:prediction_id>")
+def delete_prediction(prediction_id: int):
+    if not _storage().delete_prediction(prediction_id):
+        return error(404, "not_found", f"no prediction {prediction_id}")
+    return "", 204
+
+
+@api.get("/api/v1/model")
+def model_card():
+    clf = _classifier()
+    meta = clf.meta
+    return jsonify(name=clf.name, version=clf.version, classes=clf.classes,
+                   architecture=meta.get("architecture"), input_size=meta.get("input_size"),
+                   temperature=clf.temperature, confidence_threshold=clf.confidence_threshold,
+                   metrics=meta.get("metrics", {}), data=meta.get("data", {}),
+                   licence=meta.get("licence"), provenance=meta.get("provenance"))
+
+
+@api.get("/healthz")
+def healthz():
+    from sqlalchemy import text
+    try:
+        with _storage().engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception:  # noqa: BLE001 - report, do not crash the probe
+        database = "unavailable"
+    status = 200 if database == "ok" else 503
+    return jsonify(status="ok" if status == 200 else "degraded", database=database,
+                   model=model_summary()), status
+
+
+@api.get("/api/v1/openapi.json")
+def openapi():
+    return jsonify(openapi_document(model_summary()["version"]))

@@ -1,0 +1,84 @@
+"""What happens to uploaded images, shared by the pages and the REST API."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+from ..errors import HematoVisionError, ImageTooLarge
+from ..inference import Classifier, heatmap_overlay
+from ..preprocess import to_rgb
+from ..storage import Storage, Upload
+
+ACCEPTED = "JPEG, PNG, GIF, BMP, TIFF or WebP"
+
+
+class UploadError(Exception):
+    """A request the client must change: carries the HTTP status and a stable code."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format from the file's first bytes (never from its name)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data.startswith(b"BM"):
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def classify_files(files: list[tuple[str, bytes]], classifier: Classifier,
+                   storage: Storage) -> Upload:
+    """Check every file, then classify and store them all in one transaction (all or none)."""
+    if not files:
+        raise UploadError(400, "no_file", "no image in the request (multipart field 'file')")
+    pictures = []
+    for name, data in files:
+        shown = (name or "upload")[:255]
+        if not data:
+            raise UploadError(400, "empty_file", f"{shown}: the file is empty")
+        if sniff(data) is None:
+            raise UploadError(415, "unsupported_media_type",
+                              f"{shown}: not an image; send {ACCEPTED}")
+        try:
+            pictures.append((shown, data, to_rgb(data)))
+        except ImageTooLarge as exc:
+            raise UploadError(413, "image_too_large", f"{shown}: {exc}") from None
+        except HematoVisionError as exc:
+            raise UploadError(400, "unreadable_image", f"{shown}: {exc}") from None
+    predictions = classifier.predict([p for _, _, p in pictures], heatmaps=storage.store_images)
+    records = []
+    for (name, data, picture), pred in zip(pictures, predictions):
+        sha = hashlib.sha256(data).hexdigest()
+        stored = storage.save_image(sha, data)
+        if stored:
+            png = io.BytesIO()
+            heatmap_overlay(picture, pred.heatmap).save(png, format="PNG")
+            storage.save_heatmap(sha, classifier.version, png.getvalue())
+        records.append(dict(filename=name, image_sha256=sha, image_stored=stored,
+                            width=picture.size[0], height=picture.size[1], label=pred.label,
+                            confidence=pred.confidence, uncertain=pred.uncertain,
+                            probabilities=pred.probabilities, reasons=pred.reasons,
+                            model_name=classifier.name, model_version=classifier.version))
+    return storage.add_upload(records)
+
+
+def differential(upload: Upload, classes: list[str]) -> dict[str, dict]:
+    """Count and percentage per class over an upload's images."""
+    total = len(upload.predictions)
+    counts = {c: 0 for c in classes}
+    for p in upload.predictions:
+        counts[p.label] = counts.get(p.label, 0) + 1
+    return {c: {"count": n, "percent": round(100 * n / total, 1) if total else 0.0}
+            for c, n in counts.items()}
