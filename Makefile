@@ -3,32 +3,43 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
-DEMO   := demo
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
 
-.PHONY: run test bench install clean
+.PHONY: run test bench demo install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # one stamp per dependency set, redone when pyproject.toml or constraints.txt change
-$(VENV)/.train-test: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e '.[train,test]'
+$(VENV)/.web: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[web]'
 	touch $@
 
-install: $(VENV)/.train-test
+$(VENV)/.all: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[train,web,test]'
+	touch $@ $(VENV)/.web
 
-test: $(VENV)/.train-test
+install: $(VENV)/.all
+
+# The web application on the bundled model (serving needs no PyTorch): http://127.0.0.1:5000
+run: $(VENV)/.web
+	$(BIN)/hematovision serve --host $(HOST) --port $(PORT) --workers 2
+
+test: $(VENV)/.all
 	$(BIN)/python -m pytest -q --durations=10
 
-# Until the web application exists: the demo of the original design, end to end.
-run: $(VENV)/.train-test
-	$(BIN)/hematovision data synth $(DEMO)/data --classes lymphocyte,neutrophil --per-class 50 --overwrite
-	$(BIN)/hematovision train --data $(DEMO)/data --arch seed-cnn --epochs 5 --out $(DEMO)/run --overwrite
-	$(BIN)/hematovision evaluate --model $(DEMO)/run --data $(DEMO)/data --split test
-	@echo "HTML report: $(DEMO)/run/report.html"
+# The original design's demo, end to end: simulate data, train, evaluate, HTML report.
+demo: $(VENV)/.all
+	$(BIN)/hematovision data synth demo/data --classes lymphocyte,neutrophil --per-class 50 --overwrite
+	$(BIN)/hematovision train --data demo/data --arch seed-cnn --epochs 5 --out demo/run --overwrite
+	$(BIN)/hematovision evaluate --model demo/run --data demo/data --split test
+	@echo "HTML report: demo/run/report.html"
 
-bench: $(VENV)/.train-test
+bench: $(VENV)/.all
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_web.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) demo hematovision-data .pytest_cache

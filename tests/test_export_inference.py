@@ -124,8 +124,12 @@ def test_predict_cli_formats_and_exit_codes(artifact, synth_dir, tmp_path, capsy
     assert [Path(r["path"]).name for r in json.loads(captured.out)] == ["lymphocyte_0000.png"]
 
 
-def test_importing_the_classifier_does_not_import_torch():
-    code = ("import sys, hematovision.inference, hematovision.cli; "
+def test_serving_never_imports_torch(tmp_path):
+    code = ("import sys, hematovision.inference, hematovision.cli, hematovision.web.server\n"
+            "from hematovision.web import create_app\n"
+            "from hematovision.web.config import WebSettings\n"
+            f"app = create_app(WebSettings(data_dir={str(tmp_path)!r}))\n"
+            "app.test_client().get('/model/confusion.png')\n"
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
