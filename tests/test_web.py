@@ -111,6 +111,7 @@ def test_too_large_upload_is_413(client):
     assert r.status_code == 413 and r.get_json()["error"]["code"] == "request_entity_too_large"
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bomb_is_refused(client):
     buf = io.BytesIO()
     Image.new("1", (9000, 9000)).save(buf, format="PNG")  # tiny file, 81 million pixels
