@@ -5,11 +5,25 @@ The public API (heavy parts are imported on first use, so ``import hematovision`
     evaluate(run, data, split="test")       -> metrics dict
     make_synthetic(out, classes, per_class) -> data folder
     inspect_folder(path)                    -> data summary
+    Classifier.load().predict(images)       -> Prediction per image (ONNX Runtime, no torch)
+    analyze_smear(field_image)              -> white cells (boxes, classes), red cells, platelets
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["evaluate", "inspect_folder", "make_synthetic", "train", "__version__"]
+__all__ = ["Classifier", "analyze_smear", "evaluate", "inspect_folder", "make_synthetic", "train",
+           "__version__"]
+
+
+def __getattr__(name):
+    # Classifier and analyze_smear are light (ONNX Runtime), imported on first use all the same
+    if name == "Classifier":
+        from .inference import Classifier
+        return Classifier
+    if name == "analyze_smear":
+        from .smear import analyze_smear
+        return analyze_smear
+    raise AttributeError(f"module 'hematovision' has no attribute {name!r}")
 
 
 def train(*args, **kwargs):

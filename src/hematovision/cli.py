@@ -215,6 +215,65 @@ def cmd_predict(args) -> int:
     return 0 if failures == 0 else 1
 
 
+# ---------------------------------------------------------------- smear fields
+def cmd_smear(args) -> int:
+    from .inference import Classifier
+    from .progress import progress_bar
+    from .smear import analyze_smear, annotate, differential
+
+    classifier = Classifier.load(args.model)
+    paths = expand_inputs(args.images)
+    if not paths:
+        raise HematoVisionError("no images found in the given paths")
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    fields, failures = [], 0
+    with progress_bar("analysing fields", len(paths), enabled=not args.quiet and len(paths) > 1) as bar:
+        for n, path in enumerate(paths):
+            try:
+                result = analyze_smear(path, classifier)
+            except HematoVisionError as exc:
+                failures += 1
+                print(f"error: {exc}", file=sys.stderr)
+            else:
+                fields.append(result)
+                if out_dir:
+                    annotate(path, result).save(out_dir / f"{n:05d}_{Path(path).stem}_annotated.png")
+                for warning in result.warnings:
+                    print(f"warning: {path}: {warning}", file=sys.stderr)
+            bar.advance()
+    diff = differential(fields, classifier.classes)
+    if args.format == "json":
+        print(json.dumps({"fields": [f.to_dict() for f in fields], "differential": diff}, indent=1))
+    elif args.format == "csv":
+        import csv
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "x1", "y1", "x2", "y2", "label", "confidence", "uncertain"])
+        for f in fields:
+            for c in f.white_cells:
+                writer.writerow([f.path, *c.box, c.label, f"{c.confidence:.4f}", int(c.uncertain)])
+        writer.writerow([])
+        writer.writerow(["class", "count", "percent"])
+        for c, d in diff.items():
+            writer.writerow([c, d["count"], d["percent"]])
+    else:
+        table = Table(title=f"{len(fields)} field(s)")
+        for col in ("field", "white cells", "red cells", "platelets"):
+            table.add_column(col)
+        for f in fields:
+            cells = ", ".join(f"{c.label}{'?' if c.uncertain else ''}" for c in f.white_cells) or "none"
+            table.add_row(Path(f.path).name, cells, str(f.red_cells), str(f.platelets))
+        out.print(table)
+        counts = Table(title="differential (white cells)")
+        for col in ("class", "count", "%"):
+            counts.add_column(col, justify="left" if col == "class" else "right")
+        for c, d in diff.items():
+            counts.add_row(c, str(d["count"]), f"{d['percent']:.1f}")
+        out.print(counts)
+    return 0 if failures == 0 else 1
+
+
 # ---------------------------------------------------------------- serve
 def cmd_serve(args) -> int:
     from .web.server import serve
@@ -307,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     r.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")
+    m.add_argument("images", nargs="+", help="field images, folders (recursive) or globs")
+    m.add_argument("--model", help="model artifact folder (default: the bundled model)")
+    m.add_argument("--out", help="write each annotated field (PNG) into this folder")
+    m.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    m.set_defaults(func=cmd_smear)
 
     w = sub.add_parser("serve", help="run the web application (production server)")
     w.add_argument("--model", help="model artifact folder (default: the bundled model)")

@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from .models import Base, PredictionRecord, Upload
+from .models import Base, PredictionRecord, SmearAnalysis, Upload
 
-__all__ = ["Base", "PredictionRecord", "Storage", "Upload"]
+__all__ = ["Base", "PredictionRecord", "SmearAnalysis", "Storage", "Upload"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -80,13 +80,14 @@ class Storage:
         path = self._image_path(sha256)
         return path if path.is_file() else None
 
-    def heatmap_path(self, sha256: str, model_version: str) -> Path:
+    def derived_path(self, sha256: str, kind: str, model_version: str) -> Path:
+        """Where an image made from an upload by a model is kept (kind: heatmap, annotated)."""
         safe_version = "".join(c for c in model_version if c.isalnum() or c in ".-")
-        return self.data_dir / "heatmaps" / sha256[:2] / f"{sha256}-{safe_version}.png"
+        return self.data_dir / kind / sha256[:2] / f"{sha256}-{safe_version}.png"
 
-    def save_heatmap(self, sha256: str, model_version: str, png: bytes) -> None:
+    def save_derived(self, sha256: str, kind: str, model_version: str, png: bytes) -> None:
         if self.store_images:
-            _write_atomic(self.heatmap_path(sha256, model_version), png)
+            _write_atomic(self.derived_path(sha256, kind, model_version), png)
 
     # ---------------------------------------------------------------- records
     def add_upload(self, predictions: list[dict]) -> Upload:
@@ -131,6 +132,18 @@ class Storage:
             if not s.scalar(select(func.count()).where(PredictionRecord.upload_id == upload_id)):
                 s.delete(s.get(Upload, upload_id))
         if not still_used:
-            for path in (self._image_path(sha), *(self.data_dir / "heatmaps" / sha[:2]).glob(f"{sha}-*.png")):
+            for path in (self._image_path(sha), *(self.data_dir / "heatmap" / sha[:2]).glob(f"{sha}-*.png")):
                 path.unlink(missing_ok=True)
         return True
+
+    def add_smear(self, fields: list[dict], differential: dict, model_name: str,
+                  model_version: str) -> SmearAnalysis:
+        with self.session.begin() as s:
+            record = SmearAnalysis(fields=fields, differential=differential,
+                                   model_name=model_name, model_version=model_version)
+            s.add(record)
+        return record
+
+    def get_smear(self, smear_id: int) -> SmearAnalysis | None:
+        with self.session() as s:
+            return s.get(SmearAnalysis, smear_id)

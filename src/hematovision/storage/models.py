@@ -54,3 +54,20 @@ class PredictionRecord(Base):
                 "created_at": self.created_at.isoformat() if self.created_at else None,
                 "image_sha256": self.image_sha256, "width": self.width, "height": self.height,
                 "model": {"name": self.model_name, "version": self.model_version}}
+
+
+class SmearAnalysis(Base):
+    """One smear-field upload: per field, the white cells found (boxes, classes) and counts."""
+
+    __tablename__ = "smear_analyses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    fields: Mapped[list] = mapped_column(JSON)        # [{filename, image_sha256, ... counts}]
+    differential: Mapped[dict] = mapped_column(JSON)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "fields": list(self.fields), "differential": dict(self.differential),
+                "created_at": self.created_at.isoformat() if self.created_at else None,
+                "model": {"name": self.model_name, "version": self.model_version}}

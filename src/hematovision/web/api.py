@@ -7,7 +7,7 @@ import hmac
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from .openapi import openapi_document
-from .service import UploadError, classify_files
+from .service import UploadError, analyze_files, classify_files
 
 api = Blueprint("api", __name__)
 
@@ -88,6 +88,26 @@ def delete_prediction(prediction_id: int):
     if not _storage().delete_prediction(prediction_id):
         return error(404, "not_found", f"no prediction {prediction_id}")
     return "", 204
+
+
+@api.post("/api/v1/smears")
+def create_smear():
+    files = request.files.getlist("file")
+    if len(files) > current_app.config["HEMATOVISION"].max_files:
+        return error(400, "too_many_files", "too many files in one request")
+    try:
+        record = analyze_files([(f.filename, f.read()) for f in files], _classifier(), _storage())
+    except UploadError as exc:
+        return error(exc.status, exc.code, exc.message)
+    return jsonify(record.to_dict()), 201, {"Location": url_for("api.get_smear", smear_id=record.id)}
+
+
+@api.get("/api/v1/smears/<int:smear_id>")
+def get_smear(smear_id: int):
+    record = _storage().get_smear(smear_id)
+    if record is None:
+        return error(404, "not_found", f"no smear analysis {smear_id}")
+    return jsonify(record.to_dict())
 
 
 @api.get("/api/v1/model")

@@ -47,6 +47,25 @@ def openapi_document(model_version: str) -> dict:
                              "properties": {"name": {"type": "string"},
                                             "version": {"type": "string"}}},
                 "Prediction": prediction,
+                "Smear": {"type": "object", "required": ["id", "fields", "differential", "model"],
+                          "properties": {
+                              "id": {"type": "integer"},
+                              "created_at": {"type": "string", "format": "date-time"},
+                              "model": {"$ref": "#/components/schemas/ModelRef"},
+                              "differential": {"type": "object", "additionalProperties": {
+                                  "type": "object", "properties": {
+                                      "count": {"type": "integer"}, "percent": {"type": "number"}}}},
+                              "fields": {"type": "array", "items": {"type": "object", "properties": {
+                                  "filename": {"type": "string"},
+                                  "red_cells": {"type": "integer"},
+                                  "platelets": {"type": "integer"},
+                                  "white_cells": {"type": "array", "items": {
+                                      "type": "object", "properties": {
+                                          "box": {"type": "array", "items": {"type": "integer"},
+                                                  "minItems": 4, "maxItems": 4},
+                                          "label": {"type": "string"},
+                                          "confidence": {"type": "number"},
+                                          "uncertain": {"type": "boolean"}}}}}}}}},
             },
         },
         "security": [{"bearer": []}, {}],
@@ -105,6 +124,28 @@ def openapi_document(model_version: str) -> dict:
                     "401": _error_response("A token is configured and was not sent"),
                     "404": _error_response("No such prediction")}},
             },
+            "/api/v1/smears": {"post": {
+                "summary": "Analyse smear fields: white cells (boxes, classes), counts, differential",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "properties": {"file": {
+                        "type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["file"]}}}},
+                "responses": {
+                    "201": {"description": "Analysed and stored", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Smear"}}}},
+                    "400": _error_response("No file, or an unreadable image"),
+                    "401": _error_response("A token is configured and was not sent"),
+                    "413": _error_response("Upload or image too large"),
+                    "415": _error_response("Not an image")}}},
+            "/api/v1/smears/{smear_id}": {"get": {
+                "summary": "One smear analysis",
+                "parameters": [{"name": "smear_id", "in": "path", "required": True,
+                                "schema": {"type": "integer"}}],
+                "responses": {
+                    "200": {"description": "The analysis", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Smear"}}}},
+                    "401": _error_response("A token is configured and was not sent"),
+                    "404": _error_response("No such analysis")}}},
             "/api/v1/model": {"get": {"summary": "The model card", "responses": {
                 "200": {"description": "Classes, metrics, provenance",
                         "content": {"application/json": {"schema": {"type": "object"}}}},

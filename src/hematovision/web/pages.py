@@ -13,7 +13,7 @@ from flask import (Blueprint, Response, abort, current_app, redirect, render_tem
 
 from ..inference.classifier import DEFAULT_MODEL
 from . import static_vendor_dir
-from .service import ACCEPTED, UploadError, classify_files, differential, sniff
+from .service import ACCEPTED, UploadError, analyze_files, classify_files, differential, sniff
 
 pages = Blueprint("pages", __name__)
 SAMPLES = DEFAULT_MODEL.parent / "samples"
@@ -47,6 +47,24 @@ def upload():
     except UploadError as exc:
         return index(error=exc.message), exc.status
     return redirect(url_for("pages.result", upload_id=record.id), code=303)
+
+
+@pages.post("/smears")
+def smear_upload():
+    files = [f for f in request.files.getlist("file") if f.filename or f.content_length]
+    try:
+        record = analyze_files([(f.filename, f.read()) for f in files], _classifier(), _storage())
+    except UploadError as exc:
+        return index(error=exc.message), exc.status
+    return redirect(url_for("pages.smear_result", smear_id=record.id), code=303)
+
+
+@pages.get("/smears/<int:smear_id>")
+def smear_result(smear_id: int):
+    record = _storage().get_smear(smear_id)
+    if record is None:
+        abort(404, description=f"no smear analysis {smear_id}")
+    return render_template("smear.html", smear=record)
 
 
 @pages.get("/samples/<name>")
@@ -169,12 +187,12 @@ def thumbnail(sha256: str):
     return Response(buf.getvalue(), mimetype="image/jpeg")
 
 
-@pages.get("/images/<sha256>/heatmap/<version>")
-def heatmap(sha256: str, version: str):
+@pages.get("/images/<sha256>/<any(heatmap, annotated):kind>/<version>")
+def derived(sha256: str, kind: str, version: str):
     _stored(sha256)
-    path = _storage().heatmap_path(sha256, version)
+    path = _storage().derived_path(sha256, kind, version)
     if not path.is_file():
-        abort(404, description="no heatmap for this image")
+        abort(404, description=f"no {kind} image for this upload")
     return send_file(path, mimetype="image/png")
 
 

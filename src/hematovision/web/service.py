@@ -8,7 +8,9 @@ import io
 from ..errors import HematoVisionError, ImageTooLarge
 from ..inference import Classifier, heatmap_overlay
 from ..preprocess import to_rgb
-from ..storage import Storage, Upload
+from ..smear import analyze_smear, annotate
+from ..smear import differential as smear_differential
+from ..storage import SmearAnalysis, Storage, Upload
 
 ACCEPTED = "JPEG, PNG, GIF, BMP, TIFF or WebP"
 
@@ -38,9 +40,10 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def classify_files(files: list[tuple[str, bytes]], classifier: Classifier,
-                   storage: Storage) -> Upload:
-    """Check every file, then classify and store them all in one transaction (all or none)."""
+def read_pictures(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes, object]]:
+    """Check every uploaded file by its bytes and decode it: [(name, bytes, RGB picture)].
+
+    Raises UploadError (400 no file/empty/unreadable, 413 too many pixels, 415 not an image)."""
     if not files:
         raise UploadError(400, "no_file", "no image in the request (multipart field 'file')")
     pictures = []
@@ -57,21 +60,56 @@ def classify_files(files: list[tuple[str, bytes]], classifier: Classifier,
             raise UploadError(413, "image_too_large", f"{shown}: {exc}") from None
         except HematoVisionError as exc:
             raise UploadError(400, "unreadable_image", f"{shown}: {exc}") from None
+    return pictures
+
+
+def _png(picture) -> bytes:
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def classify_files(files: list[tuple[str, bytes]], classifier: Classifier,
+                   storage: Storage) -> Upload:
+    """Check every file, then classify and store them all in one transaction (all or none)."""
+    pictures = read_pictures(files)
     predictions = classifier.predict([p for _, _, p in pictures], heatmaps=storage.store_images)
     records = []
     for (name, data, picture), pred in zip(pictures, predictions):
         sha = hashlib.sha256(data).hexdigest()
         stored = storage.save_image(sha, data)
         if stored:
-            png = io.BytesIO()
-            heatmap_overlay(picture, pred.heatmap).save(png, format="PNG")
-            storage.save_heatmap(sha, classifier.version, png.getvalue())
+            storage.save_derived(sha, "heatmap", classifier.version,
+                                 _png(heatmap_overlay(picture, pred.heatmap)))
         records.append(dict(filename=name, image_sha256=sha, image_stored=stored,
                             width=picture.size[0], height=picture.size[1], label=pred.label,
                             confidence=pred.confidence, uncertain=pred.uncertain,
                             probabilities=pred.probabilities, reasons=pred.reasons,
                             model_name=classifier.name, model_version=classifier.version))
     return storage.add_upload(records)
+
+
+def analyze_files(files: list[tuple[str, bytes]], classifier: Classifier,
+                  storage: Storage) -> SmearAnalysis:
+    """Smear fields: find and classify the white cells of each, count, store, add up."""
+    pictures = read_pictures(files)
+    fields, results = [], []
+    for name, data, picture in pictures:
+        try:
+            result = analyze_smear(picture, classifier)
+        except HematoVisionError as exc:
+            raise UploadError(413, "image_too_large", f"{name}: {exc}") from None
+        sha = hashlib.sha256(data).hexdigest()
+        stored = storage.save_image(sha, data)
+        if stored:
+            storage.save_derived(sha, "annotated", classifier.version,
+                                 _png(annotate(picture, result)))
+        results.append(result)
+        fields.append({"filename": name, "image_sha256": sha, "image_stored": stored,
+                       **{k: v for k, v in result.to_dict().items() if k != "path"},
+                       "width": result.width, "height": result.height})
+    return storage.add_smear(fields, smear_differential(results, classifier.classes),
+                             classifier.name, classifier.version)
 
 
 def differential(upload: Upload, classes: list[str]) -> dict[str, dict]:

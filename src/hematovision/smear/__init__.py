@@ -1,0 +1,176 @@
+"""Smear fields: find the white cells, count red cells and platelets, classify each white cell,
+and add up the differential count.
+
+Method (classical, no training; see README): white-cell nuclei and platelets are the only
+strongly blue-violet objects in a Wright/Giemsa-stained field, so a "stain score"
+``B - (R + G) / 2`` thresholded, cleaned and closed (to join the lobes of one nucleus) gives one
+component per white cell; small components are platelets. Each white cell's box is its nucleus
+box grown to the cell. Red cells are counted as peaks of the distance transform of the pink
+(red > blue) mask. Parameters were chosen on even-numbered BCCD fields and checked on the odd
+ones (benchmarks/bench_smear.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
+
+from ..errors import HematoVisionError
+from ..preprocess import ImageInput, to_rgb
+
+MAX_FIELD_PIXELS = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class SmearParams:
+    """Tuned on BCCD fields (640x480, 100x objective): a white cell is about 200 px across."""
+
+    stain_threshold: float = 45.0      # B - (R+G)/2 above this: nucleus or platelet
+    merge_iterations: int = 12         # closing that joins the lobes of one nucleus
+    min_nucleus_area: int = 2000       # px; smaller blue-violet objects are platelets
+    min_platelet_area: int = 40        # px; smaller ones are stain debris
+    box_growth: float = 1.35           # cell box side / nucleus box side
+    red_margin: float = 15.0           # R - B above this: red-cell pixel
+    red_min_radius: float = 15.0       # px, distance-transform peak height of one red cell
+    red_peak_window: int = 61          # px, one peak per window
+    crop_factor: float = 1.8           # classifier crop side / cell box side (PBC framing)
+
+
+@dataclass
+class WhiteCell:
+    box: tuple[int, int, int, int]     # x1, y1, x2, y2 in pixels of the original image
+    label: str | None = None
+    confidence: float | None = None
+    uncertain: bool | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box), "label": self.label, "confidence": self.confidence,
+                "uncertain": self.uncertain}
+
+
+@dataclass
+class SmearField:
+    path: str | None
+    width: int
+    height: int
+    white_cells: list[WhiteCell]
+    red_cells: int
+    platelets: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "white_cells": [c.to_dict() for c in self.white_cells],
+                "red_cells": self.red_cells, "platelets": self.platelets,
+                "warnings": self.warnings}
+
+
+def _stain_score(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
+
+
+def locate_cells(rgb: np.ndarray, params: SmearParams = SmearParams()):
+    """(white-cell boxes, red-cell count, platelet count) for an H x W x 3 array."""
+    rgb = rgb.astype(np.float32)
+    height, width = rgb.shape[:2]
+    score = _stain_score(rgb)
+    blue = ndi.binary_opening(score > params.stain_threshold)
+    blue = ndi.binary_closing(blue, structure=np.ones((3, 3)), iterations=params.merge_iterations)
+    blue = ndi.binary_fill_holes(blue)
+    labels, _ = ndi.label(blue)
+    boxes, platelets = [], 0
+    for i, region in enumerate(ndi.find_objects(labels), start=1):
+        area = int((labels[region] == i).sum())
+        if area < params.min_nucleus_area:
+            platelets += area >= params.min_platelet_area
+            continue
+        y0, y1, x0, x1 = region[0].start, region[0].stop, region[1].start, region[1].stop
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        half = max(x1 - x0, y1 - y0) * params.box_growth / 2
+        boxes.append((int(max(0, cx - half)), int(max(0, cy - half)),
+                      int(min(width, cx + half)), int(min(height, cy + half))))
+    red = ((rgb[..., 0] - rgb[..., 2]) > params.red_margin) & (score < params.stain_threshold)
+    red = ndi.binary_fill_holes(ndi.binary_opening(red, iterations=2))
+    distance = ndi.distance_transform_edt(red)
+    peaks = (distance == ndi.maximum_filter(distance, size=params.red_peak_window)) & \
+        (distance > params.red_min_radius)
+    red_cells = int(ndi.label(peaks)[1])
+    return boxes, red_cells, platelets
+
+
+def crop_cell(picture: Image.Image, box, params: SmearParams = SmearParams()) -> Image.Image:
+    """A square crop centred on the cell, framed like the PBC images the classifier knows;
+    beyond the field's edge it is filled with the field's median (background) colour."""
+    x1, y1, x2, y2 = box
+    side = int(max(x2 - x1, y2 - y1) * params.crop_factor)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    fill = tuple(int(v) for v in np.median(np.asarray(picture).reshape(-1, 3), axis=0))
+    crop = Image.new("RGB", (side, side), fill)
+    left, top = cx - side // 2, cy - side // 2
+    crop.paste(picture.crop((max(0, left), max(0, top), min(picture.width, left + side),
+                             min(picture.height, top + side))), (max(0, -left), max(0, -top)))
+    return crop
+
+
+def analyze_smear(image: ImageInput, classifier=None, params: SmearParams = SmearParams(),
+                  classify: bool = True) -> SmearField:
+    """Find and classify every white cell in one smear field; count red cells and platelets.
+
+    ``classifier``: an ``inference.Classifier`` (default: the bundled model)."""
+    picture = to_rgb(image)
+    if picture.width * picture.height > MAX_FIELD_PIXELS:
+        raise HematoVisionError(
+            f"{image if isinstance(image, (str, Path)) else 'image'}: {picture.width}x"
+            f"{picture.height} is larger than a smear field ({MAX_FIELD_PIXELS:,} pixels at most); "
+            f"split the scan into fields")
+    rgb = np.asarray(picture)
+    warnings = []
+    if np.ptp(rgb.astype(np.int16)[..., [0, 2]] - rgb[..., 1:2].astype(np.int16)) < 8:
+        warnings.append("grayscale image: cells are found by their stain colour, so none can be")
+    boxes, red_cells, platelets = locate_cells(rgb, params)
+    cells = [WhiteCell(box) for box in boxes]
+    if classify and cells:
+        if classifier is None:
+            from ..inference import Classifier
+            classifier = Classifier.load()
+        for cell, pred in zip(cells, classifier.predict([crop_cell(picture, c.box, params)
+                                                         for c in cells])):
+            cell.label, cell.confidence = pred.label, pred.confidence
+            cell.uncertain, cell.probabilities = pred.uncertain, pred.probabilities
+    path = str(Path(image).resolve()) if isinstance(image, (str, Path)) else None
+    return SmearField(path, picture.width, picture.height, cells, red_cells, platelets, warnings)
+
+
+def differential(fields: list[SmearField], classes: list[str] | None = None) -> dict:
+    """Count and percentage of each white-cell class over all fields."""
+    labels = [c.label for f in fields for c in f.white_cells if c.label]
+    names = list(classes or []) + sorted(set(labels) - set(classes or []))
+    total = len(labels)
+    return {c: {"count": labels.count(c),
+                "percent": round(100 * labels.count(c) / total, 1) if total else 0.0}
+            for c in names}
+
+
+PALETTE = {"neutrophil": (31, 119, 180), "lymphocyte": (255, 127, 14), "monocyte": (44, 160, 44),
+           "eosinophil": (214, 39, 40), "basophil": (148, 103, 189), "ig": (140, 86, 75),
+           "erythroblast": (227, 119, 194), "platelet": (127, 127, 127)}
+
+
+def annotate(image: ImageInput, result: SmearField) -> Image.Image:
+    """The field with each white cell's box, coloured and labelled by class."""
+    picture = to_rgb(image).copy()
+    draw = ImageDraw.Draw(picture)
+    width = max(2, picture.width // 320)
+    for cell in result.white_cells:
+        colour = PALETTE.get(cell.label or "", (0, 0, 0))
+        draw.rectangle(cell.box, outline=colour, width=width)
+        text = "white cell" if cell.label is None else \
+            f"{cell.label} {100 * cell.confidence:.0f}%{'?' if cell.uncertain else ''}"
+        x, y = cell.box[0], max(0, cell.box[1] - 14)
+        draw.rectangle(draw.textbbox((x, y), text), fill=colour)
+        draw.text((x, y), text, fill=(255, 255, 255))
+    return picture

@@ -1,0 +1,122 @@
+"""Smear fields: white-cell detection on real BCCD fields, counts, annotation, bad input."""
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.cli import main
+from hematovision.errors import HematoVisionError
+from hematovision.smear import analyze_smear, annotate, differential, locate_cells
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_smear import match, voc_boxes  # noqa: E402  (the benchmark's own scoring)
+
+from conftest import BCCD  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bccd():
+    if not (BCCD / "JPEGImages").is_dir():
+        pytest.skip(f"the real BCCD data set is not at {BCCD} (CI always has it)")
+    return BCCD
+
+
+def _fields(bccd, n=12):
+    return sorted((bccd / "JPEGImages").glob("*.jpg"))[1:2 * n:2]  # odd (held-out) fields
+
+
+def test_white_cells_are_found_on_real_fields(bccd):
+    tp = fp = fn = 0
+    for image in _fields(bccd):
+        truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
+        boxes, red, platelets = locate_cells(np.asarray(Image.open(image).convert("RGB")))
+        pairs = match(boxes, truth)
+        tp, fp, fn = tp + len(pairs), fp + len(boxes) - len(pairs), fn + len(truth) - len(pairs)
+        assert red > 0 and platelets >= 0
+    assert tp / (tp + fn) >= 0.9 and tp / (tp + fp) >= 0.9
+
+
+def test_analysis_shape_counts_and_annotation(bccd):
+    image = _fields(bccd, 1)[0]
+    result = analyze_smear(image)
+    assert result.width == 640 and result.height == 480 and result.path == str(image.resolve())
+    assert len(result.white_cells) >= 1
+    for cell in result.white_cells:
+        x1, y1, x2, y2 = cell.box
+        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+        assert cell.label and 0 <= cell.confidence <= 1
+    diff = differential([result, result])
+    assert sum(d["count"] for d in diff.values()) == 2 * len(result.white_cells)
+    assert sum(d["percent"] for d in diff.values()) == pytest.approx(100, abs=0.5)
+    drawn = np.asarray(annotate(image, result)).astype(int)
+    original = np.asarray(Image.open(image).convert("RGB")).astype(int)
+    x1, y1, x2, y2 = result.white_cells[0].box
+    assert drawn.shape == original.shape
+    assert np.abs(drawn[y1 + 20, x1] - original[y1 + 20, x1]).sum() > 30  # the box's left edge
+    assert np.array_equal(drawn[-1, -1], original[-1, -1]) or len(result.white_cells) > 1
+
+
+def test_a_field_without_white_cells_reports_none(bccd):
+    image = _fields(bccd, 1)[0]
+    picture = Image.open(image).convert("RGB")
+    truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
+    x1, _, x2, _ = truth[0]
+    # the widest strip of the field with no white cell in it
+    strip = picture.crop((0, 0, int(x1) - 5, 480)) if x1 > 640 - x2 else picture.crop((int(x2) + 5, 0, 640, 480))
+    result = analyze_smear(strip)
+    assert result.white_cells == [] and result.red_cells > 0
+    blank = analyze_smear(Image.new("RGB", (640, 480), (230, 225, 235)))
+    assert blank.white_cells == [] and blank.red_cells == 0
+
+
+def test_grayscale_field_finds_nothing_and_says_why(bccd):
+    image = _fields(bccd, 1)[0]
+    result = analyze_smear(Image.open(image).convert("L"))
+    assert result.white_cells == [] and "grayscale" in result.warnings[0]
+
+
+def test_too_large_and_corrupt_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(HematoVisionError, match="larger than a smear field"):
+        analyze_smear(np.zeros((4500, 4500, 3), np.uint8), classify=False)
+    bad = tmp_path / "field.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really")
+    with pytest.raises(HematoVisionError, match="field.jpg"):
+        analyze_smear(bad)
+
+
+def test_smear_cli_json_and_exit_code(bccd, tmp_path, capsys):
+    fields = [str(p) for p in _fields(bccd, 2)]
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("nope")
+    code = main(["-q", "smear", *fields, str(bad), "--format", "json", "--out", str(tmp_path / "ann")])
+    captured = capsys.readouterr()
+    assert code == 1 and "broken.jpg" in captured.err
+    body = json.loads(captured.out)
+    assert [f["path"] for f in body["fields"]] == [str(Path(f).resolve()) for f in fields]
+    cells = [c for f in body["fields"] for c in f["white_cells"]]
+    assert cells and all(len(c["box"]) == 4 and c["label"] for c in cells)
+    assert sum(d["count"] for d in body["differential"].values()) == len(cells)
+    assert len(list((tmp_path / "ann").glob("*_annotated.png"))) == 2
+
+
+def test_smear_api_and_page(bccd, tmp_path):
+    from hematovision.web import create_app
+    from hematovision.web.config import WebSettings
+    client = create_app(WebSettings(data_dir=str(tmp_path / "d"))).test_client()
+    field = _fields(bccd, 1)[0]
+    r = client.post("/api/v1/smears", data={"file": [(io.BytesIO(field.read_bytes()), field.name)]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 201
+    body = r.get_json()
+    assert body["fields"][0]["filename"] == field.name and body["fields"][0]["white_cells"]
+    assert client.get(r.headers["Location"]).get_json()["id"] == body["id"]
+    page = client.get(f"/smears/{body['id']}").data.decode()
+    assert 'class="img-fluid rounded annotated"' in page and 'id="differential"' in page
+    bad = client.post("/api/v1/smears", data={"file": [(io.BytesIO(b"text"), "x.jpg")]},
+                      content_type="multipart/form-data")
+    assert bad.status_code == 415
