@@ -97,3 +97,22 @@ def test_transfer_learning_on_real_pbc_beats_chance(pbc_dir, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == 80
     assert metrics["test"]["accuracy"] >= 0.5  # 8 classes: chance is 0.125
+
+
+def test_init_keeps_the_split_and_extra_images_only_train(synth_dir, synth_run, tmp_path):
+    from hematovision.data import make_synthetic
+    extra = make_synthetic(tmp_path / "extra", ("lymphocyte",), 5, 64, seed=7, show_progress=False)
+    run = train(data=str(synth_dir), out=str(tmp_path / "ft"), init=str(synth_run),
+                extra_train=str(extra), extra_repeat=2, epochs=1, image_size=64, batch_size=16,
+                lr=1e-4, show_progress=False)
+    before = json.loads((synth_run / "split.json").read_text())
+    after = json.loads((run / "split.json").read_text())
+    assert after["sha256"] == before["sha256"]  # the earlier run's test images stay unseen
+    meta = json.loads((run / "model.json").read_text())
+    assert len(meta["data"]["extra_train"]["files"]) == 5
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0.85
+    odd = tmp_path / "odd"
+    make_synthetic(odd, ("monocyte",), 2, 64, show_progress=False)
+    with pytest.raises(HematoVisionError, match="not in --data: monocyte"):
+        train(data=str(synth_dir), out=str(tmp_path / "ft2"), init=str(synth_run),
+              extra_train=str(odd), epochs=1, image_size=64, show_progress=False)

@@ -289,3 +289,11 @@ def test_eight_threads_posting_at_once_lose_no_record(app):
     assert errors == []
     assert len(set(ids)) == 24
     assert app.test_client().get("/api/v1/predictions?limit=100").get_json()["total"] == 24
+
+
+def test_too_many_files_in_one_request(tmp_path, classifier):
+    settings = WebSettings(data_dir=str(tmp_path / "d"))
+    settings.max_files = 2
+    client = create_app(settings, classifier=classifier).test_client()
+    r = _post(client, [_sample(0), _sample(1), _sample(2)])
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "too_many_files"

@@ -101,9 +101,10 @@ def cmd_train(args) -> int:
         data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
         batch_size=args.batch_size, image_size=args.image_size, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, pretrained=args.pretrained, weights=args.weights,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, pretrained=args.pretrained, weights=args.weights,
         class_weights=args.class_weights, label_smoothing=args.label_smoothing,
         patience=args.patience, augment=not args.no_augment, max_per_class=args.max_per_class,
+        extra_train=args.extra_train, extra_repeat=args.extra_repeat, init=args.init,
         device=args.device, resume=args.resume, overwrite=args.overwrite,
         show_progress=not args.quiet)
     run = train(cfg)
@@ -159,18 +160,24 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return found
 
 
+def _inputs_and_folder(patterns: list[str], folder: str | None) -> tuple[list[str], Path | None]:
+    """The images to process, and the output folder (made) if one was asked for."""
+    paths = expand_inputs(patterns)
+    if not paths:
+        raise HematoVisionError("no images found in the given paths")
+    out_dir = Path(folder) if folder else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return paths, out_dir
+
+
 def cmd_predict(args) -> int:
     from .inference import Classifier, heatmap_overlay
     from .preprocess import to_rgb
     from .progress import progress_bar
 
     classifier = Classifier.load(args.model, precision=args.precision)
-    paths = expand_inputs(args.paths)
-    if not paths:
-        raise HematoVisionError("no images found in the given paths")
-    heat_dir = Path(args.heatmaps) if args.heatmaps else None
-    if heat_dir:
-        heat_dir.mkdir(parents=True, exist_ok=True)
+    paths, heat_dir = _inputs_and_folder(args.paths, args.heatmaps)
     results, failures = [], 0
     with progress_bar("classifying", len(paths),
                       enabled=not args.quiet and len(paths) > args.batch_size) as bar:
@@ -222,12 +229,7 @@ def cmd_smear(args) -> int:
     from .smear import analyze_smear, annotate, differential
 
     classifier = Classifier.load(args.model)
-    paths = expand_inputs(args.images)
-    if not paths:
-        raise HematoVisionError("no images found in the given paths")
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = [], 0
     with progress_bar("analysing fields", len(paths), enabled=not args.quiet and len(paths) > 1) as bar:
         for n, path in enumerate(paths):
@@ -329,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["adam", "adamw"], default="adamw")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before cosine decay")
     t.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
     t.add_argument("--weights", help="pretrained weights from this URL or file (implies --pretrained)")
     t.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
@@ -336,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=5, help="early stopping on val macro-F1")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--max-per-class", type=int, help="use at most N images per class")
+    t.add_argument("--init", help="start from this run's best weights and keep its split")
+    t.add_argument("--extra-train", help="class folders added to the training split only "
+                                         "(e.g. cells cropped from your own smears)")
+    t.add_argument("--extra-repeat", type=int, default=1, help="times each extra image is used per epoch")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -53,6 +53,9 @@ class TrainConfig:
     patience: int = 5
     augment: bool = True
     max_per_class: int | None = None
+    init: str | None = None          # start from this run's best weights, on its split
+    extra_train: str | None = None   # class folders added to the training split only
+    extra_repeat: int = 1            # ... each image this many times per epoch
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
@@ -72,7 +75,7 @@ class TrainConfig:
 
 # Settings that must not change between a run and its --resume.
 _RESUME_KEYS = ("data", "arch", "image_size", "val_fraction", "test_fraction", "seed",
-                "max_per_class", "optimizer", "batch_size")
+                "max_per_class", "optimizer", "batch_size", "extra_train", "extra_repeat", "init")
 
 
 def _prepare_out_dir(cfg: TrainConfig) -> Path:
@@ -133,15 +136,20 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> Path:
     """
     cfg = cfg or TrainConfig(**kwargs)
     cfg.check()
-    folder = _limit_per_class(scan_folder(cfg.data), cfg.max_per_class, cfg.seed)
+    # Continuing from a run keeps that run's split, so its validation and test images stay
+    # unseen; --max-per-class then thins only the training split.
+    folder = scan_folder(cfg.data)
+    if not cfg.init:
+        folder = _limit_per_class(folder, cfg.max_per_class, cfg.seed)
     if len(folder.classes) < 2:
         raise HematoVisionError(f"only one class ({folder.classes[0]}) in {cfg.data}; "
                                 f"a classifier needs at least two class folders")
     spec = preprocess_spec(cfg.arch, cfg.image_size)
     torch.manual_seed(cfg.seed)
-    # on --resume the checkpoint holds the weights: no need to fetch pretrained ones again
-    model = create_model(cfg.arch, len(folder.classes), cfg.pretrained and not cfg.resume,
-                         cfg.image_size, None if cfg.resume else cfg.weights)
+    # on --resume or --init a checkpoint holds the weights: no need to fetch pretrained ones
+    starts_from_run = bool(cfg.resume or cfg.init)
+    model = create_model(cfg.arch, len(folder.classes), cfg.pretrained and not starts_from_run,
+                         cfg.image_size, None if starts_from_run else cfg.weights)
     out = _prepare_out_dir(cfg)
 
     t0 = time.perf_counter()
@@ -152,6 +160,13 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> Path:
     manifest_path = out / "split.json"
     if cfg.resume:
         manifest = SplitManifest.load(manifest_path)
+    elif cfg.init:
+        manifest = SplitManifest.load(Path(cfg.init) / "split.json")
+        if manifest.classes != classes:
+            raise HematoVisionError(f"--init run has classes {manifest.classes}, the data {classes}")
+        manifest.save(manifest_path)
+        model.load_state_dict(torch.load(Path(cfg.init) / "best.pt", map_location="cpu",
+                                         weights_only=True)["model"])
     else:
         manifest = SplitManifest.build(decoded.folder, decoded.sha256, cfg.val_fraction,
                                        cfg.test_fraction, cfg.seed)
@@ -163,7 +178,26 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> Path:
     except KeyError as exc:
         raise HematoVisionError(f"the data changed since this run started: {exc} is missing") from None
     labels = decoded.folder.labels
+    if cfg.init and cfg.max_per_class:
+        rng = np.random.default_rng(cfg.seed)
+        split_idx["train"] = np.sort(np.concatenate([
+            rng.permutation(split_idx["train"][labels[split_idx["train"]] == c])[:cfg.max_per_class]
+            for c in range(len(classes))]))
     x_train, y_train = decoded.arrays[split_idx["train"]], labels[split_idx["train"]]
+    extra_files = []
+    if cfg.extra_train:
+        # e.g. cells cropped from another lab's smears: they teach the model that lab's look,
+        # and never enter validation or test, which stay the main data set's own
+        extra = decode_folder(scan_folder(cfg.extra_train), spec, DecodeCache.default(),
+                              show_progress=cfg.show_progress)
+        unknown = sorted(set(extra.folder.classes) - set(classes))
+        if unknown:
+            raise HematoVisionError(f"--extra-train has class(es) not in --data: {', '.join(unknown)}")
+        extra_y = np.array([classes.index(extra.folder.classes[y]) for y in extra.folder.labels])
+        x_train = np.concatenate([x_train] + [extra.arrays] * cfg.extra_repeat)
+        y_train = np.concatenate([y_train] + [extra_y] * cfg.extra_repeat)
+        extra_files = [{"path": extra.folder.relative(p), "label": classes[y], "sha256": h}
+                       for p, y, h in zip(extra.folder.paths, extra_y, extra.sha256)]
     x_val, y_val = decoded.arrays[split_idx["val"]], labels[split_idx["val"]]
 
     device = pick_device(cfg.device)
@@ -280,6 +314,7 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> Path:
         "preprocess": spec.to_dict(),
         "training": asdict(cfg),
         "data": {"root": manifest.data_root, "manifest_sha256": manifest.sha256,
+                 "extra_train": {"root": cfg.extra_train, "files": extra_files} if extra_files else None,
                  "counts": manifest.counts(),
                  "skipped_files": [str(p) for p, _ in decoded.folder.skipped]},
         "metrics": {s: {k: results[s][k] for k in ("accuracy", "f1_macro", "loss", "ece", "n")}

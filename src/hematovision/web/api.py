@@ -7,7 +7,7 @@ import hmac
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from .openapi import openapi_document
-from .service import UploadError, analyze_files, classify_files
+from .service import UploadError, analyze_files, classify_files, uploaded_files
 
 api = Blueprint("api", __name__)
 
@@ -47,15 +47,21 @@ def _prediction_json(record) -> dict:
     return data
 
 
+def _process(handler):
+    """Run a service handler on the request's files: (record, None) or (None, error answer)."""
+    try:
+        files = uploaded_files(request.files.getlist("file"),
+                               current_app.config["HEMATOVISION"].max_files)
+        return handler(files, _classifier(), _storage()), None
+    except UploadError as exc:
+        return None, error(exc.status, exc.code, exc.message)
+
+
 @api.post("/api/v1/predictions")
 def create_predictions():
-    files = request.files.getlist("file")
-    if len(files) > current_app.config["HEMATOVISION"].max_files:
-        return error(400, "too_many_files", "too many files in one request")
-    try:
-        upload = classify_files([(f.filename, f.read()) for f in files], _classifier(), _storage())
-    except UploadError as exc:
-        return error(exc.status, exc.code, exc.message)
+    upload, failure = _process(classify_files)
+    if failure:
+        return failure
     body = {"predictions": [_prediction_json(p) for p in upload.predictions],
             "model": model_summary(), "upload_id": upload.id}
     return jsonify(body), 201, {"Location": url_for("pages.result", upload_id=upload.id)}
@@ -92,13 +98,9 @@ def delete_prediction(prediction_id: int):
 
 @api.post("/api/v1/smears")
 def create_smear():
-    files = request.files.getlist("file")
-    if len(files) > current_app.config["HEMATOVISION"].max_files:
-        return error(400, "too_many_files", "too many files in one request")
-    try:
-        record = analyze_files([(f.filename, f.read()) for f in files], _classifier(), _storage())
-    except UploadError as exc:
-        return error(exc.status, exc.code, exc.message)
+    record, failure = _process(analyze_files)
+    if failure:
+        return failure
     return jsonify(record.to_dict()), 201, {"Location": url_for("api.get_smear", smear_id=record.id)}
 
 

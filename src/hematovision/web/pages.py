@@ -13,7 +13,8 @@ from flask import (Blueprint, Response, abort, current_app, redirect, render_tem
 
 from ..inference.classifier import DEFAULT_MODEL
 from . import static_vendor_dir
-from .service import ACCEPTED, UploadError, analyze_files, classify_files, differential, sniff
+from .service import (ACCEPTED, UploadError, analyze_files, classify_files, differential, sniff,
+                      uploaded_files)
 
 pages = Blueprint("pages", __name__)
 SAMPLES = DEFAULT_MODEL.parent / "samples"
@@ -39,24 +40,25 @@ def index(error: str | None = None):
                            max_mb=current_app.config["HEMATOVISION"].max_upload_mb)
 
 
-@pages.post("/upload")
-def upload():
-    files = [f for f in request.files.getlist("file") if f.filename or f.content_length]
+def _process_form(handler, result_endpoint: str, id_name: str):
+    """Run a service handler on the form's files; on bad input, the upload page with the error."""
     try:
-        record = classify_files([(f.filename, f.read()) for f in files], _classifier(), _storage())
+        files = uploaded_files(request.files.getlist("file"),
+                               current_app.config["HEMATOVISION"].max_files)
+        record = handler(files, _classifier(), _storage())
     except UploadError as exc:
         return index(error=exc.message), exc.status
-    return redirect(url_for("pages.result", upload_id=record.id), code=303)
+    return redirect(url_for(result_endpoint, **{id_name: record.id}), code=303)
+
+
+@pages.post("/upload")
+def upload():
+    return _process_form(classify_files, "pages.result", "upload_id")
 
 
 @pages.post("/smears")
 def smear_upload():
-    files = [f for f in request.files.getlist("file") if f.filename or f.content_length]
-    try:
-        record = analyze_files([(f.filename, f.read()) for f in files], _classifier(), _storage())
-    except UploadError as exc:
-        return index(error=exc.message), exc.status
-    return redirect(url_for("pages.smear_result", smear_id=record.id), code=303)
+    return _process_form(analyze_files, "pages.smear_result", "smear_id")
 
 
 @pages.get("/smears/<int:smear_id>")

@@ -40,6 +40,14 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def uploaded_files(storages, max_files: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the request's file fields; browsers send an empty one when none is chosen."""
+    files = [f for f in storages if f.filename or f.content_length]
+    if len(files) > max_files:
+        raise UploadError(400, "too_many_files", f"at most {max_files} files in one request")
+    return [(f.filename, f.read()) for f in files]
+
+
 def read_pictures(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes, object]]:
     """Check every uploaded file by its bytes and decode it: [(name, bytes, RGB picture)].
 
