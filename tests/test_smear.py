@@ -120,3 +120,22 @@ def test_smear_api_and_page(bccd, tmp_path):
     bad = client.post("/api/v1/smears", data={"file": [(io.BytesIO(b"text"), "x.jpg")]},
                       content_type="multipart/form-data")
     assert bad.status_code == 415
+
+
+def test_the_smear_model_names_white_cells_of_held_out_bccd_fields(bccd):
+    """The bundled smear model never saw the odd-numbered fields."""
+    from bench_smear import FOUR, field_labels
+    from hematovision.smear import load_smear_classifier
+    labels = field_labels(bccd / "labels.csv")
+    clf = load_smear_classifier()
+    right = total = 0
+    for image in sorted((bccd / "JPEGImages").glob("*.jpg"))[1::2][:40]:
+        kind = labels.get(image.stem)
+        if kind not in FOUR:
+            continue
+        truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
+        result = analyze_smear(image, clf)
+        for i, _ in match([c.box for c in result.white_cells], truth):
+            total += 1
+            right += result.white_cells[i].label == kind
+    assert total >= 15 and right / total >= 0.8

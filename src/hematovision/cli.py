@@ -224,11 +224,10 @@ def cmd_predict(args) -> int:
 
 # ---------------------------------------------------------------- smear fields
 def cmd_smear(args) -> int:
-    from .inference import Classifier
     from .progress import progress_bar
-    from .smear import analyze_smear, annotate, differential
+    from .smear import analyze_smear, annotate, differential, load_smear_classifier
 
-    classifier = Classifier.load(args.model)
+    classifier = load_smear_classifier(args.model)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = [], 0
     with progress_bar("analysing fields", len(paths), enabled=not args.quiet and len(paths) > 1) as bar:
@@ -376,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")
     m.add_argument("images", nargs="+", help="field images, folders (recursive) or globs")
-    m.add_argument("--model", help="model artifact folder (default: the bundled model)")
+    m.add_argument("--model", help="model artifact folder (default: the bundled smear model)")
     m.add_argument("--out", help="write each annotated field (PNG) into this folder")
     m.add_argument("--format", choices=["table", "csv", "json"], default="table")
     m.set_defaults(func=cmd_smear)

@@ -12,6 +12,7 @@ ones (benchmarks/bench_smear.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,20 @@ from ..errors import HematoVisionError
 from ..preprocess import ImageInput, to_rgb
 
 MAX_FIELD_PIXELS = 4096 * 4096
+SMEAR_MODEL = Path(__file__).resolve().parents[1] / "assets" / "smear_model"
+
+
+def load_smear_classifier(path: str | Path | None = None, precision: str | None = None):
+    """The classifier for cells cropped from fields: the bundled smear model (the default model
+    fine-tuned with white cells cropped from BCCD fields), or the artifact at ``path``."""
+    from ..inference import Classifier
+
+    if path is None:
+        path = SMEAR_MODEL
+    if precision is None:  # the smear model ships in int8 only, to keep the package small
+        files = json.loads((Path(path) / "model.json").read_text()).get("files", {})
+        precision = "fp32" if "onnx" in files else "int8"
+    return Classifier.load(path, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,7 @@ def analyze_smear(image: ImageInput, classifier=None, params: SmearParams = Smea
                   classify: bool = True) -> SmearField:
     """Find and classify every white cell in one smear field; count red cells and platelets.
 
-    ``classifier``: an ``inference.Classifier`` (default: the bundled model)."""
+    ``classifier``: an ``inference.Classifier`` (default: the bundled smear model)."""
     picture = to_rgb(image)
     if picture.width * picture.height > MAX_FIELD_PIXELS:
         raise HematoVisionError(
@@ -135,8 +150,7 @@ def analyze_smear(image: ImageInput, classifier=None, params: SmearParams = Smea
     cells = [WhiteCell(box) for box in boxes]
     if classify and cells:
         if classifier is None:
-            from ..inference import Classifier
-            classifier = Classifier.load()
+            classifier = load_smear_classifier()
         for cell, pred in zip(cells, classifier.predict([crop_cell(picture, c.box, params)
                                                          for c in cells])):
             cell.label, cell.confidence = pred.label, pred.confidence

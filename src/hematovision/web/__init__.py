@@ -12,6 +12,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from ..inference import Classifier
+from ..smear import load_smear_classifier
 from ..storage import Storage
 from .config import WebSettings
 
@@ -22,8 +23,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 def create_app(settings: WebSettings | None = None, classifier: Classifier | None = None,
-               migrate: bool = True) -> Flask:
-    """Build the app: one Classifier (loaded once per process) and one Storage."""
+               migrate: bool = True, smear_classifier: Classifier | None = None) -> Flask:
+    """Build the app: the classifiers (loaded once per process) and one Storage."""
     settings = settings or WebSettings.from_env()
     app = Flask(__name__)
     app.config.update(
@@ -37,6 +38,8 @@ def create_app(settings: WebSettings | None = None, classifier: Classifier | Non
         storage.migrate()
     app.extensions["hematovision.storage"] = storage
     app.extensions["hematovision.classifier"] = classifier or Classifier.load(settings.model)
+    app.extensions["hematovision.smear_classifier"] = (
+        smear_classifier or load_smear_classifier(settings.smear_model))
     csrf.init_app(app)
 
     from .api import api

@@ -16,6 +16,10 @@ def _classifier():
     return current_app.extensions["hematovision.classifier"]
 
 
+def _smear_classifier():
+    return current_app.extensions["hematovision.smear_classifier"]
+
+
 def _storage():
     return current_app.extensions["hematovision.storage"]
 
@@ -47,19 +51,19 @@ def _prediction_json(record) -> dict:
     return data
 
 
-def _process(handler):
+def _process(handler, classifier):
     """Run a service handler on the request's files: (record, None) or (None, error answer)."""
     try:
         files = uploaded_files(request.files.getlist("file"),
                                current_app.config["HEMATOVISION"].max_files)
-        return handler(files, _classifier(), _storage()), None
+        return handler(files, classifier, _storage()), None
     except UploadError as exc:
         return None, error(exc.status, exc.code, exc.message)
 
 
 @api.post("/api/v1/predictions")
 def create_predictions():
-    upload, failure = _process(classify_files)
+    upload, failure = _process(classify_files, _classifier())
     if failure:
         return failure
     body = {"predictions": [_prediction_json(p) for p in upload.predictions],
@@ -98,7 +102,7 @@ def delete_prediction(prediction_id: int):
 
 @api.post("/api/v1/smears")
 def create_smear():
-    record, failure = _process(analyze_files)
+    record, failure = _process(analyze_files, _smear_classifier())
     if failure:
         return failure
     return jsonify(record.to_dict()), 201, {"Location": url_for("api.get_smear", smear_id=record.id)}

@@ -11,6 +11,7 @@ from pathlib import Path
 @dataclass
 class WebSettings:
     model: str | None = None              # artifact folder; None: the bundled model
+    smear_model: str | None = None        # for cells cropped from fields; None: the bundled one
     data_dir: str = "hematovision-data"   # database file, images, secret key
     database_url: str | None = None       # any SQLAlchemy URL; default SQLite in data_dir
     max_upload_mb: float = 20.0
@@ -23,6 +24,7 @@ class WebSettings:
         env = os.environ
         settings = cls(
             model=env.get("HEMATOVISION_MODEL") or None,
+            smear_model=env.get("HEMATOVISION_SMEAR_MODEL") or None,
             data_dir=env.get("HEMATOVISION_DATA_DIR", cls.data_dir),
             database_url=env.get("HEMATOVISION_DATABASE_URL") or None,
             max_upload_mb=float(env.get("HEMATOVISION_MAX_UPLOAD_MB", cls.max_upload_mb)),

@@ -40,12 +40,12 @@ def index(error: str | None = None):
                            max_mb=current_app.config["HEMATOVISION"].max_upload_mb)
 
 
-def _process_form(handler, result_endpoint: str, id_name: str):
+def _process_form(handler, classifier, result_endpoint: str, id_name: str):
     """Run a service handler on the form's files; on bad input, the upload page with the error."""
     try:
         files = uploaded_files(request.files.getlist("file"),
                                current_app.config["HEMATOVISION"].max_files)
-        record = handler(files, _classifier(), _storage())
+        record = handler(files, classifier, _storage())
     except UploadError as exc:
         return index(error=exc.message), exc.status
     return redirect(url_for(result_endpoint, **{id_name: record.id}), code=303)
@@ -53,12 +53,13 @@ def _process_form(handler, result_endpoint: str, id_name: str):
 
 @pages.post("/upload")
 def upload():
-    return _process_form(classify_files, "pages.result", "upload_id")
+    return _process_form(classify_files, _classifier(), "pages.result", "upload_id")
 
 
 @pages.post("/smears")
 def smear_upload():
-    return _process_form(analyze_files, "pages.smear_result", "smear_id")
+    return _process_form(analyze_files, current_app.extensions["hematovision.smear_classifier"],
+                         "pages.smear_result", "smear_id")
 
 
 @pages.get("/smears/<int:smear_id>")
@@ -138,8 +139,10 @@ def delete(prediction_id: int):
 @pages.get("/model")
 def model():
     clf = _classifier()
+    smear = current_app.extensions["hematovision.smear_classifier"]
     return render_template("model.html", clf=clf, meta=clf.meta,
-                           test=clf.meta.get("metrics", {}).get("test", {}))
+                           test=clf.meta.get("metrics", {}).get("test", {}), smear=smear,
+                           smear_metrics=smear.meta.get("metrics", {}))
 
 
 @pages.get("/model/confusion.png")

@@ -7,6 +7,7 @@ import logging
 from gunicorn.app.base import BaseApplication
 
 from ..inference import Classifier
+from ..smear import load_smear_classifier
 from ..storage import Storage
 from .config import WebSettings
 
@@ -31,6 +32,7 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrid
     """Check the model and migrate the database once, then run ``workers`` processes."""
     settings = WebSettings.from_env(**overrides)
     Classifier.load(settings.model)  # a bad --model fails here, with one clear line
+    load_smear_classifier(settings.smear_model)
     Storage(settings.database_url, settings.data_dir, settings.store_images).migrate()
     settings.secret_key()  # created before the workers start, shared by all of them
     log.info("serving on http://%s:%d with %d workers; data in %s", host, port, workers,
