@@ -104,6 +104,27 @@ def _limit_per_class(folder, n: int | None, seed: int):
     return folder.subset(keep)
 
 
+def _thin(indices: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """At most ``per_class`` of ``indices`` per label, chosen by ``seed``, in order."""
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(indices[labels[indices] == c])[:per_class]
+                                   for c in np.unique(labels[indices])]))
+
+
+def _extra_training_images(cfg: "TrainConfig", spec, classes: list[str]):
+    """Images for the training split only (e.g. cells cropped from another lab's smears: they
+    teach the model that lab's look and never enter validation or test)."""
+    extra = decode_folder(scan_folder(cfg.extra_train), spec, DecodeCache.default(),
+                          show_progress=cfg.show_progress)
+    unknown = sorted(set(extra.folder.classes) - set(classes))
+    if unknown:
+        raise HematoVisionError(f"--extra-train has class(es) not in --data: {', '.join(unknown)}")
+    labels = np.array([classes.index(extra.folder.classes[y]) for y in extra.folder.labels])
+    files = [{"path": extra.folder.relative(p), "label": classes[y], "sha256": h}
+             for p, y, h in zip(extra.folder.paths, labels, extra.sha256)]
+    return extra.arrays, labels, files
+
+
 def _lr_schedule(warmup_steps: int, total_steps: int):
     """Linear warm-up, then cosine decay to zero."""
     def factor(step: int) -> float:
@@ -179,25 +200,13 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> Path:
         raise HematoVisionError(f"the data changed since this run started: {exc} is missing") from None
     labels = decoded.folder.labels
     if cfg.init and cfg.max_per_class:
-        rng = np.random.default_rng(cfg.seed)
-        split_idx["train"] = np.sort(np.concatenate([
-            rng.permutation(split_idx["train"][labels[split_idx["train"]] == c])[:cfg.max_per_class]
-            for c in range(len(classes))]))
+        split_idx["train"] = _thin(split_idx["train"], labels, cfg.max_per_class, cfg.seed)
     x_train, y_train = decoded.arrays[split_idx["train"]], labels[split_idx["train"]]
     extra_files = []
     if cfg.extra_train:
-        # e.g. cells cropped from another lab's smears: they teach the model that lab's look,
-        # and never enter validation or test, which stay the main data set's own
-        extra = decode_folder(scan_folder(cfg.extra_train), spec, DecodeCache.default(),
-                              show_progress=cfg.show_progress)
-        unknown = sorted(set(extra.folder.classes) - set(classes))
-        if unknown:
-            raise HematoVisionError(f"--extra-train has class(es) not in --data: {', '.join(unknown)}")
-        extra_y = np.array([classes.index(extra.folder.classes[y]) for y in extra.folder.labels])
-        x_train = np.concatenate([x_train] + [extra.arrays] * cfg.extra_repeat)
+        extra_x, extra_y, extra_files = _extra_training_images(cfg, spec, classes)
+        x_train = np.concatenate([x_train] + [extra_x] * cfg.extra_repeat)
         y_train = np.concatenate([y_train] + [extra_y] * cfg.extra_repeat)
-        extra_files = [{"path": extra.folder.relative(p), "label": classes[y], "sha256": h}
-                       for p, y, h in zip(extra.folder.paths, extra_y, extra.sha256)]
     x_val, y_val = decoded.arrays[split_idx["val"]], labels[split_idx["val"]]
 
     device = pick_device(cfg.device)
