@@ -213,12 +213,26 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, int8: boo
         return np.concatenate([plain.features(torch.from_numpy(normalize(images[i:i + 128], spec)))[0]
                                .mean((2, 3)).numpy() for i in range(0, len(images), 128)])
 
+    # Images added to the training split only (--extra-train, e.g. cells from another lab's
+    # smears) are part of what the model knows: the distance score must not call them strange.
+    extra = (meta["data"].get("extra_train") or {}).get("root")
+    extra_x = np.zeros((0, *train_x.shape[1:]), np.uint8)
+    if extra and Path(extra).is_dir():
+        decoded_extra = decode_folder(scan_folder(extra), spec, DecodeCache.default(),
+                                      show_progress=show_progress)
+        extra_x = decoded_extra.arrays
+        extra_y = np.array([classes.index(decoded_extra.folder.classes[y])
+                            for y in decoded_extra.folder.labels])
+        train_x, train_y = np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])
+    elif extra:
+        log.warning("extra training images not found at %s: the OOD score ignores them", extra)
     graph = ServingGraph(model, *_fit_ood(pooled(train_x), train_y, len(classes))).eval()
     val_logits, _, val_ood = _run(graph, val_x, spec)
     temperature = fit_temperature(val_logits, val_y)
     val_probs = softmax(val_logits, temperature)
     threshold = choose_confidence_threshold(val_probs, val_y)
-    ood_threshold = float(np.percentile(val_ood, 99))
+    extra_ood = _run(graph, extra_x, spec)[2] if len(extra_x) else np.zeros(0)
+    ood_threshold = float(np.percentile(np.concatenate([val_ood, extra_ood]), 99))
 
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
