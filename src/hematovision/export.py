@@ -129,16 +129,15 @@ def _fit_ood(features: np.ndarray, labels: np.ndarray, n_classes: int, dims: int
     return pca.mean_, projection, centres
 
 
-def _decode_split(manifest: SplitManifest, data_root: Path, split: str, spec, classes,
+def _decode_split(manifest: SplitManifest, folder, split: str, spec, classes,
                   limit: int | None = None, show_progress: bool = True):
     entries = manifest.entries(split)
     if limit and len(entries) > limit:
         entries = [entries[i] for i in np.random.default_rng(0).choice(len(entries), limit, replace=False)]
-    folder = scan_folder(data_root)
     wanted = {e["path"] for e in entries}
     keep = np.array([folder.relative(p) in wanted for p in folder.paths])
     if keep.sum() != len(wanted):
-        raise HematoVisionError(f"the {split} images of this run are not all in {data_root}; "
+        raise HematoVisionError(f"the {split} images of this run are not all in {folder.root}; "
                                 f"pass --data with the folder the run was trained on")
     decoded = decode_folder(folder.subset(keep), spec, DecodeCache.default(),
                             show_progress=show_progress)
@@ -198,11 +197,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, int8: boo
     root = Path(data_dir) if data_dir else Path(manifest.data_root)
     if not root.is_dir():
         raise HematoVisionError(f"training data not found at {root}; pass --data")
-    val_x, val_y = _decode_split(manifest, root, "val", spec, classes, show_progress=show_progress)
-    train_x, train_y = _decode_split(manifest, root, "train", spec, classes, limit=3000,
+    folder = scan_folder(root)  # once: the three splits are subsets of it
+    val_x, val_y = _decode_split(manifest, folder, "val", spec, classes, show_progress=show_progress)
+    train_x, train_y = _decode_split(manifest, folder, "train", spec, classes, limit=3000,
                                      show_progress=show_progress)
     has_test = bool(manifest.entries("test"))
-    test_x, test_y = (_decode_split(manifest, root, "test", spec, classes,
+    test_x, test_y = (_decode_split(manifest, folder, "test", spec, classes,
                                     show_progress=show_progress) if has_test else (None, None))
 
     # features for the out-of-distribution score come from the plain network

@@ -7,6 +7,12 @@ from .. import __version__
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
+# multipart/form-data with the field "file", repeatable: how images are sent
+_FILES_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}
+
+
 def _error_response(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
@@ -73,10 +79,7 @@ def openapi_document(model_version: str) -> dict:
             "/api/v1/predictions": {
                 "post": {
                     "summary": "Classify one or more images",
-                    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                        "type": "object", "properties": {"file": {
-                            "type": "array", "items": {"type": "string", "format": "binary"}}},
-                        "required": ["file"]}}}},
+                    "requestBody": _FILES_BODY,
                     "responses": {
                         "201": {"description": "Classified and stored", "content": {"application/json": {
                             "schema": {"type": "object", "required": ["predictions", "model"],
@@ -126,10 +129,7 @@ def openapi_document(model_version: str) -> dict:
             },
             "/api/v1/smears": {"post": {
                 "summary": "Analyse smear fields: white cells (boxes, classes), counts, differential",
-                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                    "type": "object", "properties": {"file": {
-                        "type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "required": ["file"]}}}},
+                "requestBody": _FILES_BODY,
                 "responses": {
                     "201": {"description": "Analysed and stored", "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Smear"}}}},
