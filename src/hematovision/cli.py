@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-fraction", type=float, default=0.1)
     t.add_argument("--out", default="runs/latest")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--optimizer", choices=["adam", "adamw"], default="adamw")
+    t.add_argument("--optimizer", choices=["auto", "adam", "adamw"], default="auto",
+                   help="auto: Adam for seed-cnn (as the original design), AdamW otherwise")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before cosine decay")

@@ -42,7 +42,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.1
     seed: int = 0
-    optimizer: str = "adamw"
+    optimizer: str = "auto"          # auto: Adam for seed-cnn (the original design), else AdamW
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
@@ -65,8 +65,10 @@ class TrainConfig:
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise HematoVisionError("--epochs and --batch-size must be at least 1")
-        if self.optimizer not in ("adam", "adamw"):
-            raise HematoVisionError("--optimizer must be adam or adamw")
+        if self.optimizer not in ("auto", "adam", "adamw"):
+            raise HematoVisionError("--optimizer must be auto, adam or adamw")
+        if self.optimizer == "auto":
+            self.optimizer = "adam" if self.arch == "seed-cnn" else "adamw"
         if self.lr <= 0:
             raise HematoVisionError("--lr must be positive")
         if self.val_fraction <= 0:
