@@ -139,3 +139,14 @@ def test_the_smear_model_names_white_cells_of_held_out_bccd_fields(bccd):
             total += 1
             right += result.white_cells[i].label == kind
     assert total >= 15 and right / total >= 0.8
+
+
+def test_cell_size_adapts_the_detector_to_another_magnification(bccd):
+    from hematovision.smear import SmearParams
+    image = _fields(bccd, 1)[0]
+    truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
+    assert SmearParams.for_cell_size(200) == SmearParams()
+    half = Image.open(image).convert("RGB").resize((320, 240), Image.BILINEAR)
+    boxes, _, _ = locate_cells(np.asarray(half), SmearParams.for_cell_size(100))
+    scaled_truth = [[v / 2 for v in box] for box in truth]
+    assert len(match(boxes, scaled_truth)) == len(truth)

@@ -225,15 +225,18 @@ def cmd_predict(args) -> int:
 # ---------------------------------------------------------------- smear fields
 def cmd_smear(args) -> int:
     from .progress import progress_bar
-    from .smear import analyze_smear, annotate, differential, load_smear_classifier
+    from .smear import SmearParams, analyze_smear, annotate, differential, load_smear_classifier
 
+    if args.cell_size < 20:
+        raise HematoVisionError("--cell-size must be at least 20 pixels")
     classifier = load_smear_classifier(args.model)
+    params = SmearParams.for_cell_size(args.cell_size)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = [], 0
     with progress_bar("analysing fields", len(paths), enabled=not args.quiet and len(paths) > 1) as bar:
         for n, path in enumerate(paths):
             try:
-                result = analyze_smear(path, classifier)
+                result = analyze_smear(path, classifier, params)
             except HematoVisionError as exc:
                 failures += 1
                 print(f"error: {exc}", file=sys.stderr)
@@ -379,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", help="model artifact folder (default: the bundled smear model)")
     m.add_argument("--out", help="write each annotated field (PNG) into this folder")
     m.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    m.add_argument("--cell-size", type=float, default=200,
+                   help="width of a white cell in pixels (200 in BCCD fields, 640x480 at 100x)")
     m.set_defaults(func=cmd_smear)
 
     w = sub.add_parser("serve", help="run the web application (production server)")

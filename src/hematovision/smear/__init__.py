@@ -24,6 +24,7 @@ from ..errors import HematoVisionError
 from ..preprocess import ImageInput, to_rgb
 
 MAX_FIELD_PIXELS = 4096 * 4096
+BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
 SMEAR_MODEL = Path(__file__).resolve().parents[1] / "assets" / "smear_model"
 
 
@@ -53,6 +54,21 @@ class SmearParams:
     red_min_radius: float = 15.0       # px, distance-transform peak height of one red cell
     red_peak_window: int = 61          # px, one peak per window
     crop_factor: float = 1.8           # classifier crop side / cell box side (PBC framing)
+
+    @classmethod
+    def for_cell_size(cls, cell_px: float) -> "SmearParams":
+        """Parameters for fields where a white cell is about ``cell_px`` pixels across
+        (other magnifications or scan resolutions); lengths scale with it, areas with its square."""
+        base = cls()
+        k = cell_px / BCCD_CELL_PX
+        return cls(stain_threshold=base.stain_threshold,
+                   merge_iterations=max(1, round(base.merge_iterations * k)),
+                   min_nucleus_area=max(1, round(base.min_nucleus_area * k * k)),
+                   min_platelet_area=max(1, round(base.min_platelet_area * k * k)),
+                   box_growth=base.box_growth, red_margin=base.red_margin,
+                   red_min_radius=base.red_min_radius * k,
+                   red_peak_window=max(3, round(base.red_peak_window * k) | 1),
+                   crop_factor=base.crop_factor)
 
 
 @dataclass
