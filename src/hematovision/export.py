@@ -100,10 +100,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Class probabilities of ``logits`` scaled by ``temperature``, as the Classifier computes them."""
+    from scipy.special import softmax as scipy_softmax
+    return scipy_softmax(logits / temperature, axis=1)
 
 
 def choose_confidence_threshold(probs: np.ndarray, labels: np.ndarray,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.special import softmax
 
 from ..errors import HematoVisionError
 from ..preprocess import ImageInput, PreprocessSpec, normalize, resize, to_rgb
@@ -33,12 +34,6 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"label": self.label, "confidence": self.confidence, "uncertain": self.uncertain,
                 "reasons": self.reasons, "probabilities": self.probabilities}
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def heatmap_overlay(image: ImageInput, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:
@@ -102,7 +97,7 @@ class Classifier:
     def predict_arrays(self, images_uint8: np.ndarray):
         """Raw outputs for resized NHWC uint8 images: (calibrated probabilities, cam, ood)."""
         logits, cam, ood = self.session.run(None, {"input": normalize(images_uint8, self.spec)})
-        return _softmax(logits / self.temperature), cam, ood
+        return softmax(logits / self.temperature, axis=1), cam, ood
 
     def predict(self, images: ImageInput | list[ImageInput], heatmaps: bool = False,
                 batch_size: int = 32) -> list[Prediction]:

@@ -133,13 +133,19 @@ def locate_cells(rgb: np.ndarray, params: SmearParams = SmearParams()):
     return boxes, red_cells, platelets
 
 
-def crop_cell(picture: Image.Image, box, params: SmearParams = SmearParams()) -> Image.Image:
+def background_colour(picture: Image.Image) -> tuple[int, int, int]:
+    """The field's median colour: mostly the bright background between cells."""
+    return tuple(int(v) for v in np.median(np.asarray(picture).reshape(-1, 3), axis=0))
+
+
+def crop_cell(picture: Image.Image, box, params: SmearParams = SmearParams(),
+              fill: tuple[int, int, int] | None = None) -> Image.Image:
     """A square crop centred on the cell, framed like the PBC images the classifier knows;
-    beyond the field's edge it is filled with the field's median (background) colour."""
+    beyond the field's edge it is filled with ``fill`` (default: the field's background colour)."""
     x1, y1, x2, y2 = box
     side = int(max(x2 - x1, y2 - y1) * params.crop_factor)
     cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
-    fill = tuple(int(v) for v in np.median(np.asarray(picture).reshape(-1, 3), axis=0))
+    fill = fill or background_colour(picture)
     crop = Image.new("RGB", (side, side), fill)
     left, top = cx - side // 2, cy - side // 2
     crop.paste(picture.crop((max(0, left), max(0, top), min(picture.width, left + side),
@@ -167,8 +173,9 @@ def analyze_smear(image: ImageInput, classifier=None, params: SmearParams = Smea
     if classify and cells:
         if classifier is None:
             classifier = load_smear_classifier()
-        for cell, pred in zip(cells, classifier.predict([crop_cell(picture, c.box, params)
-                                                         for c in cells])):
+        fill = background_colour(picture)  # once per field, not once per cell
+        crops = [crop_cell(picture, c.box, params, fill) for c in cells]
+        for cell, pred in zip(cells, classifier.predict(crops)):
             cell.label, cell.confidence = pred.label, pred.confidence
             cell.uncertain, cell.probabilities = pred.uncertain, pred.probabilities
     path = str(Path(image).resolve()) if isinstance(image, (str, Path)) else None
@@ -177,7 +184,11 @@ def analyze_smear(image: ImageInput, classifier=None, params: SmearParams = Smea
 
 def differential(fields: list[SmearField], classes: list[str] | None = None) -> dict:
     """Count and percentage of each white-cell class over all fields."""
-    labels = [c.label for f in fields for c in f.white_cells if c.label]
+    return differential_count([c.label for f in fields for c in f.white_cells if c.label], classes)
+
+
+def differential_count(labels: list[str], classes: list[str] | None = None) -> dict:
+    """Count and percentage of each class among ``labels``; every class of ``classes`` is listed."""
     names = list(classes or []) + sorted(set(labels) - set(classes or []))
     total = len(labels)
     return {c: {"count": labels.count(c),

@@ -8,7 +8,7 @@ import io
 from ..errors import HematoVisionError, ImageTooLarge
 from ..inference import Classifier, heatmap_overlay
 from ..preprocess import to_rgb
-from ..smear import analyze_smear, annotate
+from ..smear import analyze_smear, annotate, differential_count
 from ..smear import differential as smear_differential
 from ..storage import SmearAnalysis, Storage, Upload
 
@@ -122,9 +122,4 @@ def analyze_files(files: list[tuple[str, bytes]], classifier: Classifier,
 
 def differential(upload: Upload, classes: list[str]) -> dict[str, dict]:
     """Count and percentage per class over an upload's images."""
-    total = len(upload.predictions)
-    counts = {c: 0 for c in classes}
-    for p in upload.predictions:
-        counts[p.label] = counts.get(p.label, 0) + 1
-    return {c: {"count": n, "percent": round(100 * n / total, 1) if total else 0.0}
-            for c, n in counts.items()}
+    return differential_count([p.label for p in upload.predictions], classes)
