@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from hematovision.artifact import RunDir
 from hematovision.export import export_run
 from hematovision.inference import Classifier
 from hematovision.training import TrainConfig, train
@@ -31,11 +31,11 @@ RECIPE = dict(arch="efficientnet_lite0", pretrained=True, epochs=10, batch_size=
 
 
 def pick_samples(run: Path, data: Path, classifier: Classifier, per_class: int = 3) -> list[dict]:
-    split = json.loads((run / "split.json").read_text())
+    manifest = RunDir(run).manifest()
     rng = np.random.default_rng(0)
     chosen = []
-    for cls in split["classes"]:
-        files = [f for f in split["files"] if f["split"] == "test" and f["label"] == cls]
+    for cls in manifest.classes:
+        files = [f for f in manifest.entries("test") if f["label"] == cls]
         picked = 0
         for i in rng.permutation(len(files)):
             path = data / files[i]["path"]
@@ -64,10 +64,7 @@ def main() -> None:
                           provenance=args.provenance)
     target = ASSETS / "default_model"
     shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    for name in ("model.onnx", "model.int8.onnx", "model.json"):
-        if (artifact / name).exists():
-            shutil.copy(artifact / name, target / name)
+    shutil.copytree(artifact.path, target)
     samples = ASSETS / "samples"
     shutil.rmtree(samples, ignore_errors=True)
     samples.mkdir(parents=True)

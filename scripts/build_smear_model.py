@@ -12,20 +12,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from hematovision.export import export_run
+from hematovision.inference import Classifier
+from hematovision.smear.scoring import score_fields
+from hematovision.training import TrainConfig, train
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_smear import run as score_fields  # noqa: E402
-
-from hematovision.export import export_run  # noqa: E402
-from hematovision.inference import Classifier  # noqa: E402
-from hematovision.training import TrainConfig, train  # noqa: E402
 
 RECIPE = dict(arch="efficientnet_lite0", epochs=3, lr=3e-4, warmup_epochs=0.3,
               label_smoothing=0.1, max_per_class=150, extra_repeat=8, val_fraction=0.1,
@@ -51,19 +48,19 @@ def main() -> None:
                           extra_train=str(crops), overwrite=True, **RECIPE))
     artifact = export_run(args.run, int8=True, data_dir=args.pbc, overwrite=True,
                           provenance=args.provenance)
-    meta = json.loads((artifact / "model.json").read_text())
-    meta["name"] = "hematovision-smear-" + meta["architecture"]
-    meta["files"] = {"int8": meta["files"]["int8"]}  # int8 only: a small package
-    held_out = score_fields(args.bccd, Classifier.load(artifact, precision="int8"))["held out (odd fields)"]
-    meta["metrics"]["bccd_held_out_fields"] = {
-        "white_cell_accuracy": held_out["white_cell_accuracy"],
-        "white_cells": held_out["white_cells_classified"], "fields": held_out["fields"],
-        "classes": "neutrophil, eosinophil, lymphocyte, monocyte (labels.csv)"}
+    held_out = score_fields(args.bccd, Classifier.load(artifact.path, precision="int8"))[
+        "held out (odd fields)"]
     target = ROOT / "src" / "hematovision" / "assets" / "smear_model"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    shutil.copy(artifact / "model.int8.onnx", target / "model.int8.onnx")
-    (target / "model.json").write_text(json.dumps(meta, indent=1))
+    shutil.copy(artifact.file("int8"), target / "model.int8.onnx")
+    artifact.name = "hematovision-smear-" + artifact.architecture
+    artifact.files = {"int8": artifact.files["int8"]}  # int8 only: a small package
+    artifact.metrics["bccd_held_out_fields"] = {
+        "white_cell_accuracy": held_out["white_cell_accuracy"],
+        "white_cells": held_out["white_cells_classified"], "fields": held_out["fields"],
+        "classes": "neutrophil, eosinophil, lymphocyte, monocyte (labels.csv)"}
+    artifact.save(target)
     print(f"smear model in {target}: BCCD held-out white-cell accuracy "
           f"{100 * held_out['white_cell_accuracy']:.1f}%")
 

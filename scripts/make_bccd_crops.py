@@ -11,17 +11,15 @@ out for benchmarks/bench_smear.py.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_smear import FOUR, field_labels, match, voc_boxes  # noqa: E402
+from hematovision.data.bccd import WBC_TYPES, annotation, field_labels, fields, match
+from hematovision.smear import crop_cell, locate_cells
 
-from hematovision.smear import crop_cell, locate_cells  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -33,16 +31,13 @@ def main() -> None:
     args = ap.parse_args()
     labels = field_labels(args.data / "labels.csv")
     counts: dict[str, int] = {}
-    for image in sorted((args.data / "JPEGImages").glob("*.jpg")):
-        number = int(image.stem.split("_")[-1])
-        if args.parity != "all" and number % 2 != (args.parity == "odd"):
-            continue
+    for image in fields(args.data, args.parity):
         kind = labels.get(image.stem)
-        if kind not in FOUR:
+        if kind not in WBC_TYPES:
             continue
         picture = Image.open(image).convert("RGB")
         boxes, _, _ = locate_cells(np.asarray(picture))
-        truth = voc_boxes(args.data / "Annotations" / f"{image.stem}.xml")["WBC"]
+        truth = annotation(args.data, image)["WBC"]
         for i, _ in match(boxes, truth):
             folder = args.out / kind
             folder.mkdir(parents=True, exist_ok=True)

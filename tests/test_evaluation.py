@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hematovision.evaluation import (classification_metrics, evaluate_run,
-                                     expected_calibration_error)
+from hematovision.evaluation import classification_metrics, expected_calibration_error
 from hematovision.errors import HematoVisionError
 from hematovision.models import load_trained, predict_proba
-from hematovision.preprocess import PreprocessSpec, load_resized
+from hematovision.preprocess import load_resized
+from hematovision.training import evaluate_run
 
 
 def test_ece_on_a_hand_computed_example():
@@ -38,10 +38,10 @@ def test_evaluate_run_matches_an_independent_computation(synth_run, synth_dir, t
     # independently: the manifest's test files, the run's weights, scikit-learn
     split = json.loads((synth_run / "split.json").read_text())
     test = [f for f in split["files"] if f["split"] == "test"]
-    model, meta = load_trained(synth_run)
-    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    model, info = load_trained(synth_run)
+    spec = info.preprocess
     images = np.stack([load_resized(synth_dir / f["path"], spec) for f in test])
-    y = np.array([meta["classes"].index(f["label"]) for f in test])
+    y = np.array([info.classes.index(f["label"]) for f in test])
     probs = predict_proba(model, images, spec)
     assert metrics["n"] == len(test)
     assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y, probs.argmax(1)))

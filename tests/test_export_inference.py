@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def artifact(synth_run, tmp_path_factory):
     return export_run(synth_run, tmp_path_factory.mktemp("artifact") / "a", int8=True,
-                      show_progress=False)
+                      show_progress=False).path
 
 
 def test_artifact_holds_models_checks_and_calibration(artifact):

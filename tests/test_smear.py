@@ -2,21 +2,18 @@
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import BCCD
 from hematovision.cli import main
+from hematovision.data.bccd import match, voc_boxes
+from hematovision.differential import count_differential
 from hematovision.errors import HematoVisionError
-from hematovision.smear import analyze_smear, annotate, differential, locate_cells
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_smear import match, voc_boxes  # noqa: E402  (the benchmark's own scoring)
-
-from conftest import BCCD  # noqa: E402
+from hematovision.smear import analyze_smear, annotate, cell_labels, locate_cells
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +47,7 @@ def test_analysis_shape_counts_and_annotation(bccd):
         x1, y1, x2, y2 = cell.box
         assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
         assert cell.label and 0 <= cell.confidence <= 1
-    diff = differential([result, result])
+    diff = count_differential(cell_labels([result, result]))
     assert sum(d["count"] for d in diff.values()) == 2 * len(result.white_cells)
     assert sum(d["percent"] for d in diff.values()) == pytest.approx(100, abs=0.5)
     drawn = np.asarray(annotate(image, result)).astype(int)
@@ -124,14 +121,14 @@ def test_smear_api_and_page(bccd, tmp_path):
 
 def test_the_smear_model_names_white_cells_of_held_out_bccd_fields(bccd):
     """The bundled smear model never saw the odd-numbered fields."""
-    from bench_smear import FOUR, field_labels
+    from hematovision.data.bccd import WBC_TYPES, field_labels
     from hematovision.smear import load_smear_classifier
     labels = field_labels(bccd / "labels.csv")
     clf = load_smear_classifier()
     right = total = 0
     for image in sorted((bccd / "JPEGImages").glob("*.jpg"))[1::2][:40]:
         kind = labels.get(image.stem)
-        if kind not in FOUR:
+        if kind not in WBC_TYPES:
             continue
         truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
         result = analyze_smear(image, clf)

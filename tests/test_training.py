@@ -20,12 +20,12 @@ def test_seed_cnn_learns_the_synthetic_set(synth_run):
 
 
 def test_run_folder_holds_everything(synth_run):
-    for name in ("best.pt", "checkpoint.pt", "model.json", "history.csv", "metrics.json",
+    for name in ("best.pt", "checkpoint.pt", "run.json", "history.csv", "metrics.json",
                  "split.json", "report.html", "plots/training_curves.png",
                  "plots/report_confusion_matrix.png", "plots/report_roc.png",
                  "plots/report_per_class.png"):
         assert (synth_run / name).is_file(), name
-    meta = json.loads((synth_run / "model.json").read_text())
+    meta = json.loads((synth_run / "run.json").read_text())
     assert meta["classes"] == ["lymphocyte", "neutrophil"]
     assert meta["architecture"] == "seed-cnn" and meta["input_size"] == 64
     assert meta["preprocess"]["mean"] == [0.0, 0.0, 0.0]
@@ -108,7 +108,7 @@ def test_init_keeps_the_split_and_extra_images_only_train(synth_dir, synth_run, 
     before = json.loads((synth_run / "split.json").read_text())
     after = json.loads((run / "split.json").read_text())
     assert after["sha256"] == before["sha256"]  # the earlier run's test images stay unseen
-    meta = json.loads((run / "model.json").read_text())
+    meta = json.loads((run / "run.json").read_text())
     assert len(meta["data"]["extra_train"]["files"]) == 5
     assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0.85
     odd = tmp_path / "odd"

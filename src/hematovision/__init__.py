@@ -1,7 +1,7 @@
 """HematoVision: blood-cell classification in microscope images.
 
 The public API (heavy parts are imported on first use, so ``import hematovision`` is light):
-    train(data=..., out=..., arch=...)      -> run folder      (needs the train extra)
+    train(data=..., out=..., arch=...)      -> RunDir          (needs the train extra)
     evaluate(run, data, split="test")       -> metrics dict
     make_synthetic(out, classes, per_class) -> data folder
     inspect_folder(path)                    -> data summary
@@ -9,7 +9,7 @@ The public API (heavy parts are imported on first use, so ``import hematovision`
     analyze_smear(field_image)              -> white cells (boxes, classes), red cells, platelets
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Classifier", "analyze_smear", "evaluate", "inspect_folder", "make_synthetic", "train",
            "__version__"]
@@ -33,8 +33,8 @@ def train(*args, **kwargs):
 
 
 def evaluate(run_dir, data_dir, split="test", **kwargs):
-    """Evaluate a training run on a split of a data folder; see ``evaluation.evaluate_run``."""
-    from .evaluation import evaluate_run
+    """Evaluate a training run on a split of a data folder; see ``training.evaluate_run``."""
+    from .training import evaluate_run
     return evaluate_run(run_dir, data_dir, split, **kwargs)
 
 

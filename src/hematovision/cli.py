@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import types
+import typing
 from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from . import __version__
+from ._version import __version__
 from .errors import HematoVisionError
 
 out = Console(highlight=False)            # results: stdout
@@ -97,26 +100,17 @@ def print_metrics(metrics: dict, title: str) -> None:
 
 def cmd_train(args) -> int:
     from .training import TrainConfig, train
-    cfg = TrainConfig(
-        data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
-        batch_size=args.batch_size, image_size=args.image_size, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, pretrained=args.pretrained, weights=args.weights,
-        class_weights=args.class_weights, label_smoothing=args.label_smoothing,
-        patience=args.patience, augment=not args.no_augment, max_per_class=args.max_per_class,
-        extra_train=args.extra_train, extra_repeat=args.extra_repeat, init=args.init,
-        device=args.device, resume=args.resume, overwrite=args.overwrite,
-        show_progress=not args.quiet)
+    cfg = config_from_args(TrainConfig, args, show_progress=not args.quiet)
     run = train(cfg)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = run.metrics()
     shown = "test" if "test" in metrics else "val"
     print_metrics(metrics[shown], f"{cfg.arch}: {shown} split")
-    out.print(f"run folder: {run}\nreport: {run / 'report.html'}")
+    out.print(f"run folder: {run}\nreport: {run.report}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_run
+    from .training import evaluate_run
     metrics = evaluate_run(args.model, args.data, args.split, args.out, show_progress=not args.quiet)
     if args.json:
         print(json.dumps(metrics, indent=1))
@@ -129,16 +123,15 @@ def cmd_evaluate(args) -> int:
 # ---------------------------------------------------------------- export / predict
 def cmd_export(args) -> int:
     from .export import export_run
-    path = export_run(args.model, args.out, int8=args.int8, data_dir=args.data,
-                      overwrite=args.overwrite, show_progress=not args.quiet)
-    meta = json.loads((path / "model.json").read_text())
-    out.print(f"model artifact: {path}")
-    out.print(f"checks: {json.dumps(meta['checks'])}")
-    test = meta["metrics"].get("test")
+    artifact = export_run(args.model, args.out, int8=args.int8, data_dir=args.data,
+                          overwrite=args.overwrite, show_progress=not args.quiet)
+    out.print(f"model artifact: {artifact.path}")
+    out.print(f"checks: {json.dumps(artifact.checks)}")
+    test = artifact.metrics.get("test")
     if test:
         out.print(f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['f1_macro']:.4f}, "
                   f"ECE {test['ece_before']:.4f} -> {test['ece_after']:.4f} after temperature "
-                  f"scaling (T={meta['temperature']:.3f})")
+                  f"scaling (T={artifact.calibration.temperature:.3f})")
     return 0
 
 
@@ -173,43 +166,33 @@ def _inputs_and_folder(patterns: list[str], folder: str | None) -> tuple[list[st
 
 def cmd_predict(args) -> int:
     from .inference import Classifier, heatmap_overlay
-    from .preprocess import to_rgb
     from .progress import progress_bar
+    from .tables import write_predictions_csv
 
     classifier = Classifier.load(args.model, precision=args.precision)
     paths, heat_dir = _inputs_and_folder(args.paths, args.heatmaps)
     results, failures = [], 0
     with progress_bar("classifying", len(paths),
                       enabled=not args.quiet and len(paths) > args.batch_size) as bar:
-        for start in range(0, len(paths), args.batch_size):
-            readable = []
-            for p in paths[start:start + args.batch_size]:
-                try:
-                    readable.append((p, to_rgb(p)))
-                except HematoVisionError as exc:
-                    failures += 1
-                    print(f"error: {exc}", file=sys.stderr)
-            if readable:
-                preds = classifier.predict([img for _, img in readable], heatmaps=bool(heat_dir),
-                                           batch_size=args.batch_size)
-                for n, ((p, img), pred) in enumerate(zip(readable, preds)):
-                    if heat_dir:
-                        name = f"{start + n:05d}_{Path(p).stem}_heatmap.png"
-                        heatmap_overlay(img, pred.heatmap).save(heat_dir / name)
-                    results.append((p, pred))
-            bar.advance(len(paths[start:start + args.batch_size]))
+        for n, (path, pred) in enumerate(zip(paths, classifier.iter_predict(
+                paths, heatmaps=bool(heat_dir), batch_size=args.batch_size, errors="report"))):
+            bar.advance()
+            if not pred.ok:
+                failures += 1
+                print(f"error: {pred.error}", file=sys.stderr)
+                continue
+            if heat_dir:
+                heatmap_overlay(path, pred.heatmap).save(
+                    heat_dir / f"{n:05d}_{Path(path).stem}_heatmap.png")
+                pred.heatmap = None  # written: do not keep every map in memory
+            results.append((str(Path(path).resolve()), pred))
     if args.format == "json":
-        print(json.dumps([{"path": str(Path(p).resolve()), **pred.to_dict(),
+        print(json.dumps([{"path": p, **pred.to_dict(),
                            "top_k": [[c, v] for c, v in pred.top(args.top_k)]}
                           for p, pred in results], indent=1))
     elif args.format == "csv":
-        import csv
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "label", "confidence", "uncertain", *classifier.classes])
-        for p, pred in results:
-            writer.writerow([str(Path(p).resolve()), pred.label, f"{pred.confidence:.6f}",
-                             int(pred.uncertain),
-                             *(f"{pred.probabilities[c]:.6f}" for c in classifier.classes)])
+        write_predictions_csv(sys.stdout, ({"path": p, **pred.to_dict()} for p, pred in results),
+                              classifier.classes, keys=("path",))
     else:
         table = Table(title=f"{classifier.name} {classifier.version} ({classifier.precision})")
         for col in ("file", "class", "confidence", f"top {args.top_k}"):
@@ -224,13 +207,12 @@ def cmd_predict(args) -> int:
 
 # ---------------------------------------------------------------- smear fields
 def cmd_smear(args) -> int:
+    from .differential import count_differential
     from .progress import progress_bar
-    from .smear import SmearParams, analyze_smear, annotate, differential, load_smear_classifier
+    from .smear import SmearParams, analyze_smear, annotate, cell_labels, load_smear_classifier
 
-    if args.cell_size < 20:
-        raise HematoVisionError("--cell-size must be at least 20 pixels")
-    classifier = load_smear_classifier(args.model)
     params = SmearParams.for_cell_size(args.cell_size)
+    classifier = load_smear_classifier(args.model)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = [], 0
     with progress_bar("analysing fields", len(paths), enabled=not args.quiet and len(paths) > 1) as bar:
@@ -247,35 +229,39 @@ def cmd_smear(args) -> int:
                 for warning in result.warnings:
                     print(f"warning: {path}: {warning}", file=sys.stderr)
             bar.advance()
-    diff = differential(fields, classifier.classes)
-    if args.format == "json":
-        print(json.dumps({"fields": [f.to_dict() for f in fields], "differential": diff}, indent=1))
-    elif args.format == "csv":
-        import csv
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "x1", "y1", "x2", "y2", "label", "confidence", "uncertain"])
-        for f in fields:
-            for c in f.white_cells:
-                writer.writerow([f.path, *c.box, c.label, f"{c.confidence:.4f}", int(c.uncertain)])
-        writer.writerow([])
-        writer.writerow(["class", "count", "percent"])
-        for c, d in diff.items():
-            writer.writerow([c, d["count"], d["percent"]])
-    else:
-        table = Table(title=f"{len(fields)} field(s)")
-        for col in ("field", "white cells", "red cells", "platelets"):
-            table.add_column(col)
-        for f in fields:
-            cells = ", ".join(f"{c.label}{'?' if c.uncertain else ''}" for c in f.white_cells) or "none"
-            table.add_row(Path(f.path).name, cells, str(f.red_cells), str(f.platelets))
-        out.print(table)
-        counts = Table(title="differential (white cells)")
-        for col in ("class", "count", "%"):
-            counts.add_column(col, justify="left" if col == "class" else "right")
-        for c, d in diff.items():
-            counts.add_row(c, str(d["count"]), f"{d['percent']:.1f}")
-        out.print(counts)
+    diff = count_differential(cell_labels(fields), classifier.classes)
+    {"json": _print_smear_json, "csv": _print_smear_csv, "table": _print_smear_table}[args.format](
+        fields, diff)
     return 0 if failures == 0 else 1
+
+
+def _print_smear_json(fields, diff) -> None:
+    print(json.dumps({"fields": [f.to_dict() for f in fields], "differential": diff}, indent=1))
+
+
+def _print_smear_csv(fields, diff) -> None:
+    from .tables import write_differential_csv, write_predictions_csv
+    cells = ({"path": f.path, **dict(zip(("x1", "y1", "x2", "y2"), c.box)), **c.to_dict()}
+             for f in fields for c in f.white_cells)
+    write_predictions_csv(sys.stdout, cells, [], keys=("path", "x1", "y1", "x2", "y2"))
+    sys.stdout.write("\r\n")
+    write_differential_csv(sys.stdout, diff)
+
+
+def _print_smear_table(fields, diff) -> None:
+    table = Table(title=f"{len(fields)} field(s)")
+    for col in ("field", "white cells", "red cells", "platelets"):
+        table.add_column(col)
+    for f in fields:
+        cells = ", ".join(f"{c.label}{'?' if c.uncertain else ''}" for c in f.white_cells) or "none"
+        table.add_row(Path(f.path).name, cells, str(f.red_cells), str(f.platelets))
+    out.print(table)
+    counts = Table(title="differential (white cells)")
+    for col in ("class", "count", "%"):
+        counts.add_column(col, justify="left" if col == "class" else "right")
+    for c, d in diff.items():
+        counts.add_row(c, str(d["count"]), f"{d['percent']:.1f}")
+    out.print(counts)
 
 
 # ---------------------------------------------------------------- serve
@@ -288,6 +274,38 @@ def cmd_serve(args) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def _option_type(hint):
+    """``int | None`` -> int: the type argparse converts the option's text with."""
+    if isinstance(hint, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_type) -> None:
+    """One option per field of a config dataclass, with the field's own default, type, help and
+    choices; a boolean that defaults to True becomes ``--no-<name>``."""
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        if not f.metadata.get("cli", True):
+            continue
+        name, kind = f.name.replace("_", "-"), _option_type(hints[f.name])
+        options = {"dest": f.name, "help": f.metadata.get("help")}
+        if kind is bool:
+            flag = f"--no-{name}" if f.default else f"--{name}"
+            parser.add_argument(flag, action="store_false" if f.default else "store_true", **options)
+        elif f.default is dataclasses.MISSING:
+            parser.add_argument(f"--{name}", type=kind, required=True, **options)
+        else:
+            parser.add_argument(f"--{name}", type=kind, default=f.default,
+                                choices=f.metadata.get("choices"), **options)
+
+
+def config_from_args(config_type, args: argparse.Namespace, **extra):
+    """The config dataclass from parsed options (``add_config_arguments``) and ``extra``."""
+    names = {f.name for f in dataclasses.fields(config_type)}
+    return config_type(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hematovision",
                                 description="Blood-cell classification in microscope images.")
@@ -319,36 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_data_inspect)
 
-    t = sub.add_parser("train", help="train a classifier on a class-per-folder data set")
-    t.add_argument("--data", required=True)
-    t.add_argument("--arch", default="seed-cnn",
-                   help="seed-cnn, efficientnet_lite0 or any timm model name")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--image-size", type=int, default=128)
-    t.add_argument("--val-fraction", type=float, default=0.2)
-    t.add_argument("--test-fraction", type=float, default=0.1)
-    t.add_argument("--out", default="runs/latest")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--optimizer", choices=["auto", "adam", "adamw"], default="auto",
-                   help="auto: Adam for seed-cnn (as the original design), AdamW otherwise")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before cosine decay")
-    t.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
-    t.add_argument("--weights", help="pretrained weights from this URL or file (implies --pretrained)")
-    t.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--patience", type=int, default=5, help="early stopping on val macro-F1")
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--max-per-class", type=int, help="use at most N images per class")
-    t.add_argument("--init", help="start from this run's best weights and keep its split")
-    t.add_argument("--extra-train", help="class folders added to the training split only "
-                                         "(e.g. cells cropped from your own smears)")
-    t.add_argument("--extra-repeat", type=int, default=1, help="times each extra image is used per epoch")
-    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    from .training.config import TrainConfig  # torch-free
+    t = sub.add_parser("train", help="train a classifier on a class-per-folder data set",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(t, TrainConfig)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score a trained run on a data folder")
@@ -374,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=3)
     r.add_argument("--heatmaps", help="write heatmap overlays (PNG) into this folder")
     r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    r.add_argument("--precision", choices=["fp32", "int8"],
+                   help="default: fp32 where the model has it")
     r.set_defaults(func=cmd_predict)
 
     m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")

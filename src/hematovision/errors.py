@@ -1,21 +1,33 @@
-"""The one exception type that reaches users as a one-line message."""
+"""The exceptions that reach users as a one-line message (and, on the web, a status code)."""
 
 
 class HematoVisionError(Exception):
     """A problem with the user's input or environment, reported without a traceback."""
 
     exit_code = 2
+    code = "bad_input"  # a stable name for the kind of problem (APIs, per-image results)
 
 
 class TrainingInterrupted(HematoVisionError):
     """Training was stopped (Ctrl-C); a resumable checkpoint was written."""
 
     exit_code = 130
+    code = "interrupted"
+
+
+class ImageNotFound(HematoVisionError):
+    """The path names no file."""
+
+    code = "not_found"
 
 
 class UnreadableImage(HematoVisionError):
-    """The bytes are not a decodable image."""
+    """The bytes are not a decodable image (or one too small to classify)."""
+
+    code = "unreadable_image"
 
 
 class ImageTooLarge(HematoVisionError):
     """The image has more pixels than is safe to decode."""
+
+    code = "image_too_large"

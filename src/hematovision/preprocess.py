@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import HematoVisionError, ImageTooLarge, UnreadableImage
+from .errors import HematoVisionError, ImageNotFound, ImageTooLarge, UnreadableImage
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
 
@@ -33,29 +33,25 @@ MIN_IMAGE_SIDE = 16
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How pixels become a model input."""
+    """How pixels become a model input (NCHW float32)."""
 
     input_size: int = 128
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     resample: str = "bilinear"
-    layout: str = "NCHW"
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "resample": self.resample}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
+        """Read a spec; keys written by older versions (layout, extra) are ignored."""
         return cls(
             input_size=int(d["input_size"]),
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             resample=d.get("resample", "bilinear"),
-            layout=d.get("layout", "NCHW"),
-            extra=dict(d.get("extra", {})),
         )
 
 
@@ -70,7 +66,7 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise HematoVisionError(f"cannot read an image from an array of shape {arr.shape}")
+        raise UnreadableImage(f"cannot read an image from an array of shape {arr.shape}")
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating):
             scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
@@ -117,16 +113,16 @@ def to_rgb(image: ImageInput) -> Image.Image:
         elif isinstance(image, np.ndarray):
             img = _array_to_pil(image)
         else:
-            raise HematoVisionError(f"cannot read an image from a {type(image).__name__}")
+            raise UnreadableImage(f"cannot read an image from a {type(image).__name__}")
     except HematoVisionError:
         raise
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{name or 'image'}: more than {Image.MAX_IMAGE_PIXELS:,} pixels, "
                             f"too large to decode safely") from None
     except FileNotFoundError:
-        raise HematoVisionError(f"{name}: file not found") from None
+        raise ImageNotFound(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise HematoVisionError(f"{name}: is a folder, not an image") from None
+        raise UnreadableImage(f"{name}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise UnreadableImage(f"{name or 'image'}: not an image file (unknown format)") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -144,7 +140,7 @@ def to_rgb(image: ImageInput) -> Image.Image:
     elif img.mode != "RGB":
         img = img.convert("RGB")
     if min(img.size) < MIN_IMAGE_SIDE:
-        raise HematoVisionError(
+        raise UnreadableImage(
             f"{name or 'image'}: too small ({img.size[0]}x{img.size[1]} px; "
             f"at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
     return img

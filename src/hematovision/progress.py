@@ -22,10 +22,6 @@ class _Bar:
         if self._progress is not None:
             self._progress.update(self._task, advance=n, **fields)
 
-    def update(self, **fields) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, **fields)
-
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None, enabled: bool = True,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..files import write_atomic
 from ..preprocess import PreprocessSpec
 
 
@@ -46,10 +47,6 @@ class DecodeCache:
     def put(self, key: str, spec: PreprocessSpec, arr: np.ndarray) -> None:
         if self.root is None:
             return
-        path = self._path(key, spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # write-then-rename so a concurrent reader never sees half a file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.save(buffer, arr, allow_pickle=False)
+        write_atomic(self._path(key, spec), buffer.getvalue())  # readers never see half a file

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tarfile
 import urllib.error
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import HematoVisionError
+from ..files import sha256_file
 from ..progress import progress_bar
 
 CHUNK = 1 << 20
@@ -45,14 +45,6 @@ SOURCES = {
         "BCCD_Dataset-master.zip", None, "MIT",
         "BCCD Dataset, Shenggan/BCCD_Dataset (GitHub), MIT licence", "BCCD_Dataset-master/BCCD"),
 }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(url: str, dest: Path, show_progress: bool = True, timeout: float = 60) -> Path:

@@ -45,9 +45,41 @@ class ImageFolder:
     def counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
 
-    def subset(self, mask: np.ndarray) -> "ImageFolder":
-        idx = np.flatnonzero(mask)
+    def subset(self, keep: np.ndarray) -> "ImageFolder":
+        """The images at positions ``keep`` (indices, or a boolean mask), in folder order."""
+        keep = np.asarray(keep)
+        idx = np.flatnonzero(keep) if keep.dtype == bool else np.sort(keep.astype(np.int64))
         return ImageFolder(self.root, self.classes, [self.paths[i] for i in idx], self.labels[idx])
+
+    def relabel(self, classes: list[str]) -> "ImageFolder":
+        """The same images with labels indexing ``classes`` (a model's class list, which may
+        hold classes this folder lacks); a class the list does not have is an error."""
+        unknown = sorted(set(self.classes) - set(classes))
+        if unknown:
+            raise UnknownClasses(self.root, unknown, classes)
+        remap = np.array([classes.index(c) for c in self.classes], dtype=np.int64)
+        labels = remap[self.labels] if len(self.labels) else self.labels
+        return ImageFolder(self.root, list(classes), self.paths, labels, self.skipped)
+
+
+class UnknownClasses(HematoVisionError):
+    """A data folder has classes that a model (or another data set) does not have."""
+
+    def __init__(self, root: Path, unknown: list[str], classes: list[str]):
+        self.unknown = unknown
+        super().__init__(f"{root} has class(es) the model does not know: {', '.join(unknown)} "
+                         f"(model classes: {', '.join(classes)})")
+
+
+def limit_per_class(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Positions of at most ``n`` items per label, drawn by ``seed``, in their original order
+    (all positions when ``n`` is None or 0)."""
+    labels = np.asarray(labels)
+    if not n:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n]
+                                   for c in np.unique(labels)]))
 
 
 def scan_folder(root: str | Path) -> ImageFolder:
@@ -72,10 +104,6 @@ def scan_folder(root: str | Path) -> ImageFolder:
     paths = [p for c in classes for p in by_class[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in by_class[c]], dtype=np.int64)
     return ImageFolder(root, classes, paths, labels)
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -128,3 +156,10 @@ def decode_folder(folder: ImageFolder, spec: PreprocessSpec, cache: DecodeCache 
     size = spec.input_size
     stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
     return DecodedImages(kept, stacked, hashes)
+
+
+def decode_labelled(root: str | Path, classes: list[str], spec: PreprocessSpec,
+                    show_progress: bool = True) -> DecodedImages:
+    """Decode a class-per-folder set whose labels index ``classes`` (e.g. a lab's own cells
+    added to a model's training images)."""
+    return decode_folder(scan_folder(root).relabel(classes), spec, show_progress=show_progress)

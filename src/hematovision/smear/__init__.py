@@ -12,7 +12,6 @@ ones (benchmarks/bench_smear.py).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,20 +24,22 @@ from ..preprocess import ImageInput, to_rgb
 
 MAX_FIELD_PIXELS = 4096 * 4096
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
+MIN_CELL_PX = 20    # below this, a white cell is a few pixels of stain: nothing to classify
 SMEAR_MODEL = Path(__file__).resolve().parents[1] / "assets" / "smear_model"
+
+
+class FieldTooLarge(HematoVisionError):
+    """A field with more pixels than the detector analyses at once."""
+
+    code = "field_too_large"
 
 
 def load_smear_classifier(path: str | Path | None = None, precision: str | None = None):
     """The classifier for cells cropped from fields: the bundled smear model (the default model
-    fine-tuned with white cells cropped from BCCD fields), or the artifact at ``path``."""
+    fine-tuned with white cells cropped from BCCD fields; int8 only, to keep the package
+    small), or the artifact at ``path``."""
     from ..inference import Classifier
-
-    if path is None:
-        path = SMEAR_MODEL
-    if precision is None:  # the smear model ships in int8 only, to keep the package small
-        files = json.loads((Path(path) / "model.json").read_text()).get("files", {})
-        precision = "fp32" if "onnx" in files else "int8"
-    return Classifier.load(path, precision=precision)
+    return Classifier.load(path or SMEAR_MODEL, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class SmearParams:
     def for_cell_size(cls, cell_px: float) -> "SmearParams":
         """Parameters for fields where a white cell is about ``cell_px`` pixels across
         (other magnifications or scan resolutions); lengths scale with it, areas with its square."""
+        if not cell_px >= MIN_CELL_PX:  # also refuses NaN
+            raise HematoVisionError(f"--cell-size must be at least {MIN_CELL_PX} pixels")
         base = cls()
         k = cell_px / BCCD_CELL_PX
         return cls(stain_threshold=base.stain_threshold,
@@ -160,7 +163,7 @@ def analyze_smear(image: ImageInput, classifier=None, params: SmearParams = Smea
     ``classifier``: an ``inference.Classifier`` (default: the bundled smear model)."""
     picture = to_rgb(image)
     if picture.width * picture.height > MAX_FIELD_PIXELS:
-        raise HematoVisionError(
+        raise FieldTooLarge(
             f"{image if isinstance(image, (str, Path)) else 'image'}: {picture.width}x"
             f"{picture.height} is larger than a smear field ({MAX_FIELD_PIXELS:,} pixels at most); "
             f"split the scan into fields")
@@ -182,18 +185,9 @@ def analyze_smear(image: ImageInput, classifier=None, params: SmearParams = Smea
     return SmearField(path, picture.width, picture.height, cells, red_cells, platelets, warnings)
 
 
-def differential(fields: list[SmearField], classes: list[str] | None = None) -> dict:
-    """Count and percentage of each white-cell class over all fields."""
-    return differential_count([c.label for f in fields for c in f.white_cells if c.label], classes)
-
-
-def differential_count(labels: list[str], classes: list[str] | None = None) -> dict:
-    """Count and percentage of each class among ``labels``; every class of ``classes`` is listed."""
-    names = list(classes or []) + sorted(set(labels) - set(classes or []))
-    total = len(labels)
-    return {c: {"count": labels.count(c),
-                "percent": round(100 * labels.count(c) / total, 1) if total else 0.0}
-            for c in names}
+def cell_labels(fields: list[SmearField]) -> list[str]:
+    """The class of every white cell found in ``fields``, for the differential count."""
+    return [c.label for f in fields for c in f.white_cells if c.label]
 
 
 PALETTE = {"neutrophil": (31, 119, 180), "lymphocyte": (255, 127, 14), "monocyte": (44, 160, 44),

@@ -3,28 +3,17 @@ uploaded images kept content-addressed (SHA-256) in the data folder."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from ..files import write_atomic
 from .models import Base, PredictionRecord, SmearAnalysis, Upload
 
 __all__ = ["Base", "PredictionRecord", "SmearAnalysis", "Storage", "Upload"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class Storage:
@@ -71,7 +60,7 @@ class Storage:
             return False
         path = self._image_path(sha256)
         if not path.exists():
-            _write_atomic(path, data)
+            write_atomic(path, data, durable=True)
         return True
 
     def image_path(self, sha256: str) -> Path | None:
@@ -87,7 +76,7 @@ class Storage:
 
     def save_derived(self, sha256: str, kind: str, model_version: str, png: bytes) -> None:
         if self.store_images:
-            _write_atomic(self.derived_path(sha256, kind, model_version), png)
+            write_atomic(self.derived_path(sha256, kind, model_version), png, durable=True)
 
     # ---------------------------------------------------------------- records
     def add_upload(self, predictions: list[dict]) -> Upload:
@@ -114,10 +103,6 @@ class Storage:
             total = s.scalar(select(func.count()).select_from(query.subquery()))
             rows = s.scalars(query.order_by(PredictionRecord.id.desc()).limit(limit).offset(offset))
             return list(rows), int(total or 0)
-
-    def labels(self) -> list[str]:
-        with self.session() as s:
-            return sorted(s.scalars(select(PredictionRecord.label).distinct()))
 
     def delete_prediction(self, prediction_id: int) -> bool:
         """Delete a record; its image goes too unless another record shows the same image."""

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 
 from .openapi import openapi_document
+from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
 from .service import UploadError, analyze_files, classify_files, uploaded_files
 
 api = Blueprint("api", __name__)
-
-
-def _classifier():
-    return current_app.extensions["hematovision.classifier"]
-
-
-def _smear_classifier():
-    return current_app.extensions["hematovision.smear_classifier"]
-
-
-def _storage():
-    return current_app.extensions["hematovision.storage"]
 
 
 def error(status: int, code: str, message: str):
@@ -29,13 +18,13 @@ def error(status: int, code: str, message: str):
 
 
 def model_summary() -> dict:
-    clf = _classifier()
+    clf = get_classifier()
     return {"name": clf.name, "version": clf.version}
 
 
 @api.before_request
 def require_token():
-    token = current_app.config["HEMATOVISION"].api_token
+    token = get_settings().api_token
     if not token or request.endpoint in ("api.healthz", "api.openapi"):
         return None
     sent = request.headers.get("Authorization", "")
@@ -54,16 +43,15 @@ def _prediction_json(record) -> dict:
 def _process(handler, classifier):
     """Run a service handler on the request's files: (record, None) or (None, error answer)."""
     try:
-        files = uploaded_files(request.files.getlist("file"),
-                               current_app.config["HEMATOVISION"].max_files)
-        return handler(files, classifier, _storage()), None
+        files = uploaded_files(request.files.getlist("file"), get_settings().max_files)
+        return handler(files, classifier, get_storage()), None
     except UploadError as exc:
         return None, error(exc.status, exc.code, exc.message)
 
 
 @api.post("/api/v1/predictions")
 def create_predictions():
-    upload, failure = _process(classify_files, _classifier())
+    upload, failure = _process(classify_files, get_classifier())
     if failure:
         return failure
     body = {"predictions": [_prediction_json(p) for p in upload.predictions],
@@ -73,7 +61,7 @@ def create_predictions():
 
 @api.get("/api/v1/predictions/<int:prediction_id>")
 def get_prediction(prediction_id: int):
-    record = _storage().get_prediction(prediction_id)
+    record = get_storage().get_prediction(prediction_id)
     if record is None:
         return error(404, "not_found", f"no prediction {prediction_id}")
     return jsonify(_prediction_json(record))
@@ -88,21 +76,21 @@ def list_predictions():
         return error(400, "bad_request", "limit and offset must be integers")
     if not (1 <= limit <= 200 and offset >= 0):
         return error(400, "bad_request", "limit must be 1..200 and offset >= 0")
-    records, total = _storage().list_predictions(limit, offset, request.args.get("label"))
+    records, total = get_storage().list_predictions(limit, offset, request.args.get("label"))
     return jsonify(predictions=[_prediction_json(r) for r in records], total=total,
                    limit=limit, offset=offset)
 
 
 @api.delete("/api/v1/predictions/<int:prediction_id>")
 def delete_prediction(prediction_id: int):
-    if not _storage().delete_prediction(prediction_id):
+    if not get_storage().delete_prediction(prediction_id):
         return error(404, "not_found", f"no prediction {prediction_id}")
     return "", 204
 
 
 @api.post("/api/v1/smears")
 def create_smear():
-    record, failure = _process(analyze_files, _smear_classifier())
+    record, failure = _process(analyze_files, get_smear_classifier())
     if failure:
         return failure
     return jsonify(record.to_dict()), 201, {"Location": url_for("api.get_smear", smear_id=record.id)}
@@ -110,7 +98,7 @@ def create_smear():
 
 @api.get("/api/v1/smears/<int:smear_id>")
 def get_smear(smear_id: int):
-    record = _storage().get_smear(smear_id)
+    record = get_storage().get_smear(smear_id)
     if record is None:
         return error(404, "not_found", f"no smear analysis {smear_id}")
     return jsonify(record.to_dict())
@@ -118,20 +106,14 @@ def get_smear(smear_id: int):
 
 @api.get("/api/v1/model")
 def model_card():
-    clf = _classifier()
-    meta = clf.meta
-    return jsonify(name=clf.name, version=clf.version, classes=clf.classes,
-                   architecture=meta.get("architecture"), input_size=meta.get("input_size"),
-                   temperature=clf.temperature, confidence_threshold=clf.confidence_threshold,
-                   metrics=meta.get("metrics", {}), data=meta.get("data", {}),
-                   licence=meta.get("licence"), provenance=meta.get("provenance"))
+    return jsonify(get_classifier().artifact.card())
 
 
 @api.get("/healthz")
 def healthz():
     from sqlalchemy import text
     try:
-        with _storage().engine.connect() as connection:
+        with get_storage().engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         database = "ok"
     except Exception:  # noqa: BLE001 - report, do not crash the probe

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from functools import lru_cache
 from pathlib import Path
 
-from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request,
-                   send_file, send_from_directory, url_for)
+from flask import (Blueprint, Response, abort, redirect, render_template, request, send_file,
+                   send_from_directory, url_for)
 
 from ..inference.classifier import DEFAULT_MODEL
+from ..tables import write_differential_csv, write_predictions_csv
 from . import static_vendor_dir
-from .service import (ACCEPTED, UploadError, analyze_files, classify_files, differential, sniff,
-                      uploaded_files)
+from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
+from .service import (ACCEPTED, UploadError, analyze_files, classify_files, sniff,
+                      upload_differential, uploaded_files)
 
 pages = Blueprint("pages", __name__)
 SAMPLES = DEFAULT_MODEL.parent / "samples"
 PAGE_SIZE = 20
-
-
-def _classifier():
-    return current_app.extensions["hematovision.classifier"]
-
-
-def _storage():
-    return current_app.extensions["hematovision.storage"]
 
 
 @lru_cache(maxsize=1)
@@ -37,15 +30,14 @@ def sample_names() -> tuple[str, ...]:
 @pages.get("/")
 def index(error: str | None = None):
     return render_template("index.html", samples=sample_names(), accepted=ACCEPTED, error=error,
-                           max_mb=current_app.config["HEMATOVISION"].max_upload_mb)
+                           max_mb=get_settings().max_upload_mb)
 
 
 def _process_form(handler, classifier, result_endpoint: str, id_name: str):
     """Run a service handler on the form's files; on bad input, the upload page with the error."""
     try:
-        files = uploaded_files(request.files.getlist("file"),
-                               current_app.config["HEMATOVISION"].max_files)
-        record = handler(files, classifier, _storage())
+        files = uploaded_files(request.files.getlist("file"), get_settings().max_files)
+        record = handler(files, classifier, get_storage())
     except UploadError as exc:
         return index(error=exc.message), exc.status
     return redirect(url_for(result_endpoint, **{id_name: record.id}), code=303)
@@ -53,18 +45,17 @@ def _process_form(handler, classifier, result_endpoint: str, id_name: str):
 
 @pages.post("/upload")
 def upload():
-    return _process_form(classify_files, _classifier(), "pages.result", "upload_id")
+    return _process_form(classify_files, get_classifier(), "pages.result", "upload_id")
 
 
 @pages.post("/smears")
 def smear_upload():
-    return _process_form(analyze_files, current_app.extensions["hematovision.smear_classifier"],
-                         "pages.smear_result", "smear_id")
+    return _process_form(analyze_files, get_smear_classifier(), "pages.smear_result", "smear_id")
 
 
 @pages.get("/smears/<int:smear_id>")
 def smear_result(smear_id: int):
-    record = _storage().get_smear(smear_id)
+    record = get_storage().get_smear(smear_id)
     if record is None:
         abort(404, description=f"no smear analysis {smear_id}")
     return render_template("smear.html", smear=record)
@@ -81,12 +72,12 @@ def sample(name: str):
 def try_sample(name: str):
     if name not in sample_names():
         abort(404)
-    record = classify_files([(name, (SAMPLES / name).read_bytes())], _classifier(), _storage())
+    record = classify_files([(name, (SAMPLES / name).read_bytes())], get_classifier(), get_storage())
     return redirect(url_for("pages.result", upload_id=record.id), code=303)
 
 
 def _upload_or_404(upload_id: int):
-    record = _storage().get_upload(upload_id)
+    record = get_storage().get_upload(upload_id)
     if record is None or not record.predictions:
         abort(404, description=f"no result {upload_id}")
     return record
@@ -95,26 +86,21 @@ def _upload_or_404(upload_id: int):
 @pages.get("/results/<int:upload_id>")
 def result(upload_id: int):
     record = _upload_or_404(upload_id)
-    clf = _classifier()
+    clf = get_classifier()
     return render_template("result.html", upload=record, classes=clf.classes,
-                           differential=differential(record, clf.classes),
-                           storage=_storage())
+                           differential=upload_differential(record, clf.classes),
+                           storage=get_storage())
 
 
 @pages.get("/results/<int:upload_id>.csv")
 def result_csv(upload_id: int):
     record = _upload_or_404(upload_id)
-    classes = _classifier().classes
+    classes = get_classifier().classes
     buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["id", "filename", "label", "confidence", "uncertain", *classes])
-    for p in record.predictions:
-        writer.writerow([p.id, p.filename, p.label, f"{p.confidence:.4f}", int(p.uncertain),
-                         *(f"{p.probabilities.get(c, 0):.4f}" for c in classes)])
-    writer.writerow([])
-    writer.writerow(["class", "count", "percent"])
-    for c, d in differential(record, classes).items():
-        writer.writerow([c, d["count"], d["percent"]])
+    write_predictions_csv(buf, (p.to_dict() for p in record.predictions), classes,
+                          keys=("id", "filename"))
+    buf.write("\r\n")
+    write_differential_csv(buf, upload_differential(record, classes))
     return Response(buf.getvalue(), mimetype="text/csv", headers={
         "Content-Disposition": f"attachment; filename=hematovision-result-{upload_id}.csv"})
 
@@ -123,51 +109,39 @@ def result_csv(upload_id: int):
 def history():
     page = max(1, request.args.get("page", 1, type=int))
     label = request.args.get("label") or None
-    records, total = _storage().list_predictions(PAGE_SIZE, (page - 1) * PAGE_SIZE, label)
+    records, total = get_storage().list_predictions(PAGE_SIZE, (page - 1) * PAGE_SIZE, label)
     return render_template("history.html", records=records, page=page, label=label,
                            pages=max(1, math.ceil(total / PAGE_SIZE)), total=total,
-                           labels=_classifier().classes)
+                           labels=get_classifier().classes)
 
 
 @pages.post("/history/<int:prediction_id>/delete")
 def delete(prediction_id: int):
-    if not _storage().delete_prediction(prediction_id):
+    if not get_storage().delete_prediction(prediction_id):
         abort(404, description=f"no prediction {prediction_id}")
     return redirect(url_for("pages.history"), code=303)
 
 
 @pages.get("/model")
 def model():
-    clf = _classifier()
-    smear = current_app.extensions["hematovision.smear_classifier"]
-    return render_template("model.html", clf=clf, meta=clf.meta,
-                           test=clf.meta.get("metrics", {}).get("test", {}), smear=smear,
-                           smear_metrics=smear.meta.get("metrics", {}))
+    clf, smear = get_classifier(), get_smear_classifier()
+    return render_template("model.html", clf=clf, artifact=clf.artifact,
+                           test=clf.artifact.metrics.get("test", {}), smear=smear,
+                           smear_metrics=smear.artifact.metrics,
+                           has_confusion=clf.artifact.file("confusion_matrix") is not None)
 
 
 @pages.get("/model/confusion.png")
 def confusion_png():
-    test = _classifier().meta.get("metrics", {}).get("test", {})
-    if "confusion_matrix" not in test:
-        abort(404, description="this model card has no confusion matrix")
-    return Response(_confusion_png(tuple(map(tuple, test["confusion_matrix"])),
-                                   tuple(_classifier().classes)), mimetype="image/png")
-
-
-@lru_cache(maxsize=4)
-def _confusion_png(matrix: tuple, classes: tuple) -> bytes:
-    import numpy as np
-
-    from ..evaluation.report import plot_confusion
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "cm.png"
-        plot_confusion({"confusion_matrix": np.array(matrix), "classes": list(classes)}, path)
-        return path.read_bytes()
+    """The test confusion matrix, rendered at export time into the artifact."""
+    path = get_classifier().artifact.file("confusion_matrix")
+    if path is None or not path.is_file():
+        abort(404, description="this model has no confusion matrix")
+    return send_file(path, mimetype="image/png")
 
 
 def _stored(sha256: str) -> Path:
-    path = _storage().image_path(sha256)
+    path = get_storage().image_path(sha256)
     if path is None:
         abort(404, description="image not stored")
     return path
@@ -195,7 +169,7 @@ def thumbnail(sha256: str):
 @pages.get("/images/<sha256>/<any(heatmap, annotated):kind>/<version>")
 def derived(sha256: str, kind: str, version: str):
     _stored(sha256)
-    path = _storage().derived_path(sha256, kind, version)
+    path = get_storage().derived_path(sha256, kind, version)
     if not path.is_file():
         abort(404, description=f"no {kind} image for this upload")
     return send_file(path, mimetype="image/png")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 
+from ..differential import count_differential
 from ..errors import HematoVisionError, ImageTooLarge
 from ..inference import Classifier, heatmap_overlay
 from ..preprocess import to_rgb
-from ..smear import analyze_smear, annotate, differential_count
-from ..smear import differential as smear_differential
+from ..smear import FieldTooLarge, analyze_smear, annotate, cell_labels
 from ..storage import SmearAnalysis, Storage, Upload
 
 ACCEPTED = "JPEG, PNG, GIF, BMP, TIFF or WebP"
@@ -105,8 +105,10 @@ def analyze_files(files: list[tuple[str, bytes]], classifier: Classifier,
     for name, data, picture in pictures:
         try:
             result = analyze_smear(picture, classifier)
+        except FieldTooLarge as exc:
+            raise UploadError(413, exc.code, f"{name}: {exc}") from None
         except HematoVisionError as exc:
-            raise UploadError(413, "image_too_large", f"{name}: {exc}") from None
+            raise UploadError(400, exc.code, f"{name}: {exc}") from None
         sha = hashlib.sha256(data).hexdigest()
         stored = storage.save_image(sha, data)
         if stored:
@@ -116,10 +118,10 @@ def analyze_files(files: list[tuple[str, bytes]], classifier: Classifier,
         fields.append({"filename": name, "image_sha256": sha, "image_stored": stored,
                        **{k: v for k, v in result.to_dict().items() if k != "path"},
                        "width": result.width, "height": result.height})
-    return storage.add_smear(fields, smear_differential(results, classifier.classes),
+    return storage.add_smear(fields, count_differential(cell_labels(results), classifier.classes),
                              classifier.name, classifier.version)
 
 
-def differential(upload: Upload, classes: list[str]) -> dict[str, dict]:
-    """Count and percentage per class over an upload's images."""
-    return differential_count([p.label for p in upload.predictions], classes)
+def upload_differential(upload: Upload, classes: list[str]) -> dict[str, dict]:
+    """The differential count of an upload's images."""
+    return count_differential([p.label for p in upload.predictions], classes)

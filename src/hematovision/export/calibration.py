@@ -1,0 +1,67 @@
+"""Calibration fitted on held-out images: temperature scaling (Guo et al., 2017), the
+confidence threshold of "uncertain", and the out-of-distribution score and its threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+from scipy.special import softmax as scipy_softmax
+
+from ..artifact import Calibration
+from ..preprocess import PreprocessSpec
+from .graph import ServingGraph, run_graph
+
+OOD_PERCENTILE = 99  # of known images' distances: above it, "unlike the training images"
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of ``logits`` scaled by ``temperature``, as the Classifier computes them."""
+    return scipy_softmax(logits / temperature, axis=1)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T)."""
+    def nll(log_t):
+        return -log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean()
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+
+
+def choose_confidence_threshold(probs: np.ndarray, labels: np.ndarray,
+                                target_accuracy: float = 0.995) -> float:
+    """The lowest confidence above which validation predictions are ``target_accuracy`` right."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    for t in np.arange(0.30, 0.96, 0.01):
+        kept = confidence >= t
+        if kept.sum() and correct[kept].mean() >= target_accuracy:
+            return float(round(t, 2))
+    return 0.95
+
+
+def fit_ood(features: np.ndarray, labels: np.ndarray, n_classes: int, dims: int = 64):
+    """PCA whitening of pooled features and the class centres in that space."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(dims, features.shape[1], len(features) - 1), whiten=True,
+              random_state=0).fit(features)
+    projection = pca.components_.T / np.sqrt(pca.explained_variance_)
+    z = (features - pca.mean_) @ projection
+    centres = np.stack([z[labels == k].mean(0) for k in range(n_classes)])
+    return pca.mean_, projection, centres
+
+
+def calibrate(graph: ServingGraph, val_x: np.ndarray, val_y: np.ndarray, spec: PreprocessSpec,
+              known_x: np.ndarray) -> tuple[Calibration, np.ndarray]:
+    """Fit the calibration on the validation images; returns it and the val logits.
+
+    ``known_x``: images added to the training split only (--extra-train, e.g. cells from
+    another lab's smears) are part of what the model knows: the distance score must not
+    call them strange."""
+    val_logits, _, val_ood = run_graph(graph, val_x, spec)
+    temperature = fit_temperature(val_logits, val_y)
+    threshold = choose_confidence_threshold(softmax(val_logits, temperature), val_y)
+    known_ood = run_graph(graph, known_x, spec)[2] if len(known_x) else np.zeros(0)
+    ood_threshold = float(np.percentile(np.concatenate([val_ood, known_ood]), OOD_PERCENTILE))
+    return Calibration(temperature, threshold, ood_threshold), val_logits

@@ -1,0 +1,59 @@
+"""The serving graph: the network plus what serving needs, so that it needs no torch.
+
+Outputs: the logits; class-activation maps (CAM) for heatmaps; and an out-of-distribution
+score, the distance of the image's pooled features to the nearest class centre (PCA-whitened,
+fitted on training images). Every model has timm's ``forward_features`` / ``forward_head`` /
+``get_classifier``, so nothing here depends on the architecture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..preprocess import PreprocessSpec, normalize
+
+
+class ServingGraph(nn.Module):
+    """(logits, cam, ood) for a normalised NCHW batch."""
+
+    def __init__(self, model: nn.Module, pca_mean, projection, centres):
+        super().__init__()
+        self.model = model
+        self.register_buffer("pca_mean", torch.as_tensor(pca_mean, dtype=torch.float32))
+        self.register_buffer("projection", torch.as_tensor(projection, dtype=torch.float32))
+        self.register_buffer("centres", torch.as_tensor(centres, dtype=torch.float32))
+
+    def forward(self, x):
+        fmap = self.model.forward_features(x)
+        logits = self.model.forward_head(fmap)
+        head = self.model.get_classifier()
+        if isinstance(head, nn.Linear) and head.in_features == fmap.shape[1]:
+            # global pooling + one linear layer: the class-activation map is exact
+            cam = torch.einsum("kc,nchw->nkhw", head.weight, fmap)
+        else:  # any other head: the mean activation, the same map for every class
+            cam = fmap.mean(1, keepdim=True).expand(-1, logits.shape[1], -1, -1)
+        z = (fmap.mean((2, 3)) - self.pca_mean) @ self.projection
+        ood = torch.cdist(z, self.centres).min(dim=1).values
+        return logits, cam, ood
+
+
+def _batches(images: np.ndarray, spec: PreprocessSpec, size: int = 128):
+    for i in range(0, len(images), size):
+        yield torch.from_numpy(normalize(images[i:i + size], spec))
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Globally pooled last feature maps of NHWC uint8 images (N x C)."""
+    model.eval()
+    return np.concatenate([model.forward_features(x).mean((2, 3)).numpy()
+                           for x in _batches(images, spec)])
+
+
+@torch.no_grad()
+def run_graph(graph: ServingGraph, images: np.ndarray, spec: PreprocessSpec):
+    """(logits, cam, ood) of the graph in PyTorch, for NHWC uint8 images."""
+    outputs = [graph(x) for x in _batches(images, spec)]
+    return [np.concatenate([o[k].numpy() for o in outputs]) for k in range(3)]

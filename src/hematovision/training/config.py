@@ -1,0 +1,77 @@
+"""``TrainConfig``: every setting a training run depends on, with its default and its help.
+
+The command line is built from these fields (``hematovision train --help``), so a default is
+written once, here. Torch-free: the CLI imports it to build its parser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import HematoVisionError
+
+
+def _opt(help: str, **kwargs):  # noqa: A002 - argparse's word
+    """Field metadata for the command line: its help text, and e.g. choices."""
+    return {"help": help, **kwargs}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in run.json so a run can be repeated."""
+
+    data: str = field(metadata=_opt("class-per-folder data set"))
+    out: str = field(default="runs/latest", metadata=_opt("run folder to write"))
+    arch: str = field(default="seed-cnn", metadata=_opt(
+        "seed-cnn, efficientnet_lite0 or any timm model name"))
+    epochs: int = field(default=10, metadata=_opt("at most this many epochs"))
+    batch_size: int = field(default=32, metadata=_opt("images per step"))
+    image_size: int = field(default=128, metadata=_opt("square input size in pixels"))
+    val_fraction: float = field(default=0.2, metadata=_opt("share of images for validation"))
+    test_fraction: float = field(default=0.1, metadata=_opt("share of images held out for test"))
+    seed: int = field(default=0, metadata=_opt("fixes the split, the order and the augmentation"))
+    optimizer: str = field(default="auto", metadata=_opt(
+        "auto: Adam for seed-cnn (as the original design), AdamW otherwise",
+        choices=["auto", "adam", "adamw"]))
+    lr: float = field(default=1e-3, metadata=_opt("peak learning rate"))
+    weight_decay: float = field(default=1e-4, metadata=_opt("AdamW weight decay"))
+    warmup_epochs: float = field(default=1.0, metadata=_opt("linear warm-up before cosine decay"))
+    pretrained: bool = field(default=False, metadata=_opt("start from ImageNet weights"))
+    weights: str | None = field(default=None, metadata=_opt(
+        "pretrained weights from this URL or file (implies --pretrained)"))
+    class_weights: bool = field(default=False, metadata=_opt("weight the loss by 1/frequency"))
+    label_smoothing: float = field(default=0.0, metadata=_opt("cross-entropy label smoothing"))
+    patience: int = field(default=5, metadata=_opt("early stopping on val macro-F1"))
+    augment: bool = field(default=True, metadata=_opt("no training-time augmentation"))
+    max_per_class: int | None = field(default=None, metadata=_opt(
+        "use at most N images per class"))
+    init: str | None = field(default=None, metadata=_opt(
+        "start from this run's best weights and keep its split"))
+    extra_train: str | None = field(default=None, metadata=_opt(
+        "class folders added to the training split only (e.g. cells cropped from your smears)"))
+    extra_repeat: int = field(default=1, metadata=_opt(
+        "times each extra image is used per epoch"))
+    device: str = field(default="auto", metadata=_opt("auto, cpu or cuda"))
+    resume: bool = field(default=False, metadata=_opt("continue the run in --out"))
+    overwrite: bool = field(default=False, metadata=_opt("replace an existing --out"))
+    show_progress: bool = field(default=True, metadata={"cli": False})  # -q turns it off
+
+    def check(self) -> None:
+        """Validate at the edge; resolves ``optimizer='auto'``."""
+        if self.epochs < 1 or self.batch_size < 1:
+            raise HematoVisionError("--epochs and --batch-size must be at least 1")
+        if self.optimizer not in ("auto", "adam", "adamw"):
+            raise HematoVisionError("--optimizer must be auto, adam or adamw")
+        if self.optimizer == "auto":
+            self.optimizer = "adam" if self.arch == "seed-cnn" else "adamw"
+        if self.lr <= 0:
+            raise HematoVisionError("--lr must be positive")
+        if self.val_fraction <= 0:
+            raise HematoVisionError("--val-fraction must be above 0: early stopping needs it")
+        if self.extra_repeat < 1:
+            raise HematoVisionError("--extra-repeat must be at least 1")
+
+
+# Settings that must not change between a run and its --resume.
+RESUME_KEYS = ("data", "arch", "image_size", "val_fraction", "test_fraction", "seed",
+               "max_per_class", "optimizer", "batch_size", "extra_train", "extra_repeat", "init")
