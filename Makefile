@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constra
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: run test bench demo install clean
+.PHONY: run test lint format bench demo install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,18 @@ install: $(VENV)/.all
 run: $(VENV)/.web
 	$(BIN)/hematovision serve --host $(HOST) --port $(PORT) --workers 2
 
-test: $(VENV)/.all
-	$(BIN)/python -m pytest -q --durations=10
+# ruff: lint rules and formatting are configured in pyproject.toml
+lint: $(VENV)/.all
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.all
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# -rs lists every skip with its reason; in CI (CI=true) a test that lacks data or Chromium fails
+test: lint
+	$(BIN)/python -m pytest -q -rs --durations=10
 
 # The original design's demo, end to end: simulate data, train, evaluate, HTML report.
 demo: $(VENV)/.all
@@ -40,6 +50,7 @@ bench: $(VENV)/.all
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_web.py
+	$(BIN)/python benchmarks/bench_smear.py
 
 clean:
 	rm -rf $(VENV) demo hematovision-data .pytest_cache

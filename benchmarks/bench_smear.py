@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
-from _common import DEFAULT_PBC, machine, write_section
-
 from hematovision.inference import Classifier
 from hematovision.smear import load_smear_classifier
 from hematovision.smear.scoring import score_fields
+
+from _common import DEFAULT_PBC, machine, write_section
 
 DEFAULT_BCCD = DEFAULT_PBC.parent / "bccd"
 
@@ -35,30 +35,40 @@ def main() -> None:
     pbc_only = Classifier.load()  # the default single-cell model, trained on PBC alone: "before"
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "models": {}}
     for name, classifier in (("before", pbc_only), ("after", smear_model)):
-        results["models"][name] = {"model": f"{classifier.name} {classifier.version} "
-                                            f"({classifier.precision})",
-                                   "halves": score_fields(args.data, classifier)}
+        results["models"][name] = {
+            "model": f"{classifier.name} {classifier.version} ({classifier.precision})",
+            "halves": score_fields(args.data, classifier),
+        }
     out = Path(__file__).with_name("out")
     out.mkdir(exist_ok=True)
     (out / "smear.json").write_text(json.dumps(results, indent=1))
     after = results["models"]["after"]["halves"]
-    lines = ["## Smear analysis on BCCD (issue 5)\n",
-             f"Machine: {results['machine']}. Measured {results['date']}. Parameters of the detector "
-             f"were chosen on the even-numbered fields; the odd-numbered ones are held out.\n",
-             "| fields | white-cell recall | precision (IoU ≥ 0.5) | red cells: MAE (bias) per field "
-             "| platelets: MAE | seconds per field (detect + classify) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Smear analysis on BCCD (issue 5)\n",
+        f"Machine: {results['machine']}. Measured {results['date']}. Parameters of the detector "
+        f"were chosen on the even-numbered fields; the odd-numbered ones are held out.\n",
+        "| fields | white-cell recall | precision (IoU ≥ 0.5) | red cells: MAE (bias) per field "
+        "| platelets: MAE | seconds per field (detect + classify) |",
+        "|---|---|---|---|---|---|",
+    ]
     for half, r in after.items():
-        lines.append(f"| {half}: {r['fields']} | {r['recall']:.3f} | {r['precision']:.3f} | "
-                     f"{r['red_cell_mae']:.1f} ({r['red_cell_bias']:+.1f}) | {r['platelet_mae']:.2f} | "
-                     f"{r['seconds_per_field']:.2f} |")
-    lines += ["\nWhite-cell type on the cells found (fields whose labels.csv row names one of "
-              "neutrophil, eosinophil, lymphocyte, monocyte):\n",
-              "| classifier | tuning (even fields) | held out (odd fields) |", "|---|---|---|"]
+        lines.append(
+            f"| {half}: {r['fields']} | {r['recall']:.3f} | {r['precision']:.3f} | "
+            f"{r['red_cell_mae']:.1f} ({r['red_cell_bias']:+.1f}) | {r['platelet_mae']:.2f} | "
+            f"{r['seconds_per_field']:.2f} |"
+        )
+    lines += [
+        "\nWhite-cell type on the cells found (fields whose labels.csv row names one of "
+        "neutrophil, eosinophil, lymphocyte, monocyte):\n",
+        "| classifier | tuning (even fields) | held out (odd fields) |",
+        "|---|---|---|",
+    ]
     for name, m in results["models"].items():
         h = m["halves"]
-        cells = [f"{100 * r['white_cell_accuracy']:.1f}% of {r['white_cells_classified']}"
-                 for r in h.values()]
+        cells = [
+            f"{100 * r['white_cell_accuracy']:.1f}% of {r['white_cells_classified']}"
+            for r in h.values()
+        ]
         lines.append(f"| {name}: {m['model']} | {cells[0]} | {cells[1]} |")
     write_section("smear", "\n".join(lines))
     print(json.dumps(results, indent=1))

@@ -22,19 +22,35 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_PBC, machine, write_section
-
 from hematovision.data import DecodeCache, decode_folder, scan_folder
 from hematovision.models import preprocess_spec
 from hematovision.training import TrainConfig, train
 
+from _common import DEFAULT_PBC, machine, write_section
+
 OUT = Path(__file__).with_name("out")
 
 RECIPES = {
-    "a": dict(arch="seed-cnn", epochs=10, batch_size=32, image_size=128, optimizer="adam",
-              lr=1e-3, patience=10),
-    "b": dict(arch="efficientnet_lite0", pretrained=True, epochs=10, batch_size=32,
-              image_size=128, optimizer="adamw", lr=1e-3, label_smoothing=0.1, patience=5),
+    "a": dict(
+        arch="seed-cnn",
+        epochs=10,
+        batch_size=32,
+        image_size=128,
+        optimizer="adam",
+        lr=1e-3,
+        patience=10,
+    ),
+    "b": dict(
+        arch="efficientnet_lite0",
+        pretrained=True,
+        epochs=10,
+        batch_size=32,
+        image_size=128,
+        optimizer="adamw",
+        lr=1e-3,
+        label_smoothing=0.1,
+        patience=5,
+    ),
 }
 
 
@@ -54,52 +70,86 @@ def bench_pipeline(data: Path, n: int = 600, repeats: int = 3) -> dict:
             t = time.perf_counter()
             decode_folder(sample, spec, cache, show_progress=False)
             warm.append(len(sample) / (time.perf_counter() - t))
-    return {"images": len(sample), "decode_images_per_s": statistics.median(cold),
-            "cache_images_per_s": statistics.median(warm),
-            "ratio": statistics.median(warm) / statistics.median(cold),
-            "cold_runs": cold, "warm_runs": warm}
+    return {
+        "images": len(sample),
+        "decode_images_per_s": statistics.median(cold),
+        "cache_images_per_s": statistics.median(warm),
+        "ratio": statistics.median(warm) / statistics.median(cold),
+        "cold_runs": cold,
+        "warm_runs": warm,
+    }
 
 
 def run_recipe(key: str, data: Path, cache_dir: Path) -> dict:
     import os
+
     os.environ["HEMATOVISION_CACHE"] = str(cache_dir)
     out = OUT / "runs" / RECIPES[key]["arch"]
     t = time.perf_counter()
-    train(TrainConfig(data=str(data), out=str(out), val_fraction=0.1, test_fraction=0.1, seed=0,
-                      overwrite=True, show_progress=sys.stderr.isatty(), **RECIPES[key]))
+    run = train(
+        TrainConfig(
+            data=str(data),
+            out=str(out),
+            val_fraction=0.1,
+            test_fraction=0.1,
+            seed=0,
+            overwrite=True,
+            show_progress=sys.stderr.isatty(),
+            **RECIPES[key],
+        )
+    )
     wall = time.perf_counter() - t
-    m = json.loads((out / "metrics.json").read_text())
-    return {"recipe": RECIPES[key], "run": str(out), "wall_seconds": round(wall, 1),
-            "train_seconds": m["train_seconds"], "decode_seconds": m["decode_seconds"],
-            "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
-            "test_accuracy": m["test"]["accuracy"], "test_f1_macro": m["test"]["f1_macro"],
-            "test_ece": m["test"]["ece"], "test_n": m["test"]["n"],
-            "val_accuracy": m["val"]["accuracy"]}
+    m = run.metrics()
+    return {
+        "recipe": RECIPES[key],
+        "run": str(out),
+        "wall_seconds": round(wall, 1),
+        "train_seconds": m["train_seconds"],
+        "decode_seconds": m["decode_seconds"],
+        "epochs_run": m["epochs_run"],
+        "best_epoch": m["best_epoch"],
+        "test_accuracy": m["test"]["accuracy"],
+        "test_f1_macro": m["test"]["f1_macro"],
+        "test_ece": m["test"]["ece"],
+        "test_n": m["test"]["n"],
+        "val_accuracy": m["val"]["accuracy"],
+    }
 
 
 def render(results: dict) -> str:
-    lines = [f"## Training (issue 2)\n", f"Machine: {results['machine']}.",
-             f"Data: `{results['data']}`, fixed stratified 80/10/10 split, seed 0. "
-             f"Measured {results['date']}.\n"]
+    lines = [
+        "## Training (issue 2)\n",
+        f"Machine: {results['machine']}.",
+        f"Data: `{results['data']}`, fixed stratified 80/10/10 split, seed 0. "
+        f"Measured {results['date']}.\n",
+    ]
     p = results.get("pipeline")
     if p:
-        lines += ["### Data pipeline (600 PBC images, median of 3)\n",
-                  "| first epoch: decode JPEG + resize | later epochs: decode cache | ratio |",
-                  "|---|---|---|",
-                  f"| {p['decode_images_per_s']:.0f} images/s | {p['cache_images_per_s']:.0f} images/s "
-                  f"| {p['ratio']:.1f}x |\n"]
+        lines += [
+            "### Data pipeline (600 PBC images, median of 3)\n",
+            "| first epoch: decode JPEG + resize | later epochs: decode cache | ratio |",
+            "|---|---|---|",
+            f"| {p['decode_images_per_s']:.0f} images/s | {p['cache_images_per_s']:.0f} images/s "
+            f"| {p['ratio']:.1f}x |\n",
+        ]
     rows = [(k, results[k]) for k in ("a", "b") if k in results]
     if rows:
-        lines += ["### Recipes\n",
-                  "| recipe | test accuracy | test macro-F1 | test ECE | epochs (best) | training wall time |",
-                  "|---|---|---|---|---|---|"]
-        names = {"a": "(a) original: seed-cnn, 128 px, 10 epochs, batch 32, Adam",
-                 "b": "(b) transfer: EfficientNet-Lite0 (ImageNet), 128 px, AdamW + cosine, "
-                      "label smoothing 0.1, 10 epochs, batch 32"}
+        lines += [
+            "### Recipes\n",
+            "| recipe | test accuracy | test macro-F1 | test ECE | epochs (best) | training wall time |",
+            "|---|---|---|---|---|---|",
+        ]
+        names = {
+            "a": "(a) original: seed-cnn, 128 px, 10 epochs, batch 32, Adam",
+            "b": "(b) transfer: EfficientNet-Lite0 (ImageNet), 128 px, AdamW + cosine, "
+            "label smoothing 0.1, 10 epochs, batch 32",
+        }
         for k, r in rows:
-            lines.append(f"| {names[k]} | {100 * r['test_accuracy']:.2f}% | {r['test_f1_macro']:.4f} "
-                         f"| {r['test_ece']:.4f} | {r['epochs_run']} ({r['best_epoch']}) "
-                         f"| {r['train_seconds'] / 60:.1f} min (+{r['decode_seconds']:.0f} s decode) |")
+            lines.append(
+                f"| {names[k]} | {100 * r['test_accuracy']:.2f}% | {r['test_f1_macro']:.4f} "
+                f"| {r['test_ece']:.4f} | {r['epochs_run']} ({r['best_epoch']}) "
+                f"| {r['train_seconds'] / 60:.1f} min (+{r['decode_seconds']:.0f} s decode) |"
+            )
         lines.append(f"\nTest split: {rows[0][1]['test_n']} images.")
     return "\n".join(lines)
 
@@ -114,8 +164,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     store = OUT / "training.json"
     results = json.loads(store.read_text()) if store.exists() else {}
-    results.update({"machine": machine(), "data": str(args.data),
-                    "date": time.strftime("%Y-%m-%d")})
+    results.update(
+        {"machine": machine(), "data": str(args.data), "date": time.strftime("%Y-%m-%d")}
+    )
     todo = args.only.split(",")
     if "pipeline" in todo:
         results["pipeline"] = bench_pipeline(args.data)

@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
 from _common import DEFAULT_PBC, machine, write_section
 
 OUT = Path(__file__).with_name("out")
@@ -47,10 +48,20 @@ def rss_mb(pgid: int) -> float:
 
 def post(base: str, path: Path) -> int:
     boundary = "----hv-bench"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{base}/api/v1/predictions", data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{base}/api/v1/predictions",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             response.read()
@@ -72,9 +83,24 @@ def main() -> None:
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     data_dir = tempfile.mkdtemp(prefix="hv-bench-")
-    server = subprocess.Popen([sys.executable, "-m", "hematovision", "-q", "serve", "--port", str(port),
-                               "--workers", str(args.workers), "--data-dir", data_dir],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hematovision",
+            "-q",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--data-dir",
+            data_dir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         for _ in range(300):
             try:
@@ -106,29 +132,47 @@ def main() -> None:
             t.join()
         wall = time.perf_counter() - start
         mem_end = rss_mb(server.pid)
-        stored = json.loads(urllib.request.urlopen(base + "/api/v1/predictions?limit=1").read())["total"]
+        stored = json.loads(urllib.request.urlopen(base + "/api/v1/predictions?limit=1").read())[
+            "total"
+        ]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     errors = sum(1 for s in statuses if s != 201)
     lat = np.array(latencies) * 1000
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "clients": args.clients,
-              "workers": args.workers, "seconds": wall, "requests": len(statuses),
-              "requests_per_s": len(statuses) / wall, "p50_ms": float(np.percentile(lat, 50)),
-              "p99_ms": float(np.percentile(lat, 99)), "errors": errors,
-              "records_stored": stored, "rss_mb_start": mem_start, "rss_mb_end": mem_end}
+    result = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "clients": args.clients,
+        "workers": args.workers,
+        "seconds": wall,
+        "requests": len(statuses),
+        "requests_per_s": len(statuses) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "errors": errors,
+        "records_stored": stored,
+        "rss_mb_start": mem_start,
+        "rss_mb_end": mem_end,
+    }
     OUT.mkdir(exist_ok=True)
     (OUT / "web.json").write_text(json.dumps(result, indent=1))
-    write_section("web", "\n".join([
-        "## Web server load (issue 4)\n",
-        f"Machine: {result['machine']}. `hematovision serve --workers {args.workers}` (gunicorn) on "
-        f"127.0.0.1, bundled model; {args.clients} concurrent clients each posting one real PBC "
-        f"image per request for {wall:.0f} s. Measured {result['date']}.\n",
-        "| requests/s | latency p50 | latency p99 | errors | records stored | server memory start → end |",
-        "|---|---|---|---|---|---|",
-        f"| {result['requests_per_s']:.1f} | {result['p50_ms']:.0f} ms | {result['p99_ms']:.0f} ms | "
-        f"{errors} of {len(statuses)} | {stored} (= {len(statuses)} + 2 warm-up) | "
-        f"{mem_start:.0f} MB → {mem_end:.0f} MB |"]))
+    write_section(
+        "web",
+        "\n".join(
+            [
+                "## Web server load (issue 4)\n",
+                f"Machine: {result['machine']}. `hematovision serve --workers {args.workers}` (gunicorn) on "
+                f"127.0.0.1, bundled model; {args.clients} concurrent clients each posting one real PBC "
+                f"image per request for {wall:.0f} s. Measured {result['date']}.\n",
+                "| requests/s | latency p50 | latency p99 | errors | records stored | server memory start → end |",
+                "|---|---|---|---|---|---|",
+                f"| {result['requests_per_s']:.1f} | {result['p50_ms']:.0f} ms | {result['p99_ms']:.0f} ms | "
+                f"{errors} of {len(statuses)} | {stored} (= {len(statuses)} + 2 warm-up) | "
+                f"{mem_start:.0f} MB → {mem_end:.0f} MB |",
+            ]
+        ),
+    )
     print(json.dumps(result, indent=1))
     if errors or stored != len(statuses) + 2:
         sys.exit("errors or lost records")

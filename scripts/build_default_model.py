@@ -25,9 +25,18 @@ from hematovision.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "src" / "hematovision" / "assets"
-RECIPE = dict(arch="efficientnet_lite0", pretrained=True, epochs=10, batch_size=32,
-              image_size=128, lr=1e-3, label_smoothing=0.1, val_fraction=0.1,
-              test_fraction=0.1, seed=0)
+RECIPE = dict(
+    arch="efficientnet_lite0",
+    pretrained=True,
+    epochs=10,
+    batch_size=32,
+    image_size=128,
+    lr=1e-3,
+    label_smoothing=0.1,
+    val_fraction=0.1,
+    test_fraction=0.1,
+    seed=0,
+)
 
 
 def pick_samples(run: Path, data: Path, classifier: Classifier, per_class: int = 3) -> list[dict]:
@@ -58,22 +67,35 @@ def main() -> None:
     ap.add_argument("--provenance", help="a note on how the run was made, kept in model.json")
     args = ap.parse_args()
     if not args.skip_train:
-        train(TrainConfig(data=str(args.data), out=str(args.run), device=args.device,
-                          overwrite=True, **RECIPE))
-    artifact = export_run(args.run, int8=not args.no_int8, data_dir=args.data, overwrite=True,
-                          provenance=args.provenance)
+        train(
+            TrainConfig(
+                data=str(args.data), out=str(args.run), device=args.device, overwrite=True, **RECIPE
+            )
+        )
+    artifact = export_run(
+        args.run,
+        int8=not args.no_int8,
+        data_dir=args.data,
+        overwrite=True,
+        provenance=args.provenance,
+    )
     target = ASSETS / "default_model"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(artifact.path, target)
     samples = ASSETS / "samples"
     shutil.rmtree(samples, ignore_errors=True)
     samples.mkdir(parents=True)
-    lines = ["# Sample images", "",
-             "Real single-cell images from the PBC data set, from the held-out test split of the "
-             "bundled model: Acevedo et al., \"A dataset of microscopic peripheral blood cell "
-             "images for development of automatic recognition systems\", Data in Brief 30 (2020) "
-             "105474, doi:10.17632/snkd93bnjr.1, licensed CC BY 4.0. Unmodified.", "",
-             "| file | class | original file |", "|---|---|---|"]
+    lines = [
+        "# Sample images",
+        "",
+        "Real single-cell images from the PBC data set, from the held-out test split of the "
+        'bundled model: Acevedo et al., "A dataset of microscopic peripheral blood cell '
+        'images for development of automatic recognition systems", Data in Brief 30 (2020) '
+        "105474, doi:10.17632/snkd93bnjr.1, licensed CC BY 4.0. Unmodified.",
+        "",
+        "| file | class | original file |",
+        "|---|---|---|",
+    ]
     for s in pick_samples(args.run, args.data, Classifier.load(target)):
         name = f"{s['class']}_{Path(s['source']).name}"
         shutil.copy(s["path"], samples / name)

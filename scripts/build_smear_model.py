@@ -24,17 +24,30 @@ from hematovision.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RECIPE = dict(arch="efficientnet_lite0", epochs=3, lr=3e-4, warmup_epochs=0.3,
-              label_smoothing=0.1, max_per_class=150, extra_repeat=8, val_fraction=0.1,
-              test_fraction=0.1, seed=0)
+RECIPE = dict(
+    arch="efficientnet_lite0",
+    epochs=3,
+    lr=3e-4,
+    warmup_epochs=0.3,
+    label_smoothing=0.1,
+    max_per_class=150,
+    extra_repeat=8,
+    val_fraction=0.1,
+    test_fraction=0.1,
+    seed=0,
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pbc", type=Path, default=ROOT.parent / "shared" / "data" / "pbc")
     ap.add_argument("--bccd", type=Path, default=ROOT.parent / "shared" / "data" / "bccd")
-    ap.add_argument("--base", type=Path, default=ROOT / "runs" / "default",
-                    help="the default model's training run (scripts/build_default_model.py)")
+    ap.add_argument(
+        "--base",
+        type=Path,
+        default=ROOT / "runs" / "default",
+        help="the default model's training run (scripts/build_default_model.py)",
+    )
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "smear")
     ap.add_argument("--skip-train", action="store_true", help="export an existing --run")
     ap.add_argument("--provenance", help="a note on how the run was made, kept in model.json")
@@ -42,14 +55,32 @@ def main() -> None:
     crops = args.run.parent / "bccd-crops-even"
     if not args.skip_train:
         shutil.rmtree(crops, ignore_errors=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_bccd_crops.py"), str(crops),
-                        "--data", str(args.bccd)], check=True)
-        train(TrainConfig(data=str(args.pbc), out=str(args.run), init=str(args.base),
-                          extra_train=str(crops), overwrite=True, **RECIPE))
-    artifact = export_run(args.run, int8=True, data_dir=args.pbc, overwrite=True,
-                          provenance=args.provenance)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "make_bccd_crops.py"),
+                str(crops),
+                "--data",
+                str(args.bccd),
+            ],
+            check=True,
+        )
+        train(
+            TrainConfig(
+                data=str(args.pbc),
+                out=str(args.run),
+                init=str(args.base),
+                extra_train=str(crops),
+                overwrite=True,
+                **RECIPE,
+            )
+        )
+    artifact = export_run(
+        args.run, int8=True, data_dir=args.pbc, overwrite=True, provenance=args.provenance
+    )
     held_out = score_fields(args.bccd, Classifier.load(artifact.path, precision="int8"))[
-        "held out (odd fields)"]
+        "held out (odd fields)"
+    ]
     target = ROOT / "src" / "hematovision" / "assets" / "smear_model"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -58,11 +89,15 @@ def main() -> None:
     artifact.files = {"int8": artifact.files["int8"]}  # int8 only: a small package
     artifact.metrics["bccd_held_out_fields"] = {
         "white_cell_accuracy": held_out["white_cell_accuracy"],
-        "white_cells": held_out["white_cells_classified"], "fields": held_out["fields"],
-        "classes": "neutrophil, eosinophil, lymphocyte, monocyte (labels.csv)"}
+        "white_cells": held_out["white_cells_classified"],
+        "fields": held_out["fields"],
+        "classes": "neutrophil, eosinophil, lymphocyte, monocyte (labels.csv)",
+    }
     artifact.save(target)
-    print(f"smear model in {target}: BCCD held-out white-cell accuracy "
-          f"{100 * held_out['white_cell_accuracy']:.1f}%")
+    print(
+        f"smear model in {target}: BCCD held-out white-cell accuracy "
+        f"{100 * held_out['white_cell_accuracy']:.1f}%"
+    )
 
 
 if __name__ == "__main__":

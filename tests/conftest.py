@@ -1,10 +1,24 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
-BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PBC, BCCD, LISC = DATA / "pbc", DATA / "bccd", DATA / "lisc"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test whose real input is missing on a developer's machine; in CI (``CI=true``)
+    fail it instead, so that a missing data set or browser never passes unnoticed."""
+    if available:
+        return
+    message = f"{what} (see ../shared/data/README.md; .ci/run installs Chromium)"
+    if IN_CI:
+        pytest.fail(f"required in CI: {message}", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,24 +35,48 @@ def _private_decode_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pbc_dir() -> Path:
-    if not (PBC / "neutrophil").is_dir():
-        pytest.skip(f"the real PBC data set is not at {PBC} (CI always has it; see "
-                    f"../shared/data/README.md)")
+    require((PBC / "neutrophil").is_dir(), f"the real PBC data set is not at {PBC}")
     return PBC
+
+
+@pytest.fixture(scope="session")
+def bccd_dir() -> Path:
+    require((BCCD / "JPEGImages").is_dir(), f"the real BCCD data set is not at {BCCD}")
+    return BCCD
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    require(Path(CHROMIUM).exists(), "Debian's chromium is not installed")
+    return CHROMIUM
 
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     from hematovision.data import make_synthetic
-    return make_synthetic(tmp_path_factory.mktemp("synth") / "data",
-                          ("lymphocyte", "neutrophil"), per_class=40, size=64, seed=0,
-                          show_progress=False)
+
+    return make_synthetic(
+        tmp_path_factory.mktemp("synth") / "data",
+        ("lymphocyte", "neutrophil"),
+        per_class=40,
+        size=64,
+        seed=0,
+        show_progress=False,
+    )
 
 
 @pytest.fixture(scope="session")
 def synth_run(synth_dir, tmp_path_factory) -> Path:
     """A seed-cnn trained for 3 epochs on the simulated data set (shared by several tests)."""
     from hematovision.training import train
-    return train(data=str(synth_dir), out=str(tmp_path_factory.mktemp("runs") / "seed"),
-                 arch="seed-cnn", epochs=3, image_size=64, batch_size=16, seed=0,
-                 show_progress=False)
+
+    return train(
+        data=str(synth_dir),
+        out=str(tmp_path_factory.mktemp("runs") / "seed"),
+        arch="seed-cnn",
+        epochs=3,
+        image_size=64,
+        batch_size=16,
+        seed=0,
+        show_progress=False,
+    )

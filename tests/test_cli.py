@@ -15,7 +15,9 @@ def _err_lines(capsys):
 
 
 def test_data_synth_and_inspect_json(tmp_path, capsys):
-    assert main(["-q", "data", "synth", str(tmp_path / "s"), "--per-class", "4", "--size", "64"]) == 0
+    assert (
+        main(["-q", "data", "synth", str(tmp_path / "s"), "--per-class", "4", "--size", "64"]) == 0
+    )
     capsys.readouterr()
     assert main(["-q", "data", "inspect", str(tmp_path / "s"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -32,20 +34,32 @@ def test_inspect_table_lists_unreadable_files(tmp_path, capsys):
     assert "1 unreadable file" in out and "neutrophil/._meta.jpg" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--data", "{tmp}/missing"], "data folder not found"),
-    (["train", "--data", "{tmp}/one", "--out", "{tmp}/r"], "only one class"),
-    (["train", "--data", "{synth}", "--arch", "resnet5O", "--out", "{tmp}/r"], "unknown architecture"),
-    (["train", "--data", "{synth}", "--image-size", "8", "--out", "{tmp}/r"], "too small"),
-    (["train", "--data", "{synth}", "--out", "{run}"], "exists; pass --overwrite"),
-    (["evaluate", "--model", "{tmp}", "--data", "{synth}"], "not a training run"),
-    (["data", "inspect", "{tmp}/missing"], "not found"),
-    (["data", "fetch", "pbc", "--dest", "{tmp}/d", "--archive", "{tmp}/none.zip"], "archive not found"),
-])
-def test_bad_input_gives_one_clear_line_and_exit_2(args, message, tmp_path, synth_dir, synth_run, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "{tmp}/missing"], "data folder not found"),
+        (["train", "--data", "{tmp}/one", "--out", "{tmp}/r"], "only one class"),
+        (
+            ["train", "--data", "{synth}", "--arch", "resnet5O", "--out", "{tmp}/r"],
+            "unknown architecture",
+        ),
+        (["train", "--data", "{synth}", "--image-size", "8", "--out", "{tmp}/r"], "too small"),
+        (["train", "--data", "{synth}", "--out", "{run}"], "exists; pass --overwrite"),
+        (["evaluate", "--model", "{tmp}", "--data", "{synth}"], "not a training run"),
+        (["data", "inspect", "{tmp}/missing"], "not found"),
+        (
+            ["data", "fetch", "pbc", "--dest", "{tmp}/d", "--archive", "{tmp}/none.zip"],
+            "archive not found",
+        ),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_exit_2(
+    args, message, tmp_path, synth_dir, synth_run, capsys
+):
     (tmp_path / "one" / "lymphocyte").mkdir(parents=True)
     (tmp_path / "one" / "lymphocyte" / "a.png").write_bytes(
-        next((synth_dir / "lymphocyte").iterdir()).read_bytes())
+        next((synth_dir / "lymphocyte").iterdir()).read_bytes()
+    )
     argv = [a.format(tmp=tmp_path, synth=synth_dir, run=synth_run) for a in args]
     assert main(["-q", *argv]) == 2
     captured, lines = _err_lines(capsys)
@@ -54,14 +68,29 @@ def test_bad_input_gives_one_clear_line_and_exit_2(args, message, tmp_path, synt
 
 
 def test_evaluate_json_output(synth_run, synth_dir, capsys):
-    assert main(["-q", "evaluate", "--model", str(synth_run), "--data", str(synth_dir),
-                 "--split", "val", "--json"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--model",
+                str(synth_run),
+                "--data",
+                str(synth_dir),
+                "--split",
+                "val",
+                "--json",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["split"] == "val" and metrics["accuracy"] >= 0.85
     assert set(metrics["per_class"]) == {"lymphocyte", "neutrophil"}
 
 
 def test_console_script_module_entry_point():
-    result = subprocess.run([sys.executable, "-m", "hematovision", "--version"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "hematovision", "--version"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and result.stdout.startswith("hematovision ")

@@ -55,9 +55,15 @@ def test_heatmap_peaks_on_the_cell_not_the_background(clf):
     for path in _samples():
         heat = clf.predict(path, heatmaps=True)[0].heatmap
         h, w = heat.shape
-        centre = heat[h // 4: 3 * h // 4, w // 4: 3 * w // 4].mean()
-        border = np.concatenate([heat[: h // 8].ravel(), heat[-h // 8:].ravel(),
-                                 heat[:, : w // 8].ravel(), heat[:, -w // 8:].ravel()]).mean()
+        centre = heat[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean()
+        border = np.concatenate(
+            [
+                heat[: h // 8].ravel(),
+                heat[-h // 8 :].ravel(),
+                heat[:, : w // 8].ravel(),
+                heat[:, -w // 8 :].ravel(),
+            ]
+        ).mean()
         assert centre > border, path.name
 
 
@@ -72,6 +78,7 @@ def test_images_that_are_not_blood_cells_are_flagged(clf, kind):
         img = rng.integers(0, 256, (360, 363, 3), dtype=np.uint8)
     else:
         from sklearn.datasets import load_sample_image  # real photographs shipped with scikit-learn
+
         img = load_sample_image(kind.split("-")[1] + ".jpg")
     pred = clf.predict(Image.fromarray(img))[0]
     assert pred.uncertain, (kind, pred.label, pred.confidence)

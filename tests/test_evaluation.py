@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hematovision.evaluation import classification_metrics, expected_calibration_error
 from hematovision.errors import HematoVisionError
+from hematovision.evaluation import classification_metrics, expected_calibration_error
 from hematovision.models import load_trained, predict_proba
 from hematovision.preprocess import load_resized
 from hematovision.training import evaluate_run

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def artifact(synth_run, tmp_path_factory):
-    return export_run(synth_run, tmp_path_factory.mktemp("artifact") / "a", int8=True,
-                      show_progress=False).path
+    return export_run(
+        synth_run, tmp_path_factory.mktemp("artifact") / "a", int8=True, show_progress=False
+    ).path
 
 
 def test_artifact_holds_models_checks_and_calibration(artifact):
@@ -50,7 +51,10 @@ def test_temperature_is_applied_to_the_probabilities(artifact, synth_dir):
     clf = Classifier.load(artifact)
     path = sorted((synth_dir / "lymphocyte").iterdir())[0]
     from hematovision.preprocess import load_resized, normalize
-    logits = clf.session.run(["logits"], {"input": normalize(load_resized(path, clf.spec), clf.spec)})[0]
+
+    logits = clf.session.run(
+        ["logits"], {"input": normalize(load_resized(path, clf.spec), clf.spec)}
+    )[0]
     expected = softmax(logits, clf.temperature)[0]
     got = clf.predict(path)[0]
     assert [got.probabilities[c] for c in clf.classes] == pytest.approx(expected.tolist(), abs=1e-6)
@@ -68,12 +72,13 @@ def test_heatmap_has_the_image_size_and_overlays(artifact, synth_dir):
     img = Image.open(sorted((synth_dir / "lymphocyte").iterdir())[0]).resize((90, 70))
     pred = clf.predict(img, heatmaps=True)[0]
     assert pred.heatmap.shape == (70, 90)
-    assert 0 <= pred.heatmap.min() and pred.heatmap.max() <= 1
+    assert pred.heatmap.min() >= 0 and pred.heatmap.max() <= 1
     assert heatmap_overlay(img, pred.heatmap).size == (90, 70)
 
 
 def test_tampered_artifact_and_missing_model_are_clear_errors(artifact, tmp_path):
     import shutil
+
     copy = tmp_path / "copy"
     shutil.copytree(artifact, copy)
     with open(copy / "model.onnx", "ab") as fh:
@@ -103,33 +108,63 @@ def test_calibration_helpers():
 
 def test_predict_cli_formats_and_exit_codes(artifact, synth_dir, tmp_path, capsys):
     files = [str(p) for p in sorted((synth_dir / "lymphocyte").iterdir())[:2]]
-    assert main(["-q", "predict", "--model", str(artifact), *files, "--format", "json",
-                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                "--model",
+                str(artifact),
+                *files,
+                "--format",
+                "json",
+                "--heatmaps",
+                str(tmp_path / "heat"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [r["path"] for r in rows] == [str(Path(f).resolve()) for f in files]
     assert set(rows[0]) >= {"path", "label", "confidence", "uncertain", "probabilities"}
     assert len(list((tmp_path / "heat").glob("*.png"))) == 2
 
-    assert main(["-q", "predict", "--model", str(artifact), str(synth_dir / "neutrophil"),
-                 "--format", "csv"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                "--model",
+                str(artifact),
+                str(synth_dir / "neutrophil"),
+                "--format",
+                "csv",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "path,label,confidence,uncertain,lymphocyte,neutrophil" and len(lines) == 41
 
     bad = tmp_path / "text.jpg"
     bad.write_text("hello")
-    assert main(["-q", "predict", "--model", str(artifact), files[0], str(bad),
-                 "--format", "json"]) == 1
+    assert (
+        main(["-q", "predict", "--model", str(artifact), files[0], str(bad), "--format", "json"])
+        == 1
+    )
     captured = capsys.readouterr()
     assert "text.jpg: not an image file" in captured.err
     assert [Path(r["path"]).name for r in json.loads(captured.out)] == ["lymphocyte_0000.png"]
 
 
 def test_serving_never_imports_torch(tmp_path):
-    code = ("import sys, hematovision.inference, hematovision.cli, hematovision.web.server\n"
-            "from hematovision.web import create_app\n"
-            "from hematovision.web.config import WebSettings\n"
-            f"app = create_app(WebSettings(data_dir={str(tmp_path)!r}))\n"
-            "app.test_client().get('/model/confusion.png')\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, hematovision.inference, hematovision.cli, hematovision.web.server\n"
+        "from hematovision.web import create_app\n"
+        "from hematovision.web.config import WebSettings\n"
+        f"app = create_app(WebSettings(data_dir={str(tmp_path)!r}))\n"
+        "app.test_client().get('/model/confusion.png')\n"
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

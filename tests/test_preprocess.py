@@ -22,7 +22,7 @@ def test_grayscale_becomes_three_equal_channels():
 
 def test_rgba_transparency_becomes_white_background():
     arr = np.zeros((20, 20, 4), np.uint8)
-    arr[:10, :, :] = (200, 10, 10, 255)   # opaque red top half, transparent bottom half
+    arr[:10, :, :] = (200, 10, 10, 255)  # opaque red top half, transparent bottom half
     out = np.asarray(to_rgb(Image.fromarray(arr, "RGBA")))
     assert tuple(out[0, 0]) == (200, 10, 10)
     assert tuple(out[-1, -1]) == (255, 255, 255)

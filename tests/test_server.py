@@ -1,8 +1,8 @@
 """The real server (`hematovision serve`, gunicorn workers) and a real browser against it."""
 
+import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +17,6 @@ import pytest
 from hematovision.inference import DEFAULT_MODEL
 
 SAMPLES = sorted((DEFAULT_MODEL.parent / "samples").glob("*.jpg"))
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def _free_port() -> int:
@@ -30,16 +29,23 @@ def _multipart(paths) -> tuple[bytes, str]:
     boundary = "----hematovision-test"
     parts = []
     for path in paths:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     f'filename="{Path(path).name}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-                     + Path(path).read_bytes() + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{Path(path).name}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+            + Path(path).read_bytes()
+            + b"\r\n"
+        )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
 
 
 def post(base: str, paths, timeout=60):
     body, boundary = _multipart(paths)
-    request = urllib.request.Request(f"{base}/api/v1/predictions", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        f"{base}/api/v1/predictions",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.status, json.loads(response.read())
 
@@ -54,9 +60,23 @@ class Server:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hematovision", "-q", "serve", "--port", str(self.port),
-             "--workers", str(workers), "--data-dir", str(data_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "hematovision",
+                "-q",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--data-dir",
+                str(data_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             try:
@@ -88,7 +108,9 @@ def server(tmp_path_factory):
 def test_serve_answers_on_the_bundled_model(server):
     status, body = post(server.base, SAMPLES[:2])
     assert status == 201
-    assert [p["label"] for p in body["predictions"]] == [p.name.rsplit("_", 2)[0] for p in SAMPLES[:2]]
+    assert [p["label"] for p in body["predictions"]] == [
+        p.name.rsplit("_", 2)[0] for p in SAMPLES[:2]
+    ]
     assert get_json(server.base, "/api/v1/model")["classes"][0] == "basophil"
 
 
@@ -113,20 +135,17 @@ def test_a_kill_mid_request_loses_no_earlier_record(tmp_path):
     finally:
         again.stop()
     import sqlite3
+
     with sqlite3.connect(tmp_path / "data" / "hematovision.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def _swallow(fn, *args):
-    try:
+    with contextlib.suppress(OSError):
         fn(*args)
-    except OSError:
-        pass
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                    reason="Debian's chromium is not installed (.ci/run installs it with apt-get)")
-def test_browser_uploads_a_sample_and_sees_class_and_heatmap(server, tmp_path):
+def test_browser_uploads_a_sample_and_sees_class_and_heatmap(server, tmp_path, chromium):
     from playwright.sync_api import sync_playwright
 
     sample = SAMPLES[9]
@@ -134,9 +153,18 @@ def test_browser_uploads_a_sample_and_sees_class_and_heatmap(server, tmp_path):
     shots = Path(os.environ.get("HEMATOVISION_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page()
         errors = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BCCD
 from hematovision.cli import main
 from hematovision.data.bccd import match, voc_boxes
 from hematovision.differential import count_differential
@@ -17,14 +16,12 @@ from hematovision.smear import analyze_smear, annotate, cell_labels, locate_cell
 
 
 @pytest.fixture(scope="module")
-def bccd():
-    if not (BCCD / "JPEGImages").is_dir():
-        pytest.skip(f"the real BCCD data set is not at {BCCD} (CI always has it)")
-    return BCCD
+def bccd(bccd_dir):
+    return bccd_dir
 
 
 def _fields(bccd, n=12):
-    return sorted((bccd / "JPEGImages").glob("*.jpg"))[1:2 * n:2]  # odd (held-out) fields
+    return sorted((bccd / "JPEGImages").glob("*.jpg"))[1 : 2 * n : 2]  # odd (held-out) fields
 
 
 def test_white_cells_are_found_on_real_fields(bccd):
@@ -64,7 +61,11 @@ def test_a_field_without_white_cells_reports_none(bccd):
     truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
     x1, _, x2, _ = truth[0]
     # the widest strip of the field with no white cell in it
-    strip = picture.crop((0, 0, int(x1) - 5, 480)) if x1 > 640 - x2 else picture.crop((int(x2) + 5, 0, 640, 480))
+    strip = (
+        picture.crop((0, 0, int(x1) - 5, 480))
+        if x1 > 640 - x2
+        else picture.crop((int(x2) + 5, 0, 640, 480))
+    )
     result = analyze_smear(strip)
     assert result.white_cells == [] and result.red_cells > 0
     blank = analyze_smear(Image.new("RGB", (640, 480), (230, 225, 235)))
@@ -90,7 +91,9 @@ def test_smear_cli_json_and_exit_code(bccd, tmp_path, capsys):
     fields = [str(p) for p in _fields(bccd, 2)]
     bad = tmp_path / "broken.jpg"
     bad.write_text("nope")
-    code = main(["-q", "smear", *fields, str(bad), "--format", "json", "--out", str(tmp_path / "ann")])
+    code = main(
+        ["-q", "smear", *fields, str(bad), "--format", "json", "--out", str(tmp_path / "ann")]
+    )
     captured = capsys.readouterr()
     assert code == 1 and "broken.jpg" in captured.err
     body = json.loads(captured.out)
@@ -104,18 +107,25 @@ def test_smear_cli_json_and_exit_code(bccd, tmp_path, capsys):
 def test_smear_api_and_page(bccd, tmp_path):
     from hematovision.web import create_app
     from hematovision.web.config import WebSettings
+
     client = create_app(WebSettings(data_dir=str(tmp_path / "d"))).test_client()
     field = _fields(bccd, 1)[0]
-    r = client.post("/api/v1/smears", data={"file": [(io.BytesIO(field.read_bytes()), field.name)]},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/api/v1/smears",
+        data={"file": [(io.BytesIO(field.read_bytes()), field.name)]},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 201
     body = r.get_json()
     assert body["fields"][0]["filename"] == field.name and body["fields"][0]["white_cells"]
     assert client.get(r.headers["Location"]).get_json()["id"] == body["id"]
     page = client.get(f"/smears/{body['id']}").data.decode()
     assert 'class="img-fluid rounded annotated"' in page and 'id="differential"' in page
-    bad = client.post("/api/v1/smears", data={"file": [(io.BytesIO(b"text"), "x.jpg")]},
-                      content_type="multipart/form-data")
+    bad = client.post(
+        "/api/v1/smears",
+        data={"file": [(io.BytesIO(b"text"), "x.jpg")]},
+        content_type="multipart/form-data",
+    )
     assert bad.status_code == 415
 
 
@@ -123,6 +133,7 @@ def test_the_smear_model_names_white_cells_of_held_out_bccd_fields(bccd):
     """The bundled smear model never saw the odd-numbered fields."""
     from hematovision.data.bccd import WBC_TYPES, field_labels
     from hematovision.smear import load_smear_classifier
+
     labels = field_labels(bccd / "labels.csv")
     clf = load_smear_classifier()
     right = total = 0
@@ -140,6 +151,7 @@ def test_the_smear_model_names_white_cells_of_held_out_bccd_fields(bccd):
 
 def test_cell_size_adapts_the_detector_to_another_magnification(bccd):
     from hematovision.smear import SmearParams
+
     image = _fields(bccd, 1)[0]
     truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
     assert SmearParams.for_cell_size(200) == SmearParams()

@@ -20,10 +20,19 @@ def test_seed_cnn_learns_the_synthetic_set(synth_run):
 
 
 def test_run_folder_holds_everything(synth_run):
-    for name in ("best.pt", "checkpoint.pt", "run.json", "history.csv", "metrics.json",
-                 "split.json", "report.html", "plots/training_curves.png",
-                 "plots/report_confusion_matrix.png", "plots/report_roc.png",
-                 "plots/report_per_class.png"):
+    for name in (
+        "best.pt",
+        "checkpoint.pt",
+        "run.json",
+        "history.csv",
+        "metrics.json",
+        "split.json",
+        "report.html",
+        "plots/training_curves.png",
+        "plots/report_confusion_matrix.png",
+        "plots/report_roc.png",
+        "plots/report_per_class.png",
+    ):
         assert (synth_run / name).is_file(), name
     meta = json.loads((synth_run / "run.json").read_text())
     assert meta["classes"] == ["lymphocyte", "neutrophil"]
@@ -51,8 +60,16 @@ def test_existing_output_needs_overwrite_and_one_class_is_refused(synth_dir, syn
 
 def test_interrupt_leaves_a_resumable_checkpoint(synth_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    common = dict(data=str(synth_dir), out=str(out), arch="seed-cnn", image_size=64,
-                  batch_size=16, epochs=3, seed=1, show_progress=False)
+    common = dict(
+        data=str(synth_dir),
+        out=str(out),
+        arch="seed-cnn",
+        image_size=64,
+        batch_size=16,
+        epochs=3,
+        seed=1,
+        show_progress=False,
+    )
     real_augment = loop.augment_batch
     calls = {"n": 0}
 
@@ -79,21 +96,41 @@ def test_resume_without_a_checkpoint_is_a_clear_error(synth_dir, tmp_path):
 
 
 def test_same_seed_same_split_and_same_result(synth_dir, synth_run, tmp_path):
-    again = train(data=str(synth_dir), out=str(tmp_path / "again"), arch="seed-cnn", epochs=3,
-                  image_size=64, batch_size=16, seed=0, show_progress=False)
+    again = train(
+        data=str(synth_dir),
+        out=str(tmp_path / "again"),
+        arch="seed-cnn",
+        epochs=3,
+        image_size=64,
+        batch_size=16,
+        seed=0,
+        show_progress=False,
+    )
     a = json.loads((synth_run / "split.json").read_text())
     b = json.loads((again / "split.json").read_text())
     assert a["sha256"] == b["sha256"]
-    assert np.allclose(np.load(synth_run / "test_probs.npy"), np.load(again / "test_probs.npy"),
-                       atol=1e-5)
+    assert np.allclose(
+        np.load(synth_run / "test_probs.npy"), np.load(again / "test_probs.npy"), atol=1e-5
+    )
 
 
 @pytest.mark.pbc
 def test_transfer_learning_on_real_pbc_beats_chance(pbc_dir, tmp_path):
     """A short EfficientNet-Lite0 run on a small subset of the real PBC images."""
-    run = train(data=str(pbc_dir), out=str(tmp_path / "pbc"), arch="efficientnet_lite0",
-                pretrained=True, epochs=3, max_per_class=40, val_fraction=0.2,
-                test_fraction=0.25, lr=2e-3, image_size=96, seed=0, show_progress=False)
+    run = train(
+        data=str(pbc_dir),
+        out=str(tmp_path / "pbc"),
+        arch="efficientnet_lite0",
+        pretrained=True,
+        epochs=3,
+        max_per_class=40,
+        val_fraction=0.2,
+        test_fraction=0.25,
+        lr=2e-3,
+        image_size=96,
+        seed=0,
+        show_progress=False,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == 80
     assert metrics["test"]["accuracy"] >= 0.5  # 8 classes: chance is 0.125
@@ -101,10 +138,20 @@ def test_transfer_learning_on_real_pbc_beats_chance(pbc_dir, tmp_path):
 
 def test_init_keeps_the_split_and_extra_images_only_train(synth_dir, synth_run, tmp_path):
     from hematovision.data import make_synthetic
+
     extra = make_synthetic(tmp_path / "extra", ("lymphocyte",), 5, 64, seed=7, show_progress=False)
-    run = train(data=str(synth_dir), out=str(tmp_path / "ft"), init=str(synth_run),
-                extra_train=str(extra), extra_repeat=2, epochs=1, image_size=64, batch_size=16,
-                lr=1e-4, show_progress=False)
+    run = train(
+        data=str(synth_dir),
+        out=str(tmp_path / "ft"),
+        init=str(synth_run),
+        extra_train=str(extra),
+        extra_repeat=2,
+        epochs=1,
+        image_size=64,
+        batch_size=16,
+        lr=1e-4,
+        show_progress=False,
+    )
     before = json.loads((synth_run / "split.json").read_text())
     after = json.loads((run / "split.json").read_text())
     assert after["sha256"] == before["sha256"]  # the earlier run's test images stay unseen
@@ -114,5 +161,12 @@ def test_init_keeps_the_split_and_extra_images_only_train(synth_dir, synth_run, 
     odd = tmp_path / "odd"
     make_synthetic(odd, ("monocyte",), 2, 64, show_progress=False)
     with pytest.raises(HematoVisionError, match="not in --data: monocyte"):
-        train(data=str(synth_dir), out=str(tmp_path / "ft2"), init=str(synth_run),
-              extra_train=str(odd), epochs=1, image_size=64, show_progress=False)
+        train(
+            data=str(synth_dir),
+            out=str(tmp_path / "ft2"),
+            init=str(synth_run),
+            extra_train=str(odd),
+            epochs=1,
+            image_size=64,
+            show_progress=False,
+        )

@@ -1,11 +1,9 @@
 """The web application through Flask's test client: every route and error path."""
 
 import io
-import json
 import re
 import threading
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -23,8 +21,9 @@ def classifier():
 
 @pytest.fixture
 def app(tmp_path, classifier):
-    app = create_app(WebSettings(data_dir=str(tmp_path / "data"), max_upload_mb=2),
-                     classifier=classifier)
+    app = create_app(
+        WebSettings(data_dir=str(tmp_path / "data"), max_upload_mb=2), classifier=classifier
+    )
     app.config["TESTING"] = True
     return app
 
@@ -85,13 +84,16 @@ def test_list_and_delete_predictions(client):
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "bad_request"
 
 
-@pytest.mark.parametrize("files, status, code", [
-    ([], 400, "no_file"),
-    ([("notes.jpg", b"just some text, not a picture")], 415, "unsupported_media_type"),
-    ([("broken.jpg", b"\xff\xd8\xff\xe0 truncated jpeg")], 400, "unreadable_image"),
-    ([("tiny.png", None)], 400, "unreadable_image"),
-    ([("empty.png", b"")], 400, "empty_file"),
-])
+@pytest.mark.parametrize(
+    "files, status, code",
+    [
+        ([], 400, "no_file"),
+        ([("notes.jpg", b"just some text, not a picture")], 415, "unsupported_media_type"),
+        ([("broken.jpg", b"\xff\xd8\xff\xe0 truncated jpeg")], 400, "unreadable_image"),
+        ([("tiny.png", None)], 400, "unreadable_image"),
+        ([("empty.png", b"")], 400, "empty_file"),
+    ],
+)
 def test_bad_uploads_are_json_errors_and_store_nothing(client, files, status, code):
     files = [(n, _png((4, 4)) if c is None else c) for n, c in files]
     r = _post(client, files)
@@ -137,12 +139,16 @@ def test_not_found_is_json_on_the_api_and_html_on_pages(client):
 
 
 def test_token_protects_the_api(tmp_path, classifier):
-    app = create_app(WebSettings(data_dir=str(tmp_path / "d"), api_token="s3cret"),
-                     classifier=classifier)
+    app = create_app(
+        WebSettings(data_dir=str(tmp_path / "d"), api_token="s3cret"), classifier=classifier
+    )
     client = app.test_client()
     r = _post(client, [_sample(0)])
     assert r.status_code == 401 and r.get_json()["error"]["code"] == "unauthorized"
-    assert client.get("/api/v1/predictions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        client.get("/api/v1/predictions", headers={"Authorization": "Bearer wrong"}).status_code
+        == 401
+    )
     ok = _post(client, [_sample(0)], headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 201
     assert client.get("/healthz").status_code == 200
@@ -150,15 +156,23 @@ def test_token_protects_the_api(tmp_path, classifier):
 
 def test_model_health_and_openapi(client):
     from openapi_spec_validator import validate
+
     model = client.get("/api/v1/model").get_json()
     assert len(model["classes"]) == 8 and model["metrics"]["test"]["accuracy"] >= 0.985
     health = client.get("/healthz").get_json()
-    assert health == {"status": "ok", "database": "ok", "model": {
-        "name": model["name"], "version": model["version"]}}
+    assert health == {
+        "status": "ok",
+        "database": "ok",
+        "model": {"name": model["name"], "version": model["version"]},
+    }
     spec = client.get("/api/v1/openapi.json").get_json()
     validate(spec)
-    assert {"/api/v1/predictions", "/api/v1/predictions/{prediction_id}", "/api/v1/model",
-            "/healthz"} <= set(spec["paths"])
+    assert {
+        "/api/v1/predictions",
+        "/api/v1/predictions/{prediction_id}",
+        "/api/v1/model",
+        "/healthz",
+    } <= set(spec["paths"])
 
 
 # ---------------------------------------------------------------- pages
@@ -179,12 +193,16 @@ def test_pages_render_with_security_headers(client):
 
 def test_upload_form_needs_csrf_and_shows_the_result(client):
     name, data = _sample(5)
-    r = client.post("/upload", data={"file": (io.BytesIO(data), name)},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/upload", data={"file": (io.BytesIO(data), name)}, content_type="multipart/form-data"
+    )
     assert r.status_code == 400 and b"CSRF" in r.data
     token = _csrf(client.get("/").data)
-    r = client.post("/upload", data={"csrf_token": token, "file": (io.BytesIO(data), name)},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/upload",
+        data={"csrf_token": token, "file": (io.BytesIO(data), name)},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 303
     page = client.get(r.headers["Location"]).data.decode()
     expected = name.rsplit("_", 2)[0]
@@ -198,8 +216,11 @@ def test_upload_form_needs_csrf_and_shows_the_result(client):
 
 def test_upload_form_error_is_shown_not_raised(client):
     token = _csrf(client.get("/").data)
-    r = client.post("/upload", data={"csrf_token": token, "file": (io.BytesIO(b"text"), "a.jpg")},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/upload",
+        data={"csrf_token": token, "file": (io.BytesIO(b"text"), "a.jpg")},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 415 and b"not an image" in r.data
 
 
@@ -208,7 +229,9 @@ def test_try_a_sample(client):
     r = client.post(f"/samples/{SAMPLES[0].name}/try", data={"csrf_token": token})
     assert r.status_code == 303
     assert SAMPLES[0].name.rsplit("_", 2)[0] in client.get(r.headers["Location"]).data.decode()
-    assert client.post("/samples/../../etc/passwd/try", data={"csrf_token": token}).status_code == 404
+    assert (
+        client.post("/samples/../../etc/passwd/try", data={"csrf_token": token}).status_code == 404
+    )
 
 
 def test_batch_result_has_differential_and_csv(client):
@@ -219,7 +242,10 @@ def test_batch_result_has_differential_and_csv(client):
     csv_text = client.get(f"/results/{upload}.csv").data.decode()
     lines = csv_text.splitlines()
     assert lines[0].startswith("id,filename,label,confidence,uncertain,")
-    counts = {row.split(",")[0]: int(row.split(",")[1]) for row in lines[lines.index("class,count,percent") + 1:]}
+    counts = {
+        row.split(",")[0]: int(row.split(",")[1])
+        for row in lines[lines.index("class,count,percent") + 1 :]
+    }
     assert sum(counts.values()) == 3 and counts[SAMPLES[0].name.rsplit("_", 2)[0]] >= 2
 
 
@@ -251,8 +277,9 @@ def test_user_strings_are_escaped(client):
 
 
 def test_no_store_images_keeps_results_only(tmp_path, classifier):
-    app = create_app(WebSettings(data_dir=str(tmp_path / "d"), store_images=False),
-                     classifier=classifier)
+    app = create_app(
+        WebSettings(data_dir=str(tmp_path / "d"), store_images=False), classifier=classifier
+    )
     client = app.test_client()
     body = _post(client, [_sample(0)]).get_json()
     assert body["predictions"][0]["label"]
@@ -266,7 +293,9 @@ def test_records_survive_a_restart(tmp_path, classifier):
     first = create_app(settings, classifier=classifier).test_client()
     ids = [_post(first, [_sample(i)]).get_json()["predictions"][0]["id"] for i in range(2)]
     second = create_app(settings, classifier=classifier).test_client()  # migrations run again
-    assert [p["id"] for p in second.get("/api/v1/predictions").get_json()["predictions"]] == ids[::-1]
+    assert [p["id"] for p in second.get("/api/v1/predictions").get_json()["predictions"]] == ids[
+        ::-1
+    ]
 
 
 def test_eight_threads_posting_at_once_lose_no_record(app):

@@ -45,21 +45,33 @@ def _write_json(path: Path, data: dict) -> None:
 class Provenance:
     """Where a model comes from: its training settings and data, licence, date, software."""
 
-    training: dict = field(default_factory=dict)   # the TrainConfig of the run
-    data: dict = field(default_factory=dict)       # root, manifest hash, counts, citation...
+    training: dict = field(default_factory=dict)  # the TrainConfig of the run
+    data: dict = field(default_factory=dict)  # root, manifest hash, counts, citation...
     licence: str | None = None
     created: str | None = None
     software: dict = field(default_factory=dict)
-    note: str | None = None                        # free text: how the run was made
+    note: str | None = None  # free text: how the run was made
 
     def to_dict(self) -> dict:
-        return {"training": self.training, "data": self.data, "licence": self.licence,
-                "created": self.created, "software": self.software, "provenance": self.note}
+        return {
+            "training": self.training,
+            "data": self.data,
+            "licence": self.licence,
+            "created": self.created,
+            "software": self.software,
+            "provenance": self.note,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Provenance:
-        return cls(dict(d.get("training") or {}), dict(d.get("data") or {}), d.get("licence"),
-                   d.get("created"), dict(d.get("software") or {}), d.get("provenance"))
+        return cls(
+            dict(d.get("training") or {}),
+            dict(d.get("data") or {}),
+            d.get("licence"),
+            d.get("created"),
+            dict(d.get("software") or {}),
+            d.get("provenance"),
+        )
 
 
 @dataclass(frozen=True)
@@ -67,13 +79,13 @@ class Calibration:
     """Temperature scaling and the two thresholds that flag a prediction as uncertain."""
 
     temperature: float = 1.0
-    confidence_threshold: float = 0.0   # below it: "uncertain"
+    confidence_threshold: float = 0.0  # below it: "uncertain"
     ood_threshold: float | None = None  # feature distance above it: "unlike the training images"
 
 
 @dataclass(frozen=True)
 class ArtifactFile:
-    path: str    # relative to the artifact folder
+    path: str  # relative to the artifact folder
     sha256: str
 
 
@@ -97,26 +109,44 @@ class ModelArtifact:
     def to_dict(self) -> dict:
         c = self.calibration
         return {
-            "format": ARTIFACT_FORMAT, "name": self.name, "version": self.version,
-            "classes": list(self.classes), "architecture": self.architecture,
-            "input_size": self.preprocess.input_size, "preprocess": self.preprocess.to_dict(),
-            "outputs": list(OUTPUTS), "temperature": c.temperature,
-            "confidence_threshold": c.confidence_threshold, "ood_threshold": c.ood_threshold,
+            "format": ARTIFACT_FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "classes": list(self.classes),
+            "architecture": self.architecture,
+            "input_size": self.preprocess.input_size,
+            "preprocess": self.preprocess.to_dict(),
+            "outputs": list(OUTPUTS),
+            "temperature": c.temperature,
+            "confidence_threshold": c.confidence_threshold,
+            "ood_threshold": c.ood_threshold,
             "files": {k: {"path": f.path, "sha256": f.sha256} for k, f in self.files.items()},
-            "checks": self.checks, "metrics": self.metrics, **self.provenance.to_dict(),
+            "checks": self.checks,
+            "metrics": self.metrics,
+            **self.provenance.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict, path: Path | None = None) -> ModelArtifact:
-        calibration = Calibration(float(d.get("temperature", 1.0)),
-                                  float(d.get("confidence_threshold", 0.0)),
-                                  None if d.get("ood_threshold") is None else float(d["ood_threshold"]))
+        calibration = Calibration(
+            float(d.get("temperature", 1.0)),
+            float(d.get("confidence_threshold", 0.0)),
+            None if d.get("ood_threshold") is None else float(d["ood_threshold"]),
+        )
         files = {k: ArtifactFile(str(f["path"]), str(f["sha256"])) for k, f in d["files"].items()}
-        return cls(str(d.get("name") or (path.name if path else "model")), str(d.get("version", "0")),
-                   [str(c) for c in d["classes"]], str(d.get("architecture", "unknown")),
-                   PreprocessSpec.from_dict(d["preprocess"]), calibration, files,
-                   dict(d.get("checks") or {}), dict(d.get("metrics") or {}),
-                   Provenance.from_dict(d), path)
+        return cls(
+            str(d.get("name") or (path.name if path else "model")),
+            str(d.get("version", "0")),
+            [str(c) for c in d["classes"]],
+            str(d.get("architecture", "unknown")),
+            PreprocessSpec.from_dict(d["preprocess"]),
+            calibration,
+            files,
+            dict(d.get("checks") or {}),
+            dict(d.get("metrics") or {}),
+            Provenance.from_dict(d),
+            path,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> ModelArtifact:
@@ -124,17 +154,26 @@ class ModelArtifact:
         path = Path(path)
         meta = path / "model.json"
         if not meta.is_file():
-            hint = (f"it is a training run: export it with 'hematovision export --model {path}'"
-                    if RunDir(path).is_run() else "make one with 'hematovision export'")
-            raise HematoVisionError(f"{path} is not a model artifact (model.json not found); {hint}")
+            hint = (
+                f"it is a training run: export it with 'hematovision export --model {path}'"
+                if RunDir(path).is_run()
+                else "make one with 'hematovision export'"
+            )
+            raise HematoVisionError(
+                f"{path} is not a model artifact (model.json not found); {hint}"
+            )
         data = _read_json(meta)
         fmt = data.get("format")
         if fmt == RUN_FORMAT:
-            raise HematoVisionError(f"{path} is a training run, not a model artifact; export it "
-                                    f"with 'hematovision export --model {path}'")
+            raise HematoVisionError(
+                f"{path} is a training run, not a model artifact; export it "
+                f"with 'hematovision export --model {path}'"
+            )
         if fmt != ARTIFACT_FORMAT:
-            raise HematoVisionError(f"{meta} has format {fmt!r}; this version of HematoVision "
-                                    f"reads {ARTIFACT_FORMAT!r} (upgrade hematovision)")
+            raise HematoVisionError(
+                f"{meta} has format {fmt!r}; this version of HematoVision "
+                f"reads {ARTIFACT_FORMAT!r} (upgrade hematovision)"
+            )
         try:
             return cls.from_dict(data, path)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -167,8 +206,9 @@ class ModelArtifact:
         if precision is None and available:
             return "fp32" if "fp32" in available else available[0]
         if precision not in available:
-            raise HematoVisionError(f"{self.path} has no {precision} model "
-                                    f"(it has: {', '.join(available) or 'none'})")
+            raise HematoVisionError(
+                f"{self.path} has no {precision} model (it has: {', '.join(available) or 'none'})"
+            )
         return precision
 
     def model_bytes(self, precision: str, verify: bool = True) -> bytes:
@@ -186,11 +226,19 @@ class ModelArtifact:
     def card(self) -> dict:
         """What a user is shown about the model (the API's model card)."""
         c = self.calibration
-        return {"name": self.name, "version": self.version, "classes": list(self.classes),
-                "architecture": self.architecture, "input_size": self.preprocess.input_size,
-                "temperature": c.temperature, "confidence_threshold": c.confidence_threshold,
-                "metrics": self.metrics, "data": self.provenance.data,
-                "licence": self.provenance.licence, "provenance": self.provenance.note}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "classes": list(self.classes),
+            "architecture": self.architecture,
+            "input_size": self.preprocess.input_size,
+            "temperature": c.temperature,
+            "confidence_threshold": c.confidence_threshold,
+            "metrics": self.metrics,
+            "data": self.provenance.data,
+            "licence": self.provenance.licence,
+            "provenance": self.provenance.note,
+        }
 
 
 @dataclass
@@ -206,15 +254,25 @@ class RunInfo:
     def to_dict(self) -> dict:
         p = self.provenance.to_dict()
         p.pop("provenance")
-        return {"format": RUN_FORMAT, "classes": list(self.classes),
-                "architecture": self.architecture, "input_size": self.preprocess.input_size,
-                "preprocess": self.preprocess.to_dict(), "metrics": self.metrics, **p}
+        return {
+            "format": RUN_FORMAT,
+            "classes": list(self.classes),
+            "architecture": self.architecture,
+            "input_size": self.preprocess.input_size,
+            "preprocess": self.preprocess.to_dict(),
+            "metrics": self.metrics,
+            **p,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> RunInfo:
-        return cls([str(c) for c in d["classes"]], str(d["architecture"]),
-                   PreprocessSpec.from_dict(d["preprocess"]), dict(d.get("metrics") or {}),
-                   Provenance.from_dict(d))
+        return cls(
+            [str(c) for c in d["classes"]],
+            str(d["architecture"]),
+            PreprocessSpec.from_dict(d["preprocess"]),
+            dict(d.get("metrics") or {}),
+            Provenance.from_dict(d),
+        )
 
 
 class RunDir:
@@ -259,8 +317,9 @@ class RunDir:
     def _info_file(self) -> Path | None:
         for name in (self.INFO, self.LEGACY_INFO):
             candidate = self.path / name
-            if candidate.is_file() and (name == self.INFO or
-                                        _read_json(candidate).get("format") == RUN_FORMAT):
+            if candidate.is_file() and (
+                name == self.INFO or _read_json(candidate).get("format") == RUN_FORMAT
+            ):
                 return candidate
         return None
 
@@ -269,8 +328,9 @@ class RunDir:
 
     def require(self) -> RunDir:
         if not self.is_run():
-            raise HematoVisionError(f"{self.path} is not a training run "
-                                    f"({self.INFO} and best.pt expected)")
+            raise HematoVisionError(
+                f"{self.path} is not a training run ({self.INFO} and best.pt expected)"
+            )
         return self
 
     # ------------------------------------------------------------ contents
@@ -295,4 +355,5 @@ class RunDir:
     def manifest(self):
         """The run's ``SplitManifest`` (which file is in train, val or test)."""
         from .data.splits import SplitManifest
+
         return SplitManifest.load(self.split_file)

@@ -18,7 +18,7 @@ from rich.table import Table
 from ._version import __version__
 from .errors import HematoVisionError
 
-out = Console(highlight=False)            # results: stdout
+out = Console(highlight=False)  # results: stdout
 err = Console(stderr=True, highlight=False)  # messages: stderr
 
 
@@ -29,26 +29,44 @@ def _fmt(v) -> str:
 # ---------------------------------------------------------------- data
 def cmd_data_synth(args) -> int:
     from .data import make_synthetic
+
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    path = make_synthetic(args.out, classes, args.per_class, args.size, args.seed,
-                          overwrite=args.overwrite, show_progress=not args.quiet)
+    path = make_synthetic(
+        args.out,
+        classes,
+        args.per_class,
+        args.size,
+        args.seed,
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
     out.print(f"wrote {len(classes) * args.per_class} images of {', '.join(classes)} to {path}")
     return 0
 
 
 def cmd_data_fetch(args) -> int:
     from .data import fetch
-    info = fetch(args.name, args.dest, archive=args.archive, sha256=args.sha256, url=args.url,
-                 show_progress=not args.quiet)
+
+    info = fetch(
+        args.name,
+        args.dest,
+        archive=args.archive,
+        sha256=args.sha256,
+        url=args.url,
+        show_progress=not args.quiet,
+    )
     out.print(f"{info['name']} installed in {info['path']}")
-    out.print(f"archive SHA-256 {info['sha256']}" + (" (verified)" if info["verified"] else
-                                                     " (no published checksum; pin it with --sha256)"))
+    out.print(
+        f"archive SHA-256 {info['sha256']}"
+        + (" (verified)" if info["verified"] else " (no published checksum; pin it with --sha256)")
+    )
     out.print(f"licence {info['licence']}; cite: {info['citation']}")
     return 0
 
 
 def cmd_data_inspect(args) -> int:
     from .data import inspect_folder
+
     summary = inspect_folder(args.folder, show_progress=not args.quiet)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -62,7 +80,9 @@ def cmd_data_inspect(args) -> int:
         out.print(table)
         ratio = summary["imbalance_ratio"]
         out.print(f"imbalance (largest / smallest class): {_fmt(ratio)}")
-        out.print("sizes: " + ", ".join(f"{s} ({n})" for s, n in list(summary["sizes"].items())[:5]))
+        out.print(
+            "sizes: " + ", ".join(f"{s} ({n})" for s, n in list(summary["sizes"].items())[:5])
+        )
         out.print("modes: " + ", ".join(f"{m} ({n})" for m, n in summary["modes"].items()))
         if summary["unreadable"]:
             out.print(f"[bold red]{len(summary['unreadable'])} unreadable file(s):[/]")
@@ -78,16 +98,26 @@ def print_metrics(metrics: dict, title: str) -> None:
     summary = Table(title=title)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
-    for k in ("n", "accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
-              "f1_weighted", "roc_auc_macro", "ece"):
+    for k in (
+        "n",
+        "accuracy",
+        "loss",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "f1_weighted",
+        "roc_auc_macro",
+        "ece",
+    ):
         summary.add_row(k, _fmt(metrics.get(k)))
     out.print(summary)
     per_class = Table(title="per class")
     for col in ("class", "precision", "recall", "F1", "support"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for c, m in metrics["per_class"].items():
-        per_class.add_row(c, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]),
-                          str(m["support"]))
+        per_class.add_row(
+            c, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]), str(m["support"])
+        )
     out.print(per_class)
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("")
@@ -100,6 +130,7 @@ def print_metrics(metrics: dict, title: str) -> None:
 
 def cmd_train(args) -> int:
     from .training import TrainConfig, train
+
     cfg = config_from_args(TrainConfig, args, show_progress=not args.quiet)
     run = train(cfg)
     metrics = run.metrics()
@@ -111,7 +142,10 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .training import evaluate_run
-    metrics = evaluate_run(args.model, args.data, args.split, args.out, show_progress=not args.quiet)
+
+    metrics = evaluate_run(
+        args.model, args.data, args.split, args.out, show_progress=not args.quiet
+    )
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
@@ -123,15 +157,24 @@ def cmd_evaluate(args) -> int:
 # ---------------------------------------------------------------- export / predict
 def cmd_export(args) -> int:
     from .export import export_run
-    artifact = export_run(args.model, args.out, int8=args.int8, data_dir=args.data,
-                          overwrite=args.overwrite, show_progress=not args.quiet)
+
+    artifact = export_run(
+        args.model,
+        args.out,
+        int8=args.int8,
+        data_dir=args.data,
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
     out.print(f"model artifact: {artifact.path}")
     out.print(f"checks: {json.dumps(artifact.checks)}")
     test = artifact.metrics.get("test")
     if test:
-        out.print(f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['f1_macro']:.4f}, "
-                  f"ECE {test['ece_before']:.4f} -> {test['ece_after']:.4f} after temperature "
-                  f"scaling (T={artifact.calibration.temperature:.3f})")
+        out.print(
+            f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['f1_macro']:.4f}, "
+            f"ECE {test['ece_before']:.4f} -> {test['ece_after']:.4f} after temperature "
+            f"scaling (T={artifact.calibration.temperature:.3f})"
+        )
     return 0
 
 
@@ -140,12 +183,16 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     import glob
 
     from .data.folders import IMAGE_SUFFIXES
+
     found: list[str] = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
         elif any(ch in pattern for ch in "*?["):
             found += sorted(glob.glob(pattern, recursive=True))
         else:
@@ -172,10 +219,17 @@ def cmd_predict(args) -> int:
     classifier = Classifier.load(args.model, precision=args.precision)
     paths, heat_dir = _inputs_and_folder(args.paths, args.heatmaps)
     results, failures = [], 0
-    with progress_bar("classifying", len(paths),
-                      enabled=not args.quiet and len(paths) > args.batch_size) as bar:
-        for n, (path, pred) in enumerate(zip(paths, classifier.iter_predict(
-                paths, heatmaps=bool(heat_dir), batch_size=args.batch_size, errors="report"))):
+    with progress_bar(
+        "classifying", len(paths), enabled=not args.quiet and len(paths) > args.batch_size
+    ) as bar:
+        for n, (path, pred) in enumerate(
+            zip(
+                paths,
+                classifier.iter_predict(
+                    paths, heatmaps=bool(heat_dir), batch_size=args.batch_size, errors="report"
+                ),
+            )
+        ):
             bar.advance()
             if not pred.ok:
                 failures += 1
@@ -183,16 +237,31 @@ def cmd_predict(args) -> int:
                 continue
             if heat_dir:
                 heatmap_overlay(path, pred.heatmap).save(
-                    heat_dir / f"{n:05d}_{Path(path).stem}_heatmap.png")
+                    heat_dir / f"{n:05d}_{Path(path).stem}_heatmap.png"
+                )
                 pred.heatmap = None  # written: do not keep every map in memory
             results.append((str(Path(path).resolve()), pred))
     if args.format == "json":
-        print(json.dumps([{"path": p, **pred.to_dict(),
-                           "top_k": [[c, v] for c, v in pred.top(args.top_k)]}
-                          for p, pred in results], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": p,
+                        **pred.to_dict(),
+                        "top_k": [[c, v] for c, v in pred.top(args.top_k)],
+                    }
+                    for p, pred in results
+                ],
+                indent=1,
+            )
+        )
     elif args.format == "csv":
-        write_predictions_csv(sys.stdout, ({"path": p, **pred.to_dict()} for p, pred in results),
-                              classifier.classes, keys=("path",))
+        write_predictions_csv(
+            sys.stdout,
+            ({"path": p, **pred.to_dict()} for p, pred in results),
+            classifier.classes,
+            keys=("path",),
+        )
     else:
         table = Table(title=f"{classifier.name} {classifier.version} ({classifier.precision})")
         for col in ("file", "class", "confidence", f"top {args.top_k}"):
@@ -215,7 +284,9 @@ def cmd_smear(args) -> int:
     classifier = load_smear_classifier(args.model)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = [], 0
-    with progress_bar("analysing fields", len(paths), enabled=not args.quiet and len(paths) > 1) as bar:
+    with progress_bar(
+        "analysing fields", len(paths), enabled=not args.quiet and len(paths) > 1
+    ) as bar:
         for n, path in enumerate(paths):
             try:
                 result = analyze_smear(path, classifier, params)
@@ -225,13 +296,16 @@ def cmd_smear(args) -> int:
             else:
                 fields.append(result)
                 if out_dir:
-                    annotate(path, result).save(out_dir / f"{n:05d}_{Path(path).stem}_annotated.png")
+                    annotate(path, result).save(
+                        out_dir / f"{n:05d}_{Path(path).stem}_annotated.png"
+                    )
                 for warning in result.warnings:
                     print(f"warning: {path}: {warning}", file=sys.stderr)
             bar.advance()
     diff = count_differential(cell_labels(fields), classifier.classes)
     {"json": _print_smear_json, "csv": _print_smear_csv, "table": _print_smear_table}[args.format](
-        fields, diff)
+        fields, diff
+    )
     return 0 if failures == 0 else 1
 
 
@@ -241,8 +315,12 @@ def _print_smear_json(fields, diff) -> None:
 
 def _print_smear_csv(fields, diff) -> None:
     from .tables import write_differential_csv, write_predictions_csv
-    cells = ({"path": f.path, **dict(zip(("x1", "y1", "x2", "y2"), c.box)), **c.to_dict()}
-             for f in fields for c in f.white_cells)
+
+    cells = (
+        {"path": f.path, **dict(zip(("x1", "y1", "x2", "y2"), c.box)), **c.to_dict()}
+        for f in fields
+        for c in f.white_cells
+    )
     write_predictions_csv(sys.stdout, cells, [], keys=("path", "x1", "y1", "x2", "y2"))
     sys.stdout.write("\r\n")
     write_differential_csv(sys.stdout, diff)
@@ -267,9 +345,17 @@ def _print_smear_table(fields, diff) -> None:
 # ---------------------------------------------------------------- serve
 def cmd_serve(args) -> int:
     from .web.server import serve
-    serve(model=args.model, host=args.host, port=args.port, workers=args.workers,
-          data_dir=args.data_dir, database_url=args.database_url,
-          max_upload_mb=args.max_upload_mb, store_images=False if args.no_store_images else None)
+
+    serve(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        max_upload_mb=args.max_upload_mb,
+        store_images=False if args.no_store_images else None,
+    )
     return 0
 
 
@@ -292,12 +378,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type) -> None:
         options = {"dest": f.name, "help": f.metadata.get("help")}
         if kind is bool:
             flag = f"--no-{name}" if f.default else f"--{name}"
-            parser.add_argument(flag, action="store_false" if f.default else "store_true", **options)
+            parser.add_argument(
+                flag, action="store_false" if f.default else "store_true", **options
+            )
         elif f.default is dataclasses.MISSING:
             parser.add_argument(f"--{name}", type=kind, required=True, **options)
         else:
-            parser.add_argument(f"--{name}", type=kind, default=f.default,
-                                choices=f.metadata.get("choices"), **options)
+            parser.add_argument(
+                f"--{name}",
+                type=kind,
+                default=f.default,
+                choices=f.metadata.get("choices"),
+                **options,
+            )
 
 
 def config_from_args(config_type, args: argparse.Namespace, **extra):
@@ -307,8 +400,9 @@ def config_from_args(config_type, args: argparse.Namespace, **extra):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hematovision",
-                                description="Blood-cell classification in microscope images.")
+    p = argparse.ArgumentParser(
+        prog="hematovision", description="Blood-cell classification in microscope images."
+    )
     p.add_argument("--version", action="version", version=f"hematovision {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,9 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write the simulated data set")
     s.add_argument("out", help="output folder")
-    s.add_argument("--classes", default="lymphocyte,neutrophil",
-                   help="comma-separated (lymphocyte, neutrophil, eosinophil, monocyte, "
-                        "basophil, platelet)")
+    s.add_argument(
+        "--classes",
+        default="lymphocyte,neutrophil",
+        help="comma-separated (lymphocyte, neutrophil, eosinophil, monocyte, basophil, platelet)",
+    )
     s.add_argument("--per-class", type=int, default=50)
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
@@ -338,8 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_data_inspect)
 
     from .training.config import TrainConfig  # torch-free
-    t = sub.add_parser("train", help="train a classifier on a class-per-folder data set",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    t = sub.add_parser(
+        "train",
+        help="train a classifier on a class-per-folder data set",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_config_arguments(t, TrainConfig)
     t.set_defaults(func=cmd_train)
 
@@ -366,8 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=3)
     r.add_argument("--heatmaps", help="write heatmap overlays (PNG) into this folder")
     r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--precision", choices=["fp32", "int8"],
-                   help="default: fp32 where the model has it")
+    r.add_argument(
+        "--precision", choices=["fp32", "int8"], help="default: fp32 where the model has it"
+    )
     r.set_defaults(func=cmd_predict)
 
     m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")
@@ -375,8 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", help="model artifact folder (default: the bundled smear model)")
     m.add_argument("--out", help="write each annotated field (PNG) into this folder")
     m.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    m.add_argument("--cell-size", type=float, default=200,
-                   help="width of a white cell in pixels (200 in BCCD fields, 640x480 at 100x)")
+    m.add_argument(
+        "--cell-size",
+        type=float,
+        default=200,
+        help="width of a white cell in pixels (200 in BCCD fields, 640x480 at 100x)",
+    )
     m.set_defaults(func=cmd_smear)
 
     w = sub.add_parser("serve", help="run the web application (production server)")
@@ -394,9 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
-                        force=True)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+        force=True,
+    )
     try:
         return args.func(args)
     except HematoVisionError as exc:

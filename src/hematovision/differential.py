@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def count_differential(labels: Iterable[str], classes: list[str] | None = None) -> dict:
@@ -10,6 +10,10 @@ def count_differential(labels: Iterable[str], classes: list[str] | None = None) 
     labels = [label for label in labels if label]
     names = list(classes or []) + sorted(set(labels) - set(classes or []))
     total = len(labels)
-    return {c: {"count": labels.count(c),
-                "percent": round(100 * labels.count(c) / total, 1) if total else 0.0}
-            for c in names}
+    return {
+        c: {
+            "count": labels.count(c),
+            "percent": round(100 * labels.count(c) / total, 1) if total else 0.0,
+        }
+        for c in names
+    }

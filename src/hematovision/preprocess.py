@@ -15,14 +15,13 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import HematoVisionError, ImageNotFound, ImageTooLarge, UnreadableImage
 
-ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 # Refuse absurdly large images before decoding them (a decompression bomb guard). The check is
 # ours (_load_checked raises), so PIL's own warning for the same condition is only noise.
@@ -41,11 +40,15 @@ class PreprocessSpec:
     resample: str = "bilinear"
 
     def to_dict(self) -> dict:
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "resample": self.resample}
+        return {
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resample": self.resample,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
+    def from_dict(cls, d: dict) -> PreprocessSpec:
         """Read a spec; keys written by older versions (layout, extra) are ignored."""
         return cls(
             input_size=int(d["input_size"]),
@@ -55,8 +58,12 @@ class PreprocessSpec:
         )
 
 
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
@@ -99,35 +106,46 @@ def to_rgb(image: ImageInput) -> Image.Image:
     EXIF orientation is honoured; 16-bit and float images are rescaled, not clipped.
     Raises HematoVisionError when the input is not a decodable image or is too small.
     """
-    name = None
+    name = str(image) if isinstance(image, (str, Path)) else "image"
+    img = _as_rgb(_open(image, name))
+    if min(img.size) < MIN_IMAGE_SIDE:
+        raise UnreadableImage(
+            f"{name}: too small ({img.size[0]}x{img.size[1]} px; "
+            f"at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)"
+        )
+    return img
+
+
+def _open(image: ImageInput, name: str) -> Image.Image:
+    """Any input as a decoded PIL image, upright; decoding errors as HematoVisionErrors."""
     try:
-        if isinstance(image, (str, Path)):
-            name = str(image)
-            with Image.open(image) as opened:
-                img = _load_checked(opened)
-        elif isinstance(image, bytes):
-            with Image.open(io.BytesIO(image)) as opened:
-                img = _load_checked(opened)
-        elif isinstance(image, Image.Image):
-            img = image
-        elif isinstance(image, np.ndarray):
-            img = _array_to_pil(image)
-        else:
-            raise UnreadableImage(f"cannot read an image from a {type(image).__name__}")
+        if isinstance(image, (str, Path, bytes)):
+            source = io.BytesIO(image) if isinstance(image, bytes) else image
+            with Image.open(source) as opened:
+                return _load_checked(opened)
+        if isinstance(image, Image.Image):
+            return image
+        if isinstance(image, np.ndarray):
+            return _array_to_pil(image)
+        raise UnreadableImage(f"cannot read an image from a {type(image).__name__}")
     except HematoVisionError:
         raise
     except Image.DecompressionBombError:
-        raise ImageTooLarge(f"{name or 'image'}: more than {Image.MAX_IMAGE_PIXELS:,} pixels, "
-                            f"too large to decode safely") from None
+        raise ImageTooLarge(
+            f"{name}: more than {Image.MAX_IMAGE_PIXELS:,} pixels, too large to decode safely"
+        ) from None
     except FileNotFoundError:
         raise ImageNotFound(f"{name}: file not found") from None
     except IsADirectoryError:
         raise UnreadableImage(f"{name}: is a folder, not an image") from None
     except UnidentifiedImageError:
-        raise UnreadableImage(f"{name or 'image'}: not an image file (unknown format)") from None
+        raise UnreadableImage(f"{name}: not an image file (unknown format)") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise UnreadableImage(f"{name or 'image'}: not a readable image ({exc})") from None
+        raise UnreadableImage(f"{name}: not a readable image ({exc})") from None
 
+
+def _as_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit and float rescaled, transparency flattened to white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
@@ -136,14 +154,8 @@ def to_rgb(image: ImageInput) -> Image.Image:
         arr = (arr - lo) / max(hi - lo, 1e-9) * 255.0
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = _flatten_alpha(img)
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
-    if min(img.size) < MIN_IMAGE_SIDE:
-        raise UnreadableImage(
-            f"{name or 'image'}: too small ({img.size[0]}x{img.size[1]} px; "
-            f"at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
-    return img
+        return _flatten_alpha(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import csv
-from typing import IO, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import IO
 
 
-def write_predictions_csv(stream: IO[str], records: Iterable[dict], classes: Sequence[str],
-                          keys: Sequence[str]) -> None:
+def write_predictions_csv(
+    stream: IO[str], records: Iterable[dict], classes: Sequence[str], keys: Sequence[str]
+) -> None:
     """One row per classified cell: the ``keys`` columns (e.g. path, or id and filename),
     label, confidence, uncertain (0/1) and one probability column per class in ``classes``."""
     writer = csv.writer(stream)
     writer.writerow([*keys, "label", "confidence", "uncertain", *classes])
     for r in records:
         probabilities = r.get("probabilities") or {}
-        writer.writerow([*(r[k] for k in keys), r["label"], f"{r['confidence']:.6f}",
-                         int(bool(r["uncertain"])),
-                         *(f"{probabilities.get(c, 0.0):.6f}" for c in classes)])
+        writer.writerow(
+            [
+                *(r[k] for k in keys),
+                r["label"],
+                f"{r['confidence']:.6f}",
+                int(bool(r["uncertain"])),
+                *(f"{probabilities.get(c, 0.0):.6f}" for c in classes),
+            ]
+        )
 
 
 def write_differential_csv(stream: IO[str], differential: dict) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # the white-cell types labels.csv names (one per field; a few fields hold two and are left out)
 WBC_TYPES = ("neutrophil", "eosinophil", "lymphocyte", "monocyte")
@@ -22,7 +22,8 @@ def voc_boxes(path: Path) -> dict[str, list[list[float]]]:
     for obj in ET.parse(path).getroot().iter("object"):
         b = obj.find("bndbox")
         out.setdefault(obj.find("name").text.strip(), []).append(
-            [float(b.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")])
+            [float(b.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
+        )
     return out
 
 
@@ -33,8 +34,11 @@ def field_labels(path: Path) -> dict[str, str]:
         for row in csv.DictReader(fh):
             kinds = [k.strip().lower() for k in row["category"].split(",") if k.strip()]
             if len(kinds) == 1:
-                out[f"BloodImage_{int(row['image']):05d}" if row["image"].isdigit()
-                    else row["image"]] = kinds[0]
+                out[
+                    f"BloodImage_{int(row['image']):05d}"
+                    if row["image"].isdigit()
+                    else row["image"]
+                ] = kinds[0]
     return out
 
 
@@ -62,8 +66,9 @@ def iou(a, b) -> float:
 
 def match(found, truth, threshold: float = 0.5) -> list[tuple[int, int]]:
     """Greedy one-to-one matching by IoU; returns [(found index, truth index)]."""
-    pairs = sorted(((iou(f, t), i, j) for i, f in enumerate(found) for j, t in enumerate(truth)),
-                   reverse=True)
+    pairs = sorted(
+        ((iou(f, t), i, j) for i, f in enumerate(found) for j, t in enumerate(truth)), reverse=True
+    )
     used_f, used_t, matched = set(), set(), []
     for score, i, j in pairs:
         if score >= threshold and i not in used_f and j not in used_t:

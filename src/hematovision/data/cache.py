@@ -22,8 +22,8 @@ class DecodeCache:
         self.root = Path(root) if root else None
 
     @classmethod
-    def default(cls) -> "DecodeCache":
-        """``$HEMATOVISION_CACHE`` or ``~/.cache/hematovision``; ``HEMATOVISION_CACHE=off`` disables."""
+    def default(cls) -> DecodeCache:
+        """``$HEMATOVISION_CACHE`` or ``~/.cache/hematovision``; ``=off`` disables the cache."""
         env = os.environ.get("HEMATOVISION_CACHE")
         if env == "off":
             return cls(None)

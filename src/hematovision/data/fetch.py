@@ -24,10 +24,10 @@ class Source:
     name: str
     url: str
     filename: str
-    sha256: str | None   # None: the publisher gives no checksum; the one computed is printed
+    sha256: str | None  # None: the publisher gives no checksum; the one computed is printed
     licence: str
     citation: str
-    inner_root: str      # the folder inside the archive that holds the data
+    inner_root: str  # the folder inside the archive that holds the data
 
 
 SOURCES = {
@@ -35,15 +35,23 @@ SOURCES = {
         "pbc",
         "https://data.mendeley.com/public-files/datasets/snkd93bnjr/files/"
         "2fc38728-2ae7-4a62-a857-032af82334c3/file_downloaded",
-        "PBC_dataset_normal_DIB.zip", None, "CC BY 4.0",
+        "PBC_dataset_normal_DIB.zip",
+        None,
+        "CC BY 4.0",
         "Acevedo et al., A dataset of microscopic peripheral blood cell images for development "
         "of automatic recognition systems, Data in Brief 30 (2020) 105474, "
         "doi:10.17632/snkd93bnjr.1",
-        "PBC_dataset_normal_DIB"),
+        "PBC_dataset_normal_DIB",
+    ),
     "bccd": Source(
-        "bccd", "https://github.com/Shenggan/BCCD_Dataset/archive/refs/heads/master.zip",
-        "BCCD_Dataset-master.zip", None, "MIT",
-        "BCCD Dataset, Shenggan/BCCD_Dataset (GitHub), MIT licence", "BCCD_Dataset-master/BCCD"),
+        "bccd",
+        "https://github.com/Shenggan/BCCD_Dataset/archive/refs/heads/master.zip",
+        "BCCD_Dataset-master.zip",
+        None,
+        "MIT",
+        "BCCD Dataset, Shenggan/BCCD_Dataset (GitHub), MIT licence",
+        "BCCD_Dataset-master/BCCD",
+    ),
 }
 
 
@@ -68,8 +76,10 @@ def download(url: str, dest: Path, show_progress: bool = True, timeout: float = 
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length else None
-        with open(part, "ab" if have else "wb") as fh, \
-                progress_bar(f"downloading {dest.name}", total, enabled=show_progress) as bar:
+        with (
+            open(part, "ab" if have else "wb") as fh,
+            progress_bar(f"downloading {dest.name}", total, enabled=show_progress) as bar,
+        ):
             bar.advance(have)
             try:
                 for chunk in iter(lambda: response.read(CHUNK), b""):
@@ -77,7 +87,8 @@ def download(url: str, dest: Path, show_progress: bool = True, timeout: float = 
                     bar.advance(len(chunk))
             except OSError as exc:
                 raise HematoVisionError(
-                    f"download interrupted ({exc}); run the same command again to resume") from None
+                    f"download interrupted ({exc}); run the same command again to resume"
+                ) from None
     if total is not None and part.stat().st_size != total:
         raise HematoVisionError("download incomplete; run the same command again to resume")
     part.replace(dest)
@@ -122,9 +133,14 @@ def extract(archive: Path, dest: Path) -> None:
         raise HematoVisionError(f"{archive} is not a zip or tar archive")
 
 
-def fetch(name: str, dest: str | Path, archive: str | Path | None = None,
-          sha256: str | None = None, url: str | None = None,
-          show_progress: bool = True) -> dict:
+def fetch(
+    name: str,
+    dest: str | Path,
+    archive: str | Path | None = None,
+    sha256: str | None = None,
+    url: str | None = None,
+    show_progress: bool = True,
+) -> dict:
     """Download (or take ``archive``), verify and install data set ``name`` into ``dest``.
 
     Returns a summary: where the data is, the archive's SHA-256, licence and citation.
@@ -151,8 +167,9 @@ def fetch(name: str, dest: str | Path, archive: str | Path | None = None,
     if expected and digest != expected.lower():
         if archive is None:
             archive_path.unlink()  # a corrupt download must not be reused
-        raise HematoVisionError(f"SHA-256 mismatch for {archive_path.name}: expected {expected}, "
-                                f"got {digest}")
+        raise HematoVisionError(
+            f"SHA-256 mismatch for {archive_path.name}: expected {expected}, got {digest}"
+        )
     staging = dest / f".extract-{name}"
     shutil.rmtree(staging, ignore_errors=True)
     extract(archive_path, staging)
@@ -163,5 +180,11 @@ def fetch(name: str, dest: str | Path, archive: str | Path | None = None,
     shutil.rmtree(final, ignore_errors=True)
     inner.replace(final)
     shutil.rmtree(staging, ignore_errors=True)
-    return {"name": name, "path": str(final), "sha256": digest, "verified": bool(expected),
-            "licence": source.licence, "citation": source.citation}
+    return {
+        "name": name,
+        "path": str(final),
+        "sha256": digest,
+        "verified": bool(expected),
+        "licence": source.licence,
+        "citation": source.citation,
+    }

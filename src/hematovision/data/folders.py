@@ -45,13 +45,13 @@ class ImageFolder:
     def counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
 
-    def subset(self, keep: np.ndarray) -> "ImageFolder":
+    def subset(self, keep: np.ndarray) -> ImageFolder:
         """The images at positions ``keep`` (indices, or a boolean mask), in folder order."""
         keep = np.asarray(keep)
         idx = np.flatnonzero(keep) if keep.dtype == bool else np.sort(keep.astype(np.int64))
         return ImageFolder(self.root, self.classes, [self.paths[i] for i in idx], self.labels[idx])
 
-    def relabel(self, classes: list[str]) -> "ImageFolder":
+    def relabel(self, classes: list[str]) -> ImageFolder:
         """The same images with labels indexing ``classes`` (a model's class list, which may
         hold classes this folder lacks); a class the list does not have is an error."""
         unknown = sorted(set(self.classes) - set(classes))
@@ -67,8 +67,10 @@ class UnknownClasses(HematoVisionError):
 
     def __init__(self, root: Path, unknown: list[str], classes: list[str]):
         self.unknown = unknown
-        super().__init__(f"{root} has class(es) the model does not know: {', '.join(unknown)} "
-                         f"(model classes: {', '.join(classes)})")
+        super().__init__(
+            f"{root} has class(es) the model does not know: {', '.join(unknown)} "
+            f"(model classes: {', '.join(classes)})"
+        )
 
 
 def limit_per_class(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -78,8 +80,11 @@ def limit_per_class(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     if not n:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n]
-                                   for c in np.unique(labels)]))
+    return np.sort(
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c))[:n] for c in np.unique(labels)]
+        )
+    )
 
 
 def scan_folder(root: str | Path) -> ImageFolder:
@@ -92,14 +97,16 @@ def scan_folder(root: str | Path) -> ImageFolder:
         raise HematoVisionError(f"not a folder: {root}")
     by_class: dict[str, list[Path]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in sub.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if files:
             by_class.setdefault(normalize_class_name(sub.name), []).extend(files)
     if not by_class:
         raise HematoVisionError(
             f"no images found in {root}: expected one sub-folder per class, e.g. "
-            f"{root}/lymphocyte/*.jpg")
+            f"{root}/lymphocyte/*.jpg"
+        )
     classes = sorted(by_class)
     paths = [p for c in classes for p in by_class[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in by_class[c]], dtype=np.int64)
@@ -111,12 +118,17 @@ class DecodedImages:
     """Resized uint8 images of an ImageFolder, with the files that failed to decode dropped."""
 
     folder: ImageFolder
-    arrays: np.ndarray      # N x H x W x 3 uint8
+    arrays: np.ndarray  # N x H x W x 3 uint8
     sha256: list[str]
 
 
-def decode_folder(folder: ImageFolder, spec: PreprocessSpec, cache: DecodeCache | None = None,
-                  workers: int = 2, show_progress: bool = True) -> DecodedImages:
+def decode_folder(
+    folder: ImageFolder,
+    spec: PreprocessSpec,
+    cache: DecodeCache | None = None,
+    workers: int = 2,
+    show_progress: bool = True,
+) -> DecodedImages:
     """Decode and resize every image once (through the cache). Files that are not
     decodable images are skipped with a warning naming each; a class left empty is an error."""
     cache = cache or DecodeCache.default()
@@ -136,8 +148,10 @@ def decode_folder(folder: ImageFolder, spec: PreprocessSpec, cache: DecodeCache 
             return None, None, str(exc)
 
     arrays, hashes, keep, skipped = [], [], [], []
-    with progress_bar("decoding", len(folder), enabled=show_progress) as bar, \
-            ThreadPoolExecutor(max_workers=workers) as pool:
+    with (
+        progress_bar("decoding", len(folder), enabled=show_progress) as bar,
+        ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
         for i, (arr, key, err) in enumerate(pool.map(work, folder.paths)):
             if err is None:
                 arrays.append(arr)
@@ -158,8 +172,9 @@ def decode_folder(folder: ImageFolder, spec: PreprocessSpec, cache: DecodeCache 
     return DecodedImages(kept, stacked, hashes)
 
 
-def decode_labelled(root: str | Path, classes: list[str], spec: PreprocessSpec,
-                    show_progress: bool = True) -> DecodedImages:
+def decode_labelled(
+    root: str | Path, classes: list[str], spec: PreprocessSpec, show_progress: bool = True
+) -> DecodedImages:
     """Decode a class-per-folder set whose labels index ``classes`` (e.g. a lab's own cells
     added to a model's training images)."""
     return decode_folder(scan_folder(root).relabel(classes), spec, show_progress=show_progress)

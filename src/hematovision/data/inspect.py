@@ -27,10 +27,13 @@ def inspect_folder(root: str | Path, show_progress: bool = True) -> dict:
     folder = scan_folder(root)
     sizes, modes, unreadable = Counter(), Counter(), []
     ok_counts = Counter()
-    with progress_bar("inspecting", len(folder), enabled=show_progress) as bar, \
-            ThreadPoolExecutor(max_workers=2) as pool:
+    with (
+        progress_bar("inspecting", len(folder), enabled=show_progress) as bar,
+        ThreadPoolExecutor(max_workers=2) as pool,
+    ):
         for path, label, (size, mode, err) in zip(
-                folder.paths, folder.labels, pool.map(_probe, folder.paths)):
+            folder.paths, folder.labels, pool.map(_probe, folder.paths)
+        ):
             if err is None:
                 sizes[f"{size[0]}x{size[1]}"] += 1
                 modes[mode] += 1

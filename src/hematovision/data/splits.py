@@ -16,28 +16,37 @@ from .folders import ImageFolder
 SPLITS = ("train", "val", "test")
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
-                     seed: int) -> np.ndarray:
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
     """Assign each item to 'train', 'val' or 'test', stratified by label, fixed by ``seed``."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise HematoVisionError("--val-fraction and --test-fraction must be in [0, 1) and sum below 1")
+        raise HematoVisionError(
+            "--val-fraction and --test-fraction must be in [0, 1) and sum below 1"
+        )
     labels = np.asarray(labels)
     _, counts = np.unique(labels, return_counts=True)
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
     if counts.min() < needed:
         raise HematoVisionError(
             f"a class has only {counts.min()} image(s); at least {needed} per class are needed "
-            f"for a stratified train/val/test split")
+            f"for a stratified train/val/test split"
+        )
     idx = np.arange(len(labels))
     out = np.full(len(labels), "train", dtype=object)
     rest = idx
     if test_fraction > 0:
-        rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels,
-                                      random_state=seed)
+        rest, test = train_test_split(
+            idx, test_size=test_fraction, stratify=labels, random_state=seed
+        )
         out[test] = "test"
     if val_fraction > 0:
-        _, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
-                                  stratify=labels[rest], random_state=seed)
+        _, val = train_test_split(
+            rest,
+            test_size=val_fraction / (1 - test_fraction),
+            stratify=labels[rest],
+            random_state=seed,
+        )
         out[val] = "val"
     return out.astype(str)
 
@@ -55,12 +64,13 @@ class SplitManifest:
 
     @property
     def sha256(self) -> str:
-        lines = "\n".join(f"{f['path']}\t{f['label']}\t{f['split']}\t{f.get('sha256', '')}"
-                          for f in self.files)
+        lines = "\n".join(
+            f"{f['path']}\t{f['label']}\t{f['split']}\t{f.get('sha256', '')}" for f in self.files
+        )
         return hashlib.sha256(lines.encode()).hexdigest()
 
     def counts(self) -> dict[str, dict[str, int]]:
-        out = {s: {c: 0 for c in self.classes} for s in SPLITS}
+        out = {s: dict.fromkeys(self.classes, 0) for s in SPLITS}
         for f in self.files:
             out[f["split"]][f["label"]] += 1
         return out
@@ -79,7 +89,8 @@ class SplitManifest:
         if missing:
             raise HematoVisionError(
                 f"{len(missing)} of the {len(wanted)} {split} images of this run are not in "
-                f"{folder.root} (e.g. {missing[0]}); pass the folder the run was trained on")
+                f"{folder.root} (e.g. {missing[0]}); pass the folder the run was trained on"
+            )
         return np.array([position[p] for p in wanted], dtype=np.int64)
 
     def select(self, folder: ImageFolder, split: str) -> ImageFolder:
@@ -87,25 +98,52 @@ class SplitManifest:
         return folder.relabel(self.classes).subset(self.indices(folder, split))
 
     def save(self, path: Path) -> None:
-        data = {"classes": self.classes, "seed": self.seed, "val_fraction": self.val_fraction,
-                "test_fraction": self.test_fraction, "data_root": self.data_root,
-                "sha256": self.sha256, "counts": self.counts(), "files": self.files}
+        data = {
+            "classes": self.classes,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "data_root": self.data_root,
+            "sha256": self.sha256,
+            "counts": self.counts(),
+            "files": self.files,
+        }
         Path(path).write_text(json.dumps(data, indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "SplitManifest":
+    def load(cls, path: Path) -> SplitManifest:
         try:
             d = json.loads(Path(path).read_text())
-            return cls(d["classes"], d["seed"], d["val_fraction"], d["test_fraction"],
-                       d["data_root"], d["files"])
+            return cls(
+                d["classes"],
+                d["seed"],
+                d["val_fraction"],
+                d["test_fraction"],
+                d["data_root"],
+                d["files"],
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise HematoVisionError(f"cannot read split manifest {path}: {exc}") from None
 
     @classmethod
-    def build(cls, folder: ImageFolder, sha256: list[str], val_fraction: float,
-              test_fraction: float, seed: int) -> "SplitManifest":
+    def build(
+        cls,
+        folder: ImageFolder,
+        sha256: list[str],
+        val_fraction: float,
+        test_fraction: float,
+        seed: int,
+    ) -> SplitManifest:
         split = stratified_split(folder.labels, val_fraction, test_fraction, seed)
-        files = [{"path": folder.relative(p), "label": folder.classes[y], "split": s, "sha256": h}
-                 for p, y, s, h in zip(folder.paths, folder.labels, split, sha256)]
-        return cls(list(folder.classes), seed, val_fraction, test_fraction,
-                   str(folder.root.resolve()), files)
+        files = [
+            {"path": folder.relative(p), "label": folder.classes[y], "split": s, "sha256": h}
+            for p, y, s, h in zip(folder.paths, folder.labels, split, sha256)
+        ]
+        return cls(
+            list(folder.classes),
+            seed,
+            val_fraction,
+            test_fraction,
+            str(folder.root.resolve()),
+            files,
+        )

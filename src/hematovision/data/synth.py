@@ -24,8 +24,9 @@ def _jitter(rng: np.random.Generator, color: Color, amount: float = 18) -> Color
     return tuple(int(np.clip(c + rng.normal(0, amount), 0, 255)) for c in color)
 
 
-def _disc(draw: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float,
-          fill: Color) -> None:
+def _disc(
+    draw: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float, fill: Color
+) -> None:
     draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
 
 
@@ -88,8 +89,14 @@ def _draw_monocyte(draw, rng, cx, cy, r):
     nr = r * 0.55
     _disc(draw, cx, cy, nr * 1.2, nr, _jitter(rng, (120, 80, 160)))
     a = rng.uniform(0, 2 * math.pi)  # the kidney's notch
-    _disc(draw, cx + nr * math.cos(a), cy + nr * math.sin(a), nr * 0.5, nr * 0.5,
-          _jitter(rng, (180, 170, 205)))
+    _disc(
+        draw,
+        cx + nr * math.cos(a),
+        cy + nr * math.sin(a),
+        nr * 0.5,
+        nr * 0.5,
+        _jitter(rng, (180, 170, 205)),
+    )
 
 
 def _draw_basophil(draw, rng, cx, cy, r):
@@ -108,9 +115,12 @@ def _draw_platelet(draw, rng, cx, cy, r):
 
 
 DRAWERS = {
-    "lymphocyte": _draw_lymphocyte, "neutrophil": _draw_neutrophil,
-    "eosinophil": _draw_eosinophil, "monocyte": _draw_monocyte,
-    "basophil": _draw_basophil, "platelet": _draw_platelet,
+    "lymphocyte": _draw_lymphocyte,
+    "neutrophil": _draw_neutrophil,
+    "eosinophil": _draw_eosinophil,
+    "monocyte": _draw_monocyte,
+    "basophil": _draw_basophil,
+    "platelet": _draw_platelet,
 }
 SYNTH_CLASSES = tuple(DRAWERS)
 
@@ -127,20 +137,28 @@ def draw_cell(cell_class: str, size: int, rng: np.random.Generator) -> Image.Ima
     DRAWERS[cell_class](draw, rng, cx, cy, r)
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 2.0)))
     img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, np.float32) * rng.uniform(0.92, 1.08)          # exposure
-    arr += rng.normal(0, rng.uniform(2, 7), size=arr.shape)               # sensor noise
+    arr = np.asarray(img, np.float32) * rng.uniform(0.92, 1.08)  # exposure
+    arr += rng.normal(0, rng.uniform(2, 7), size=arr.shape)  # sensor noise
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def make_synthetic(out: str | Path, classes=("lymphocyte", "neutrophil"), per_class: int = 50,
-                   size: int = 128, seed: int = 0, overwrite: bool = False,
-                   show_progress: bool = True) -> Path:
+def make_synthetic(
+    out: str | Path,
+    classes=("lymphocyte", "neutrophil"),
+    per_class: int = 50,
+    size: int = 128,
+    seed: int = 0,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
     """Write ``per_class`` PNG images per class into ``out/<class>/``. Returns ``out``."""
     out = Path(out)
     unknown = [c for c in classes if c not in DRAWERS]
     if unknown:
-        raise HematoVisionError(f"no simulator for class(es) {', '.join(unknown)}; "
-                                f"available: {', '.join(SYNTH_CLASSES)}")
+        raise HematoVisionError(
+            f"no simulator for class(es) {', '.join(unknown)}; "
+            f"available: {', '.join(SYNTH_CLASSES)}"
+        )
     if len(set(classes)) < 1 or per_class < 1:
         raise HematoVisionError("need at least one class and --per-class >= 1")
     if size < 32:
@@ -148,7 +166,7 @@ def make_synthetic(out: str | Path, classes=("lymphocyte", "neutrophil"), per_cl
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise HematoVisionError(f"{out} exists and is not empty; pass --overwrite to replace it")
     with progress_bar("simulating", len(classes) * per_class, enabled=show_progress) as bar:
-        for ci, name in enumerate(classes):
+        for name in classes:
             folder = out / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):

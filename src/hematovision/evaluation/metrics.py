@@ -7,7 +7,7 @@ from sklearn import metrics as skm
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE: the confidence-weighted gap between confidence and accuracy, in equal-width bins."""
+    """Top-label ECE: the share-weighted gap between confidence and accuracy, in equal bins."""
     y_true = np.asarray(y_true)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == y_true
@@ -29,21 +29,29 @@ def classification_metrics(y_true, probs, classes: list[str]) -> dict:
     labels = np.arange(len(classes))
     y_pred = probs.argmax(axis=1)
     p, r, f, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     out = {
         "n": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "loss": float(skm.log_loss(y_true, np.clip(probs, 1e-12, 1), labels=labels)),
         "ece": expected_calibration_error(y_true, probs),
         "per_class": {
-            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                "support": int(support[i])} for i, c in enumerate(classes)},
+            c: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(support[i]),
+            }
+            for i, c in enumerate(classes)
+        },
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": list(classes),
     }
     for avg in ("macro", "weighted"):
         ap, ar, af, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=avg, zero_division=0)
+            y_true, y_pred, labels=labels, average=avg, zero_division=0
+        )
         out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = map(float, (ap, ar, af))
     present = np.unique(y_true)
     auc = {}

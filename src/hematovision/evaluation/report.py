@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
@@ -49,8 +49,15 @@ def plot_confusion(metrics: dict, path: Path) -> str:
     ax.set_yticks(range(len(classes)), classes)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (counts; colour = row %)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
@@ -61,7 +68,9 @@ def plot_per_class(metrics: dict, path: Path) -> str:
     x = np.arange(len(classes))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(classes)), 3.8))
     for k, name in enumerate(("precision", "recall", "f1")):
-        ax.bar(x + (k - 1) * 0.27, [metrics["per_class"][c][name] for c in classes], 0.27, label=name)
+        ax.bar(
+            x + (k - 1) * 0.27, [metrics["per_class"][c][name] for c in classes], 0.27, label=name
+        )
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set(ylim=(0, 1.05), title="Per-class precision, recall and F1")
     ax.legend(loc="lower right")
@@ -88,21 +97,38 @@ def plot_reliability(y_true, probs, path: Path, n_bins: int = 10) -> str:
     correct = probs.argmax(axis=1) == np.asarray(y_true)
     fig, ax = plt.subplots(figsize=(5, 5))
     if correct.all() or not correct.any():
-        ax.text(0.5, 0.5, "all predictions " + ("correct" if correct.all() else "wrong"),
-                ha="center")
+        ax.text(
+            0.5, 0.5, "all predictions " + ("correct" if correct.all() else "wrong"), ha="center"
+        )
     else:
         frac, mean_conf = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform")
         ax.plot(mean_conf, frac, "o-", label="model")
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
-    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability diagram", xlim=(0, 1),
-           ylim=(0, 1.02))
+    ax.set(
+        xlabel="confidence",
+        ylabel="accuracy",
+        title="Reliability diagram",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend()
     return _save(fig, path)
 
 
 def _metric_rows(metrics: dict) -> str:
-    keys = ["n", "accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
-            "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc_macro", "ece"]
+    keys = [
+        "n",
+        "accuracy",
+        "loss",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "precision_weighted",
+        "recall_weighted",
+        "f1_weighted",
+        "roc_auc_macro",
+        "ece",
+    ]
     rows = []
     for k in keys:
         v = metrics.get(k)
@@ -115,15 +141,24 @@ def _class_rows(metrics: dict) -> str:
     rows = []
     for c, m in metrics["per_class"].items():
         auc = metrics["roc_auc_per_class"].get(c)
-        rows.append(f"<tr><td>{html.escape(c)}</td><td>{m['precision']:.3f}</td>"
-                    f"<td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td><td>{m['support']}</td>"
-                    f"<td>{'—' if auc is None else f'{auc:.4f}'}</td></tr>")
+        rows.append(
+            f"<tr><td>{html.escape(c)}</td><td>{m['precision']:.3f}</td>"
+            f"<td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td><td>{m['support']}</td>"
+            f"<td>{'—' if auc is None else f'{auc:.4f}'}</td></tr>"
+        )
     return "\n".join(rows)
 
 
-def write_report(out_dir: Path, title: str, metrics: dict, y_true, probs,
-                 history: list[dict] | None = None, details: dict | None = None,
-                 name: str = "report.html") -> Path:
+def write_report(
+    out_dir: Path,
+    title: str,
+    metrics: dict,
+    y_true,
+    probs,
+    history: list[dict] | None = None,
+    details: dict | None = None,
+    name: str = "report.html",
+) -> Path:
     """Write PNG plots and ``name`` (HTML) into ``out_dir``; returns the HTML path."""
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
@@ -141,10 +176,13 @@ def write_report(out_dir: Path, title: str, metrics: dict, y_true, probs,
     ]
     detail_rows = "\n".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-        for k, v in (details or {}).items())
+        for k, v in (details or {}).items()
+    )
     images = "\n".join(
         f'<figure><img src="plots/{html.escape(f)}" alt="{html.escape(t)}"><figcaption>'
-        f"{html.escape(t)}</figcaption></figure>" for t, f in figures)
+        f"{html.escape(t)}</figcaption></figure>"
+        for t, f in figures
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -156,7 +194,7 @@ figure {{ display: inline-block; margin: .5rem; vertical-align: top; }}
 img {{ max-width: 520px; border: 1px solid #ddd; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by HematoVision.</p>
+<p>Generated {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")} by HematoVision.</p>
 <h2>Summary</h2><table>{_metric_rows(metrics)}</table>
 <h2>Per class</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th><th>ROC-AUC</th></tr>

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +25,17 @@ from ..errors import HematoVisionError
 from ..evaluation import classification_metrics, expected_calibration_error, plot_confusion
 from ..files import sha256_file
 from ..models import load_trained
-from .calibration import (calibrate, choose_confidence_threshold, fit_ood, fit_temperature,
-                          softmax)
+from .calibration import calibrate, choose_confidence_threshold, fit_ood, fit_temperature, softmax
 from .graph import ServingGraph, pooled_features, run_graph
 from .onnx_export import export_fp32, export_int8, onnx_logits
 
-__all__ = ["ServingGraph", "choose_confidence_threshold", "export_run", "fit_temperature",
-           "softmax"]
+__all__ = [
+    "ServingGraph",
+    "choose_confidence_threshold",
+    "export_run",
+    "fit_temperature",
+    "softmax",
+]
 
 log = logging.getLogger("hematovision")
 OOD_FIT_IMAGES = 3000  # training images (at most) the distance score is fitted on
@@ -42,15 +46,21 @@ class ExportImages:
     """The run's images by split (NHWC uint8 and labels), found again in its data folder."""
 
     root: Path
-    train: tuple[np.ndarray, np.ndarray]   # a sample, plus the images known from --extra-train
+    train: tuple[np.ndarray, np.ndarray]  # a sample, plus the images known from --extra-train
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray] | None
     known_extra: np.ndarray
 
 
-def export_run(run_dir: str | Path | RunDir, out_dir: str | Path | None = None,
-               int8: bool = False, data_dir: str | Path | None = None, overwrite: bool = False,
-               provenance: str | None = None, show_progress: bool = True) -> ModelArtifact:
+def export_run(
+    run_dir: str | Path | RunDir,
+    out_dir: str | Path | None = None,
+    int8: bool = False,
+    data_dir: str | Path | None = None,
+    overwrite: bool = False,
+    provenance: str | None = None,
+    show_progress: bool = True,
+) -> ModelArtifact:
     """Write the model artifact of a training run (default folder: RUN/artifact).
 
     ``provenance``: a free-text note on how the run was made, kept in model.json."""
@@ -60,29 +70,49 @@ def export_run(run_dir: str | Path | RunDir, out_dir: str | Path | None = None,
     spec, classes = info.preprocess, info.classes
     images = _export_images(run, info, data_dir, show_progress)
     train_x, train_y = images.train
-    graph = ServingGraph(model, *fit_ood(pooled_features(model, train_x, spec), train_y,
-                                         len(classes))).eval()
+    graph = ServingGraph(
+        model, *fit_ood(pooled_features(model, train_x, spec), train_y, len(classes))
+    ).eval()
     val_x, val_y = images.val
     calibration, val_logits = calibrate(graph, val_x, val_y, spec, images.known_extra)
-    checks = {"fp32_max_abs_probability_difference":
-              export_fp32(graph, out / "model.onnx", val_x, spec, val_logits), "images": len(val_x)}
+    checks = {
+        "fp32_max_abs_probability_difference": export_fp32(
+            graph, out / "model.onnx", val_x, spec, val_logits
+        ),
+        "images": len(val_x),
+    }
     if int8:
-        checks["int8_top1_agreement"] = export_int8(out / "model.onnx", out / "model.int8.onnx",
-                                                    val_x, spec, val_logits)
-    files = {key: ArtifactFile(name, sha256_file(out / name))
-             for key, name in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))
-             if (out / name).is_file()}
+        checks["int8_top1_agreement"] = export_int8(
+            out / "model.onnx", out / "model.int8.onnx", val_x, spec, val_logits
+        )
+    files = {
+        key: ArtifactFile(name, sha256_file(out / name))
+        for key, name in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))
+        if (out / name).is_file()
+    }
     artifact = ModelArtifact(
         name=f"hematovision-{info.architecture}",
-        version=datetime.now(timezone.utc).strftime("%Y.%m.%d"), classes=classes,
-        architecture=info.architecture, preprocess=spec, calibration=calibration, files=files,
-        checks=checks, metrics=_metrics(graph, images, calibration, val_logits, info, out, int8),
-        provenance=_provenance(info, images.root, provenance), path=out)
+        version=datetime.now(UTC).strftime("%Y.%m.%d"),
+        classes=classes,
+        architecture=info.architecture,
+        preprocess=spec,
+        calibration=calibration,
+        files=files,
+        checks=checks,
+        metrics=_metrics(graph, images, calibration, val_logits, info, out, int8),
+        provenance=_provenance(info, images.root, provenance),
+        path=out,
+    )
     _add_confusion_plot(artifact)
     artifact.save()
-    log.info("exported %s: T=%.3f, confidence threshold %.2f, ECE %.4f -> %.4f (val)", out,
-             calibration.temperature, calibration.confidence_threshold,
-             artifact.metrics["val"]["ece_before"], artifact.metrics["val"]["ece_after"])
+    log.info(
+        "exported %s: T=%.3f, confidence threshold %.2f, ECE %.4f -> %.4f (val)",
+        out,
+        calibration.temperature,
+        calibration.confidence_threshold,
+        artifact.metrics["val"]["ece_before"],
+        artifact.metrics["val"]["ece_after"],
+    )
     return artifact
 
 
@@ -105,14 +135,21 @@ def _export_images(run: RunDir, info: RunInfo, data_dir, show_progress: bool) ->
     def decode(split: str, limit: int | None = None):
         chosen = manifest.select(folder, split)
         if limit and len(chosen) > limit:
-            chosen = chosen.subset(np.random.default_rng(0).choice(len(chosen), limit, replace=False))
+            chosen = chosen.subset(
+                np.random.default_rng(0).choice(len(chosen), limit, replace=False)
+            )
         decoded = decode_folder(chosen, info.preprocess, show_progress=show_progress)
         return decoded.arrays, decoded.folder.labels
 
     train_x, train_y = decode("train", OOD_FIT_IMAGES)
     extra_x, extra_y = _known_extra(info, show_progress)
-    return ExportImages(root, (np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])),
-                        decode("val"), decode("test") if manifest.entries("test") else None, extra_x)
+    return ExportImages(
+        root,
+        (np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])),
+        decode("val"),
+        decode("test") if manifest.entries("test") else None,
+        extra_x,
+    )
 
 
 def _known_extra(info: RunInfo, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -129,15 +166,20 @@ def _known_extra(info: RunInfo, show_progress: bool) -> tuple[np.ndarray, np.nda
     return decoded.arrays, decoded.folder.labels
 
 
-def _metrics(graph, images: ExportImages, calibration, val_logits, info: RunInfo, out: Path,
-             int8: bool) -> dict:
+def _metrics(
+    graph, images: ExportImages, calibration, val_logits, info: RunInfo, out: Path, int8: bool
+) -> dict:
     """Calibration on val; accuracy, ECE and flagged share on test (and int8's accuracy)."""
     t, threshold = calibration.temperature, calibration.confidence_threshold
     val_y = images.val[1]
     val_probs = softmax(val_logits, t)
-    metrics = {"val": {"ece_before": expected_calibration_error(val_y, softmax(val_logits)),
-                       "ece_after": expected_calibration_error(val_y, val_probs),
-                       "flagged_uncertain": float((val_probs.max(1) < threshold).mean())}}
+    metrics = {
+        "val": {
+            "ece_before": expected_calibration_error(val_y, softmax(val_logits)),
+            "ece_after": expected_calibration_error(val_y, val_probs),
+            "flagged_uncertain": float((val_probs.max(1) < threshold).mean()),
+        }
+    }
     if images.test is None:
         return metrics
     test_x, test_y = images.test
@@ -145,31 +187,47 @@ def _metrics(graph, images: ExportImages, calibration, val_logits, info: RunInfo
     probs = softmax(logits, t)
     m = classification_metrics(test_y, probs, info.classes)
     flagged = (probs.max(1) < threshold) | (ood > calibration.ood_threshold)
-    metrics["test"] = {key: m[key] for key in ("n", "accuracy", "f1_macro", "per_class",
-                                              "confusion_matrix")}
-    metrics["test"].update(ece_before=expected_calibration_error(test_y, softmax(logits)),
-                           ece_after=m["ece"], flagged_uncertain=float(flagged.mean()))
+    metrics["test"] = {
+        key: m[key] for key in ("n", "accuracy", "f1_macro", "per_class", "confusion_matrix")
+    }
+    metrics["test"].update(
+        ece_before=expected_calibration_error(test_y, softmax(logits)),
+        ece_after=m["ece"],
+        flagged_uncertain=float(flagged.mean()),
+    )
     if int8:
         q = onnx_logits(out / "model.int8.onnx", test_x, info.preprocess).argmax(1)
-        metrics["test_int8"] = {"accuracy": float((q == test_y).mean()),
-                                "top1_agreement_with_fp32": float((q == logits.argmax(1)).mean())}
+        metrics["test_int8"] = {
+            "accuracy": float((q == test_y).mean()),
+            "top1_agreement_with_fp32": float((q == logits.argmax(1)).mean()),
+        }
     return metrics
 
 
 def _provenance(info: RunInfo, root: Path, note: str | None) -> Provenance:
     source = next((s for s in SOURCES.values() if s.name in str(root).lower()), None)
     p = info.provenance
-    return Provenance(p.training, {**p.data, "root": str(root),
-                                   "citation": source.citation if source else None,
-                                   "licence": source.licence if source else None},
-                      p.licence, datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      {**p.software, "hematovision_export": __version__}, note)
+    return Provenance(
+        p.training,
+        {
+            **p.data,
+            "root": str(root),
+            "citation": source.citation if source else None,
+            "licence": source.licence if source else None,
+        },
+        p.licence,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        {**p.software, "hematovision_export": __version__},
+        note,
+    )
 
 
 def _add_confusion_plot(artifact: ModelArtifact) -> None:
     """The test confusion matrix as a PNG in the artifact, for the model card."""
     test = artifact.metrics.get("test")
     if test and "confusion_matrix" in test:
-        plot_confusion({"confusion_matrix": test["confusion_matrix"],
-                        "classes": artifact.classes}, artifact.path / "confusion_matrix.png")
+        plot_confusion(
+            {"confusion_matrix": test["confusion_matrix"], "classes": artifact.classes},
+            artifact.path / "confusion_matrix.png",
+        )
         artifact.add_file("confusion_matrix", "confusion_matrix.png")

@@ -16,20 +16,22 @@ OOD_PERCENTILE = 99  # of known images' distances: above it, "unlike the trainin
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities of ``logits`` scaled by ``temperature``, as the Classifier computes them."""
+    """Probabilities of ``logits`` scaled by ``temperature``, as the Classifier computes them."""
     return scipy_softmax(logits / temperature, axis=1)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T minimising the NLL of softmax(logits / T)."""
+
     def nll(log_t):
         return -log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean()
 
     return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
 
 
-def choose_confidence_threshold(probs: np.ndarray, labels: np.ndarray,
-                                target_accuracy: float = 0.995) -> float:
+def choose_confidence_threshold(
+    probs: np.ndarray, labels: np.ndarray, target_accuracy: float = 0.995
+) -> float:
     """The lowest confidence above which validation predictions are ``target_accuracy`` right."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
@@ -44,16 +46,22 @@ def fit_ood(features: np.ndarray, labels: np.ndarray, n_classes: int, dims: int 
     """PCA whitening of pooled features and the class centres in that space."""
     from sklearn.decomposition import PCA
 
-    pca = PCA(n_components=min(dims, features.shape[1], len(features) - 1), whiten=True,
-              random_state=0).fit(features)
+    pca = PCA(
+        n_components=min(dims, features.shape[1], len(features) - 1), whiten=True, random_state=0
+    ).fit(features)
     projection = pca.components_.T / np.sqrt(pca.explained_variance_)
     z = (features - pca.mean_) @ projection
     centres = np.stack([z[labels == k].mean(0) for k in range(n_classes)])
     return pca.mean_, projection, centres
 
 
-def calibrate(graph: ServingGraph, val_x: np.ndarray, val_y: np.ndarray, spec: PreprocessSpec,
-              known_x: np.ndarray) -> tuple[Calibration, np.ndarray]:
+def calibrate(
+    graph: ServingGraph,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    spec: PreprocessSpec,
+    known_x: np.ndarray,
+) -> tuple[Calibration, np.ndarray]:
     """Fit the calibration on the validation images; returns it and the val logits.
 
     ``known_x``: images added to the training split only (--extra-train, e.g. cells from

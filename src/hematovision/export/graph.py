@@ -41,15 +41,16 @@ class ServingGraph(nn.Module):
 
 def _batches(images: np.ndarray, spec: PreprocessSpec, size: int = 128):
     for i in range(0, len(images), size):
-        yield torch.from_numpy(normalize(images[i:i + size], spec))
+        yield torch.from_numpy(normalize(images[i : i + size], spec))
 
 
 @torch.no_grad()
 def pooled_features(model: nn.Module, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Globally pooled last feature maps of NHWC uint8 images (N x C)."""
     model.eval()
-    return np.concatenate([model.forward_features(x).mean((2, 3)).numpy()
-                           for x in _batches(images, spec)])
+    return np.concatenate(
+        [model.forward_features(x).mean((2, 3)).numpy() for x in _batches(images, spec)]
+    )
 
 
 @torch.no_grad()

@@ -15,62 +15,96 @@ from ..preprocess import PreprocessSpec, normalize
 from .calibration import softmax
 from .graph import ServingGraph
 
-FP32_TOLERANCE = 1e-4       # max |probability difference| between ONNX Runtime and PyTorch
+FP32_TOLERANCE = 1e-4  # max |probability difference| between ONNX Runtime and PyTorch
 INT8_MIN_AGREEMENT = 0.995  # top-1 agreement of the int8 model with fp32 on validation
 
 
 def _session(path: Path):
     import onnxruntime as ort
+
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(path: Path, images: np.ndarray, spec: PreprocessSpec, batch: int = 64) -> np.ndarray:
+def onnx_logits(
+    path: Path, images: np.ndarray, spec: PreprocessSpec, batch: int = 64
+) -> np.ndarray:
     """The logits ONNX Runtime computes for NHWC uint8 images."""
     session = _session(path)
-    return np.concatenate([session.run(["logits"], {"input": normalize(images[i:i + batch], spec)})[0]
-                           for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [
+            session.run(["logits"], {"input": normalize(images[i : i + batch], spec)})[0]
+            for i in range(0, len(images), batch)
+        ]
+    )
 
 
-def export_fp32(graph: ServingGraph, path: Path, images: np.ndarray, spec: PreprocessSpec,
-                reference_logits: np.ndarray) -> float:
+def export_fp32(
+    graph: ServingGraph,
+    path: Path,
+    images: np.ndarray,
+    spec: PreprocessSpec,
+    reference_logits: np.ndarray,
+) -> float:
     """Write the graph as ONNX (dynamic batch) and check ONNX Runtime against PyTorch on
     ``images``; returns the largest probability difference, or raises above the tolerance."""
     example = torch.from_numpy(normalize(images[:2], spec))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow
-        torch.onnx.export(graph, (example,), str(path), input_names=["input"],
-                          output_names=list(OUTPUTS), opset_version=17, dynamo=False,
-                          dynamic_axes={n: {0: "batch"} for n in ("input", *OUTPUTS)})
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=list(OUTPUTS),
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={n: {0: "batch"} for n in ("input", *OUTPUTS)},
+        )
     diff = float(np.abs(softmax(onnx_logits(path, images, spec)) - softmax(reference_logits)).max())
     if diff >= FP32_TOLERANCE:
-        raise HematoVisionError(f"export check failed: ONNX Runtime differs from PyTorch by "
-                                f"{diff:.2e} in probability (limit {FP32_TOLERANCE})")
+        raise HematoVisionError(
+            f"export check failed: ONNX Runtime differs from PyTorch by "
+            f"{diff:.2e} in probability (limit {FP32_TOLERANCE})"
+        )
     return diff
 
 
-def export_int8(fp32: Path, path: Path, images: np.ndarray, spec: PreprocessSpec,
-                reference_logits: np.ndarray) -> float:
+def export_int8(
+    fp32: Path, path: Path, images: np.ndarray, spec: PreprocessSpec, reference_logits: np.ndarray
+) -> float:
     """Quantise the fp32 model (calibrated on up to 256 of ``images``) and check its top-1
     agreement with ``reference_logits``; returns it, or raises below the minimum."""
     quantize_int8(fp32, path, images[:256], spec)
-    agreement = float((onnx_logits(path, images, spec).argmax(1) == reference_logits.argmax(1)).mean())
+    agreement = float(
+        (onnx_logits(path, images, spec).argmax(1) == reference_logits.argmax(1)).mean()
+    )
     if agreement < INT8_MIN_AGREEMENT:
-        raise HematoVisionError(f"int8 check failed: top-1 agreement with fp32 is "
-                                f"{agreement:.4f} (at least {INT8_MIN_AGREEMENT} needed)")
+        raise HematoVisionError(
+            f"int8 check failed: top-1 agreement with fp32 is "
+            f"{agreement:.4f} (at least {INT8_MIN_AGREEMENT} needed)"
+        )
     return agreement
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, spec: PreprocessSpec) -> None:
     """Static QDQ quantisation of the convolutions and dense layers (ONNX Runtime)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"input": normalize(calibration[i:i + 16], spec)}
-                                 for i in range(0, len(calibration), 16)])
+            self.batches = iter(
+                [
+                    {"input": normalize(calibration[i : i + 16], spec)}
+                    for i in range(0, len(calibration), 16)
+                ]
+            )
 
         def get_next(self):
             return next(self.batches, None)
@@ -82,10 +116,18 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, spec: Preproce
         # Depthwise convolutions and the first and last convolution lose the most in int8
         # (measured on EfficientNet-Lite0/PBC: 94.9% top-1 agreement with them, 99.5% without):
         # they stay in float, like the CAM and distance maths.
-        keep_float = [n.name for n in convs
-                      if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+        keep_float = [
+            n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)
+        ]
         keep_float += [convs[0].name, convs[-1].name] if convs else []
-        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm"],
-                        nodes_to_exclude=keep_float)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "Gemm"],
+            nodes_to_exclude=keep_float,
+        )

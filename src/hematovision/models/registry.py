@@ -9,10 +9,10 @@ serving need no special case per architecture.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
@@ -39,14 +39,17 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 def register_model(name: str, **info):
     """Decorator: register ``build`` under ``name`` with its ``ModelInfo`` fields."""
+
     def decorator(build):
         _REGISTRY[name] = ModelInfo(name, build, **info)
         return build
+
     return decorator
 
 
 def _timm():
     import timm
+
     return timm
 
 
@@ -55,24 +58,34 @@ def _timm_info(name: str) -> ModelInfo:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise HematoVisionError(f"unknown architecture {name!r}{hint} "
-                                f"({', '.join(_REGISTRY)} or any timm model name)")
+        raise HematoVisionError(
+            f"unknown architecture {name!r}{hint} ({', '.join(_REGISTRY)} or any timm model name)"
+        )
     cfg = timm.models.get_pretrained_cfg(name)
-    return ModelInfo(name, partial(_build_timm, name=name), tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN),
-                     tuple(getattr(cfg, "std", None) or IMAGENET_STD),
-                     getattr(cfg, "license", None) or "see timm model card")
+    return ModelInfo(
+        name,
+        partial(_build_timm, name=name),
+        tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN),
+        tuple(getattr(cfg, "std", None) or IMAGENET_STD),
+        getattr(cfg, "license", None) or "see timm model card",
+    )
 
 
-def _build_timm(num_classes: int, pretrained: bool, input_size: int, weights: str | None,
-                name: str) -> nn.Module:
+def _build_timm(
+    num_classes: int, pretrained: bool, input_size: int, weights: str | None, name: str
+) -> nn.Module:
     overlay = None
     if weights:
         pretrained = True
-        overlay = ({"url": weights, "hf_hub_id": None} if "://" in weights
-                   else {"file": str(Path(weights).expanduser()), "hf_hub_id": None})
+        overlay = (
+            {"url": weights, "hf_hub_id": None}
+            if "://" in weights
+            else {"file": str(Path(weights).expanduser()), "hf_hub_id": None}
+        )
     try:
-        return _timm().create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                    pretrained_cfg_overlay=overlay)
+        return _timm().create_model(
+            name, pretrained=pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay
+        )
     except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
         if not pretrained:
             raise
@@ -80,7 +93,8 @@ def _build_timm(num_classes: int, pretrained: bool, input_size: int, weights: st
             f"cannot load ImageNet weights for {name} from {weights or 'the model hub'}: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}. With no network, use "
             f"--arch efficientnet_lite0 (its weights ship with a package), --weights FILE, "
-            f"or train without --pretrained") from None
+            f"or train without --pretrained"
+        ) from None
 
 
 def model_info(name: str) -> ModelInfo:
@@ -92,14 +106,20 @@ def list_models() -> list[str]:
     return [*_REGISTRY, *_timm().list_models()]
 
 
-def create_model(name: str, num_classes: int, pretrained: bool = False,
-                 input_size: int = 128, weights: str | None = None) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    input_size: int = 128,
+    weights: str | None = None,
+) -> nn.Module:
     """Build ``name`` with a ``num_classes`` head; ``pretrained`` loads ImageNet weights,
     from the model hub or, with ``weights``, from that address (http/https) or local file."""
     info = model_info(name)  # raises on unknown names
     if input_size < info.min_input_size:
-        raise HematoVisionError(f"--image-size {input_size} is too small for {name}; "
-                                f"at least {info.min_input_size}")
+        raise HematoVisionError(
+            f"--image-size {input_size} is too small for {name}; at least {info.min_input_size}"
+        )
     return info.build(num_classes, pretrained=pretrained, input_size=input_size, weights=weights)
 
 

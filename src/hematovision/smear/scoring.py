@@ -20,8 +20,17 @@ def score_fields(data: Path, classifier) -> dict:
     labels = field_labels(Path(data) / "labels.csv")
     out = {}
     for parity, name in HALVES.items():
-        h = dict(tp=0, fp=0, fn=0, rbc_err=[], plt_err=[], seconds=[], correct=0, classified=0,
-                 confusion={})
+        h = dict(
+            tp=0,
+            fp=0,
+            fn=0,
+            rbc_err=[],
+            plt_err=[],
+            seconds=[],
+            correct=0,
+            classified=0,
+            confusion={},
+        )
         for image in fields(data, parity):
             _score_field(h, image, annotation(data, image), labels.get(image.stem), classifier)
         out[name] = {

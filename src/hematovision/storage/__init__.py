@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import selectinload, sessionmaker
 
 from ..files import write_atomic
 from .models import Base, PredictionRecord, SmearAnalysis, Upload
@@ -26,8 +26,10 @@ class Storage:
         self.url = database_url or f"sqlite:///{(self.data_dir / 'hematovision.db').resolve()}"
         sqlite = self.url.startswith("sqlite")
         self.engine = create_engine(
-            self.url, connect_args={"timeout": 30, "check_same_thread": False} if sqlite else {})
+            self.url, connect_args={"timeout": 30, "check_same_thread": False} if sqlite else {}
+        )
         if sqlite:
+
             @event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_connection, _record):
                 cursor = dbapi_connection.cursor()
@@ -36,6 +38,7 @@ class Storage:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
+
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     # ---------------------------------------------------------------- schema
@@ -94,8 +97,9 @@ class Storage:
         with self.session() as s:
             return s.get(PredictionRecord, prediction_id)
 
-    def list_predictions(self, limit: int = 20, offset: int = 0,
-                         label: str | None = None) -> tuple[list[PredictionRecord], int]:
+    def list_predictions(
+        self, limit: int = 20, offset: int = 0, label: str | None = None
+    ) -> tuple[list[PredictionRecord], int]:
         query = select(PredictionRecord)
         if label:
             query = query.where(PredictionRecord.label == label)
@@ -117,15 +121,23 @@ class Storage:
             if not s.scalar(select(func.count()).where(PredictionRecord.upload_id == upload_id)):
                 s.delete(s.get(Upload, upload_id))
         if not still_used:
-            for path in (self._image_path(sha), *(self.data_dir / "heatmap" / sha[:2]).glob(f"{sha}-*.png")):
+            for path in (
+                self._image_path(sha),
+                *(self.data_dir / "heatmap" / sha[:2]).glob(f"{sha}-*.png"),
+            ):
                 path.unlink(missing_ok=True)
         return True
 
-    def add_smear(self, fields: list[dict], differential: dict, model_name: str,
-                  model_version: str) -> SmearAnalysis:
+    def add_smear(
+        self, fields: list[dict], differential: dict, model_name: str, model_version: str
+    ) -> SmearAnalysis:
         with self.session.begin() as s:
-            record = SmearAnalysis(fields=fields, differential=differential,
-                                   model_name=model_name, model_version=model_version)
+            record = SmearAnalysis(
+                fields=fields,
+                differential=differential,
+                model_name=model_name,
+                model_version=model_version,
+            )
             s.add(record)
         return record
 

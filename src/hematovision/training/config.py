@@ -22,35 +22,45 @@ class TrainConfig:
 
     data: str = field(metadata=_opt("class-per-folder data set"))
     out: str = field(default="runs/latest", metadata=_opt("run folder to write"))
-    arch: str = field(default="seed-cnn", metadata=_opt(
-        "seed-cnn, efficientnet_lite0 or any timm model name"))
+    arch: str = field(
+        default="seed-cnn", metadata=_opt("seed-cnn, efficientnet_lite0 or any timm model name")
+    )
     epochs: int = field(default=10, metadata=_opt("at most this many epochs"))
     batch_size: int = field(default=32, metadata=_opt("images per step"))
     image_size: int = field(default=128, metadata=_opt("square input size in pixels"))
     val_fraction: float = field(default=0.2, metadata=_opt("share of images for validation"))
     test_fraction: float = field(default=0.1, metadata=_opt("share of images held out for test"))
     seed: int = field(default=0, metadata=_opt("fixes the split, the order and the augmentation"))
-    optimizer: str = field(default="auto", metadata=_opt(
-        "auto: Adam for seed-cnn (as the original design), AdamW otherwise",
-        choices=["auto", "adam", "adamw"]))
+    optimizer: str = field(
+        default="auto",
+        metadata=_opt(
+            "auto: Adam for seed-cnn (as the original design), AdamW otherwise",
+            choices=["auto", "adam", "adamw"],
+        ),
+    )
     lr: float = field(default=1e-3, metadata=_opt("peak learning rate"))
     weight_decay: float = field(default=1e-4, metadata=_opt("AdamW weight decay"))
     warmup_epochs: float = field(default=1.0, metadata=_opt("linear warm-up before cosine decay"))
     pretrained: bool = field(default=False, metadata=_opt("start from ImageNet weights"))
-    weights: str | None = field(default=None, metadata=_opt(
-        "pretrained weights from this URL or file (implies --pretrained)"))
+    weights: str | None = field(
+        default=None,
+        metadata=_opt("pretrained weights from this URL or file (implies --pretrained)"),
+    )
     class_weights: bool = field(default=False, metadata=_opt("weight the loss by 1/frequency"))
     label_smoothing: float = field(default=0.0, metadata=_opt("cross-entropy label smoothing"))
     patience: int = field(default=5, metadata=_opt("early stopping on val macro-F1"))
     augment: bool = field(default=True, metadata=_opt("no training-time augmentation"))
-    max_per_class: int | None = field(default=None, metadata=_opt(
-        "use at most N images per class"))
-    init: str | None = field(default=None, metadata=_opt(
-        "start from this run's best weights and keep its split"))
-    extra_train: str | None = field(default=None, metadata=_opt(
-        "class folders added to the training split only (e.g. cells cropped from your smears)"))
-    extra_repeat: int = field(default=1, metadata=_opt(
-        "times each extra image is used per epoch"))
+    max_per_class: int | None = field(default=None, metadata=_opt("use at most N images per class"))
+    init: str | None = field(
+        default=None, metadata=_opt("start from this run's best weights and keep its split")
+    )
+    extra_train: str | None = field(
+        default=None,
+        metadata=_opt(
+            "class folders added to the training split only (e.g. cells cropped from your smears)"
+        ),
+    )
+    extra_repeat: int = field(default=1, metadata=_opt("times each extra image is used per epoch"))
     device: str = field(default="auto", metadata=_opt("auto, cpu or cuda"))
     resume: bool = field(default=False, metadata=_opt("continue the run in --out"))
     overwrite: bool = field(default=False, metadata=_opt("replace an existing --out"))
@@ -73,5 +83,17 @@ class TrainConfig:
 
 
 # Settings that must not change between a run and its --resume.
-RESUME_KEYS = ("data", "arch", "image_size", "val_fraction", "test_fraction", "seed",
-               "max_per_class", "optimizer", "batch_size", "extra_train", "extra_repeat", "init")
+RESUME_KEYS = (
+    "data",
+    "arch",
+    "image_size",
+    "val_fraction",
+    "test_fraction",
+    "seed",
+    "max_per_class",
+    "optimizer",
+    "batch_size",
+    "extra_train",
+    "extra_repeat",
+    "init",
+)

@@ -8,8 +8,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..artifact import RunDir
-from ..data import (ImageFolder, SplitManifest, UnknownClasses, decode_folder, decode_labelled,
-                    limit_per_class, scan_folder)
+from ..data import (
+    ImageFolder,
+    SplitManifest,
+    UnknownClasses,
+    decode_folder,
+    decode_labelled,
+    limit_per_class,
+    scan_folder,
+)
 from ..data.splits import SPLITS
 from ..errors import HematoVisionError
 from ..preprocess import PreprocessSpec
@@ -26,7 +33,7 @@ class TrainingData:
     images: np.ndarray
     labels: np.ndarray
     split: dict[str, np.ndarray]
-    x_train: np.ndarray               # the training split, plus any --extra-train images
+    x_train: np.ndarray  # the training split, plus any --extra-train images
     y_train: np.ndarray
     extra_files: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -43,13 +50,16 @@ def scan_training_folder(cfg: TrainConfig) -> ImageFolder:
     if not cfg.init:  # continuing a run keeps its split: --max-per-class thins only its train
         folder = folder.subset(limit_per_class(folder.labels, cfg.max_per_class, cfg.seed))
     if len(folder.classes) < 2:
-        raise HematoVisionError(f"only one class ({folder.classes[0]}) in {cfg.data}; "
-                                f"a classifier needs at least two class folders")
+        raise HematoVisionError(
+            f"only one class ({folder.classes[0]}) in {cfg.data}; "
+            f"a classifier needs at least two class folders"
+        )
     return folder
 
 
-def load_training_data(cfg: TrainConfig, run: RunDir, folder: ImageFolder,
-                       spec: PreprocessSpec) -> TrainingData:
+def load_training_data(
+    cfg: TrainConfig, run: RunDir, folder: ImageFolder, spec: PreprocessSpec
+) -> TrainingData:
     """Decode ``folder`` (through the cache), fix the split and add the extra images."""
     start = time.perf_counter()
     decoded = decode_folder(folder, spec, show_progress=cfg.show_progress)
@@ -66,8 +76,19 @@ def load_training_data(cfg: TrainConfig, run: RunDir, folder: ImageFolder,
         extra_x, extra_y, extra_files = _extra_training_images(cfg, classes, spec)
         x_train = np.concatenate([x_train] + [extra_x] * cfg.extra_repeat)
         y_train = np.concatenate([y_train] + [extra_y] * cfg.extra_repeat)
-    return TrainingData(classes, spec, manifest, decoded.arrays, labels, split, x_train, y_train,
-                        extra_files, [str(p) for p, _ in decoded.folder.skipped], seconds)
+    return TrainingData(
+        classes,
+        spec,
+        manifest,
+        decoded.arrays,
+        labels,
+        split,
+        x_train,
+        y_train,
+        extra_files,
+        [str(p) for p, _ in decoded.folder.skipped],
+        seconds,
+    )
 
 
 def _split_manifest(cfg: TrainConfig, run: RunDir, decoded) -> SplitManifest:
@@ -78,11 +99,13 @@ def _split_manifest(cfg: TrainConfig, run: RunDir, decoded) -> SplitManifest:
     if cfg.init:
         manifest = RunDir(cfg.init).manifest()
         if manifest.classes != decoded.folder.classes:
-            raise HematoVisionError(f"--init run has classes {manifest.classes}, "
-                                    f"the data {decoded.folder.classes}")
+            raise HematoVisionError(
+                f"--init run has classes {manifest.classes}, the data {decoded.folder.classes}"
+            )
     else:
-        manifest = SplitManifest.build(decoded.folder, decoded.sha256, cfg.val_fraction,
-                                       cfg.test_fraction, cfg.seed)
+        manifest = SplitManifest.build(
+            decoded.folder, decoded.sha256, cfg.val_fraction, cfg.test_fraction, cfg.seed
+        )
     manifest.save(run.split_file)
     return manifest
 
@@ -93,9 +116,12 @@ def _extra_training_images(cfg: TrainConfig, classes: list[str], spec: Preproces
     try:
         extra = decode_labelled(cfg.extra_train, classes, spec, show_progress=cfg.show_progress)
     except UnknownClasses as exc:
-        raise HematoVisionError(f"--extra-train has class(es) not in --data: "
-                                f"{', '.join(exc.unknown)}") from None
+        raise HematoVisionError(
+            f"--extra-train has class(es) not in --data: {', '.join(exc.unknown)}"
+        ) from None
     labels = extra.folder.labels
-    files = [{"path": extra.folder.relative(p), "label": classes[y], "sha256": h}
-             for p, y, h in zip(extra.folder.paths, labels, extra.sha256)]
+    files = [
+        {"path": extra.folder.relative(p), "label": classes[y], "sha256": h}
+        for p, y, h in zip(extra.folder.paths, labels, extra.sha256)
+    ]
     return extra.arrays, labels, files

@@ -14,8 +14,13 @@ from ..models import load_trained, predict_proba
 SPLIT_CHOICES = ("train", "val", "test", "all")
 
 
-def evaluate_run(run_dir: str | Path | RunDir, data_dir: str | Path, split: str = "test",
-                 out_dir: str | Path | None = None, show_progress: bool = True) -> dict:
+def evaluate_run(
+    run_dir: str | Path | RunDir,
+    data_dir: str | Path,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> dict:
     """Score a run's best weights on ``split`` (train, val, test or all) of ``data_dir``.
 
     ``all`` takes every image of the folder (e.g. another lab's cells); the other splits are the
@@ -30,19 +35,32 @@ def evaluate_run(run_dir: str | Path | RunDir, data_dir: str | Path, split: str 
     if split != "all":
         manifest = run.manifest()
         if not manifest.entries(split):
-            raise HematoVisionError(f"the run has no {split!r} split; use --split val or --split all")
+            raise HematoVisionError(
+                f"the run has no {split!r} split; use --split val or --split all"
+            )
         folder = manifest.select(folder, split)
     decoded = decode_folder(folder, info.preprocess, show_progress=show_progress)
     probs = predict_proba(model, decoded.arrays, info.preprocess)
     metrics = classification_metrics(decoded.folder.labels, probs, info.classes)
-    metrics.update({"split": split, "data": str(data_dir.resolve()), "run": str(run.path.resolve()),
-                    "skipped_files": [str(p) for p, _ in decoded.folder.skipped]})
+    metrics.update(
+        {
+            "split": split,
+            "data": str(data_dir.resolve()),
+            "run": str(run.path.resolve()),
+            "skipped_files": [str(p) for p, _ in decoded.folder.skipped],
+        }
+    )
     out_dir = Path(out_dir) if out_dir else run.path
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"eval-{split}.json").write_text(json.dumps(metrics, indent=1))
-    report = write_report(out_dir, f"HematoVision evaluation: {info.architecture} on "
-                          f"{data_dir.name} ({split})", metrics, decoded.folder.labels, probs,
-                          details={"run": run, "data": data_dir, "split": split},
-                          name=f"eval-{split}.html")
+    report = write_report(
+        out_dir,
+        f"HematoVision evaluation: {info.architecture} on {data_dir.name} ({split})",
+        metrics,
+        decoded.folder.labels,
+        probs,
+        details={"run": run, "data": data_dir, "split": split},
+        name=f"eval-{split}.html",
+    )
     metrics["report"] = str(report)
     return metrics

@@ -15,7 +15,7 @@ import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,9 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> RunDir:
     data = load_training_data(cfg, run, folder, preprocess_spec(cfg.arch, cfg.image_size))
     device = pick_device(cfg.device)
     model.to(device)
-    optimizer, scheduler = build_optimizer(cfg, model, math.ceil(len(data.x_train) / cfg.batch_size))
+    optimizer, scheduler = build_optimizer(
+        cfg, model, math.ceil(len(data.x_train) / cfg.batch_size)
+    )
     state = restore(cfg, run, model, optimizer, scheduler, device)
     weight = _class_weights(cfg, data, device)
     if not cfg.resume:
@@ -68,22 +70,38 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> RunDir:
             val = evaluate(model, *data.split_images("val"), data)
             if state.update(epoch, val["f1_macro"]):
                 _save(run.best, {"model": model.state_dict(), "epoch": epoch})
-            state.history.append({"epoch": epoch, **stats, "val_loss": val["loss"],
-                                  "val_accuracy": val["accuracy"], "val_f1_macro": val["f1_macro"],
-                                  "lr": optimizer.param_groups[0]["lr"],
-                                  "seconds": round(time.perf_counter() - epoch_start, 2)})
+            state.history.append(
+                {
+                    "epoch": epoch,
+                    **stats,
+                    "val_loss": val["loss"],
+                    "val_accuracy": val["accuracy"],
+                    "val_f1_macro": val["f1_macro"],
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - epoch_start, 2),
+                }
+            )
             save_checkpoint(run, cfg, model, optimizer, scheduler, state)
             _write_history(run.history_file, state.history)
             _log_epoch(cfg, state)
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"training interrupted; the checkpoint after epoch {state.epoch} is in {run}; "
-            f"continue with the same command and --resume") from None
+            f"continue with the same command and --resume"
+        ) from None
     return finish_run(cfg, run, model, data, state, device, time.perf_counter() - start)
 
 
-def train_one_epoch(model: nn.Module, data: TrainingData, optimizer, scheduler, cfg: TrainConfig,
-                    epoch: int, device: torch.device, weight: torch.Tensor | None = None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    data: TrainingData,
+    optimizer,
+    scheduler,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    weight: torch.Tensor | None = None,
+) -> dict:
     """One pass over the training images in a seeded order; returns loss, accuracy and speed."""
     model.train()
     # seeded per epoch, so that a resumed run sees the same batches and augmentations
@@ -93,10 +111,13 @@ def train_one_epoch(model: nn.Module, data: TrainingData, optimizer, scheduler, 
     seen, loss_sum, correct, start = 0, 0.0, 0, time.perf_counter()
     with progress_bar(f"epoch {epoch}/{cfg.epochs}", steps, enabled=cfg.show_progress) as bar:
         for step in range(steps):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             batch = data.x_train[idx]
-            x = (augment_batch(torch.from_numpy(batch), data.spec, gen) if cfg.augment
-                 else torch.from_numpy(normalize(batch, data.spec)))
+            x = (
+                augment_batch(torch.from_numpy(batch), data.spec, gen)
+                if cfg.augment
+                else torch.from_numpy(normalize(batch, data.spec))
+            )
             x, y = x.to(device), torch.from_numpy(data.y_train[idx]).to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
@@ -108,8 +129,11 @@ def train_one_epoch(model: nn.Module, data: TrainingData, optimizer, scheduler, 
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             bar.advance(status=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
-    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-            "train_images_per_second": round(seen / (time.perf_counter() - start), 1)}
+    return {
+        "train_loss": loss_sum / seen,
+        "train_accuracy": correct / seen,
+        "train_images_per_second": round(seen / (time.perf_counter() - start), 1),
+    }
 
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, data: TrainingData) -> dict:
@@ -121,8 +145,13 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, data: Tra
 def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     # on --resume or --init a checkpoint holds the weights: no need to fetch pretrained ones
     from_run = bool(cfg.resume or cfg.init)
-    return create_model(cfg.arch, num_classes, cfg.pretrained and not from_run, cfg.image_size,
-                        None if from_run else cfg.weights)
+    return create_model(
+        cfg.arch,
+        num_classes,
+        cfg.pretrained and not from_run,
+        cfg.image_size,
+        None if from_run else cfg.weights,
+    )
 
 
 def _prepare_run_dir(cfg: TrainConfig) -> RunDir:
@@ -134,8 +163,10 @@ def _prepare_run_dir(cfg: TrainConfig) -> RunDir:
         return run
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not cfg.overwrite:
-            raise HematoVisionError(f"output folder {out} exists; pass --overwrite to replace it "
-                                    f"or --resume to continue it")
+            raise HematoVisionError(
+                f"output folder {out} exists; pass --overwrite to replace it "
+                f"or --resume to continue it"
+            )
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return run
@@ -143,11 +174,13 @@ def _prepare_run_dir(cfg: TrainConfig) -> RunDir:
 
 def lr_schedule(warmup_steps: int, total_steps: int):
     """Linear warm-up, then cosine decay to zero: a factor of the peak rate per step."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return factor
 
 
@@ -160,7 +193,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int):
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(warmup, cfg.epochs * steps_per_epoch))
+        optimizer, lr_schedule(warmup, cfg.epochs * steps_per_epoch)
+    )
     return optimizer, scheduler
 
 
@@ -170,8 +204,9 @@ def _class_weights(cfg: TrainConfig, data: TrainingData, device) -> torch.Tensor
         return None
     n = len(data.classes)
     counts = np.bincount(data.y_train, minlength=n).astype(np.float64)
-    return torch.tensor(len(data.y_train) / (n * np.maximum(counts, 1)), dtype=torch.float32,
-                        device=device)
+    return torch.tensor(
+        len(data.y_train) / (n * np.maximum(counts, 1)), dtype=torch.float32, device=device
+    )
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -198,12 +233,22 @@ def _save(path: Path, obj: dict) -> None:
     write_atomic(path, buffer.getvalue())  # a kill mid-write never leaves a broken checkpoint
 
 
-def save_checkpoint(run: RunDir, cfg: TrainConfig, model, optimizer, scheduler,
-                    state: TrainState) -> None:
-    _save(run.checkpoint, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "epoch": state.epoch, "history": state.history,
-        "best_f1": state.best_f1, "stale": state.stale, "config": asdict(cfg)})
+def save_checkpoint(
+    run: RunDir, cfg: TrainConfig, model, optimizer, scheduler, state: TrainState
+) -> None:
+    _save(
+        run.checkpoint,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": state.epoch,
+            "history": state.history,
+            "best_f1": state.best_f1,
+            "stale": state.stale,
+            "config": asdict(cfg),
+        },
+    )
 
 
 def restore(cfg: TrainConfig, run: RunDir, model, optimizer, scheduler, device) -> TrainState:
@@ -233,20 +278,38 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 def _log_epoch(cfg: TrainConfig, state: TrainState) -> None:
     h = state.history[-1]
-    log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f%s",
-             h["epoch"], cfg.epochs, h["train_loss"], h["train_accuracy"], h["val_loss"],
-             h["val_accuracy"], h["val_f1_macro"], "  (best)" if state.stale == 0 else "")
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f%s",
+        h["epoch"],
+        cfg.epochs,
+        h["train_loss"],
+        h["train_accuracy"],
+        h["val_loss"],
+        h["val_accuracy"],
+        h["val_f1_macro"],
+        "  (best)" if state.stale == 0 else "",
+    )
 
 
 # ---------------------------------------------------------------- the end of a run
-def finish_run(cfg: TrainConfig, run: RunDir, model: nn.Module, data: TrainingData,
-               state: TrainState, device, train_seconds: float) -> RunDir:
+def finish_run(
+    cfg: TrainConfig,
+    run: RunDir,
+    model: nn.Module,
+    data: TrainingData,
+    state: TrainState,
+    device,
+    train_seconds: float,
+) -> RunDir:
     """Score the best weights on val and test; write metrics.json, run.json and the report."""
     best = torch.load(run.best, map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
-    results = {"best_epoch": best["epoch"], "epochs_run": len(state.history),
-               "decode_seconds": round(data.decode_seconds, 2),
-               "train_seconds": round(train_seconds, 2)}
+    results = {
+        "best_epoch": best["epoch"],
+        "epochs_run": len(state.history),
+        "decode_seconds": round(data.decode_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+    }
     probs = {}
     for split in ("val", "test"):
         if len(data.split[split]):
@@ -257,12 +320,23 @@ def finish_run(cfg: TrainConfig, run: RunDir, model: nn.Module, data: TrainingDa
     run.write_metrics(results)
     run.write_info(_run_info(cfg, data, results))
     shown = "test" if "test" in results else "val"
-    write_report(run.path, f"HematoVision run: {cfg.arch} on {Path(cfg.data).name} ({shown} split)",
-                 results[shown], data.split_images(shown)[1], probs[shown], state.history,
-                 details={"architecture": cfg.arch, "input size": cfg.image_size,
-                          "epochs run": len(state.history), "best epoch": best["epoch"],
-                          "training time (s)": round(train_seconds, 1), "device": str(device),
-                          "split manifest": data.manifest.sha256[:16]})
+    write_report(
+        run.path,
+        f"HematoVision run: {cfg.arch} on {Path(cfg.data).name} ({shown} split)",
+        results[shown],
+        data.split_images(shown)[1],
+        probs[shown],
+        state.history,
+        details={
+            "architecture": cfg.arch,
+            "input size": cfg.image_size,
+            "epochs run": len(state.history),
+            "best epoch": best["epoch"],
+            "training time (s)": round(train_seconds, 1),
+            "device": str(device),
+            "split manifest": data.manifest.sha256[:16],
+        },
+    )
     return run
 
 
@@ -271,12 +345,24 @@ def _run_info(cfg: TrainConfig, data: TrainingData, results: dict) -> RunInfo:
     extra = {"root": cfg.extra_train, "files": data.extra_files} if data.extra_files else None
     provenance = Provenance(
         training=asdict(cfg),
-        data={"root": manifest.data_root, "manifest_sha256": manifest.sha256,
-              "extra_train": extra, "counts": manifest.counts(), "skipped_files": data.skipped},
+        data={
+            "root": manifest.data_root,
+            "manifest_sha256": manifest.sha256,
+            "extra_train": extra,
+            "counts": manifest.counts(),
+            "skipped_files": data.skipped,
+        },
         licence=model_info(cfg.arch).licence,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        software={"hematovision": __version__, "torch": torch.__version__,
-                  "python": platform.python_version()})
-    metrics = {s: {k: results[s][k] for k in ("accuracy", "f1_macro", "loss", "ece", "n")}
-               for s in ("val", "test") if s in results}
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        software={
+            "hematovision": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    )
+    metrics = {
+        s: {k: results[s][k] for k in ("accuracy", "f1_macro", "loss", "ece", "n")}
+        for s in ("val", "test")
+        if s in results
+    }
     return RunInfo(data.classes, cfg.arch, data.spec, metrics, provenance)

@@ -18,12 +18,18 @@ from .config import WebSettings
 
 csrf = CSRFProtect()
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
-def create_app(settings: WebSettings | None = None, classifier: Classifier | None = None,
-               migrate: bool = True, smear_classifier: Classifier | None = None) -> Flask:
+def create_app(
+    settings: WebSettings | None = None,
+    classifier: Classifier | None = None,
+    migrate: bool = True,
+    smear_classifier: Classifier | None = None,
+) -> Flask:
     """Build the app: the classifiers (loaded once per process) and one Storage."""
     settings = settings or WebSettings.from_env()
     app = Flask(__name__)
@@ -38,12 +44,14 @@ def create_app(settings: WebSettings | None = None, classifier: Classifier | Non
         storage.migrate()
     app.extensions["hematovision.storage"] = storage
     app.extensions["hematovision.classifier"] = classifier or Classifier.load(settings.model)
-    app.extensions["hematovision.smear_classifier"] = (
-        smear_classifier or load_smear_classifier(settings.smear_model))
+    app.extensions["hematovision.smear_classifier"] = smear_classifier or load_smear_classifier(
+        settings.smear_model
+    )
     csrf.init_app(app)
 
     from .api import api
     from .pages import pages
+
     csrf.exempt(api)  # the API takes no cookies: token auth, not forms
     app.register_blueprint(pages)
     app.register_blueprint(api)
@@ -66,7 +74,8 @@ def create_app(settings: WebSettings | None = None, classifier: Classifier | Non
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         message = {413: f"the upload is larger than {settings.max_upload_mb:g} MB"}.get(
-            exc.code, exc.description)
+            exc.code, exc.description
+        )
         if wants_json():
             code = (exc.name or "error").lower().replace(" ", "_")
             return jsonify(error={"code": code, "message": message}), exc.code
@@ -85,4 +94,5 @@ def create_app(settings: WebSettings | None = None, classifier: Classifier | Non
 def static_vendor_dir() -> Path:
     """Bootstrap 5, as installed from PyPI with Bootstrap-Flask (MIT; licence headers kept)."""
     import flask_bootstrap
+
     return Path(flask_bootstrap.__file__).with_name("static") / "bootstrap5"

@@ -35,8 +35,10 @@ def require_token():
 
 def _prediction_json(record) -> dict:
     data = record.to_dict()
-    data["links"] = {"self": url_for("api.get_prediction", prediction_id=record.id),
-                     "result_page": url_for("pages.result", upload_id=record.upload_id)}
+    data["links"] = {
+        "self": url_for("api.get_prediction", prediction_id=record.id),
+        "result_page": url_for("pages.result", upload_id=record.upload_id),
+    }
     return data
 
 
@@ -54,8 +56,11 @@ def create_predictions():
     upload, failure = _process(classify_files, get_classifier())
     if failure:
         return failure
-    body = {"predictions": [_prediction_json(p) for p in upload.predictions],
-            "model": model_summary(), "upload_id": upload.id}
+    body = {
+        "predictions": [_prediction_json(p) for p in upload.predictions],
+        "model": model_summary(),
+        "upload_id": upload.id,
+    }
     return jsonify(body), 201, {"Location": url_for("pages.result", upload_id=upload.id)}
 
 
@@ -77,8 +82,9 @@ def list_predictions():
     if not (1 <= limit <= 200 and offset >= 0):
         return error(400, "bad_request", "limit must be 1..200 and offset >= 0")
     records, total = get_storage().list_predictions(limit, offset, request.args.get("label"))
-    return jsonify(predictions=[_prediction_json(r) for r in records], total=total,
-                   limit=limit, offset=offset)
+    return jsonify(
+        predictions=[_prediction_json(r) for r in records], total=total, limit=limit, offset=offset
+    )
 
 
 @api.delete("/api/v1/predictions/<int:prediction_id>")
@@ -93,7 +99,11 @@ def create_smear():
     record, failure = _process(analyze_files, get_smear_classifier())
     if failure:
         return failure
-    return jsonify(record.to_dict()), 201, {"Location": url_for("api.get_smear", smear_id=record.id)}
+    return (
+        jsonify(record.to_dict()),
+        201,
+        {"Location": url_for("api.get_smear", smear_id=record.id)},
+    )
 
 
 @api.get("/api/v1/smears/<int:smear_id>")
@@ -112,6 +122,7 @@ def model_card():
 @api.get("/healthz")
 def healthz():
     from sqlalchemy import text
+
     try:
         with get_storage().engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -119,8 +130,9 @@ def healthz():
     except Exception:  # noqa: BLE001 - report, do not crash the probe
         database = "unavailable"
     status = 200 if database == "ok" else 503
-    return jsonify(status="ok" if status == 200 else "degraded", database=database,
-                   model=model_summary()), status
+    return jsonify(
+        status="ok" if status == 200 else "degraded", database=database, model=model_summary()
+    ), status
 
 
 @api.get("/api/v1/openapi.json")

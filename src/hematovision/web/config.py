@@ -10,17 +10,17 @@ from pathlib import Path
 
 @dataclass
 class WebSettings:
-    model: str | None = None              # artifact folder; None: the bundled model
-    smear_model: str | None = None        # for cells cropped from fields; None: the bundled one
-    data_dir: str = "hematovision-data"   # database file, images, secret key
-    database_url: str | None = None       # any SQLAlchemy URL; default SQLite in data_dir
+    model: str | None = None  # artifact folder; None: the bundled model
+    smear_model: str | None = None  # for cells cropped from fields; None: the bundled one
+    data_dir: str = "hematovision-data"  # database file, images, secret key
+    database_url: str | None = None  # any SQLAlchemy URL; default SQLite in data_dir
     max_upload_mb: float = 20.0
-    api_token: str | None = None          # when set, the REST API needs "Authorization: Bearer <token>"
+    api_token: str | None = None  # when set, the REST API needs "Authorization: Bearer <token>"
     store_images: bool = True
-    max_files: int = 64                   # images per upload
+    max_files: int = 64  # images per upload
 
     @classmethod
-    def from_env(cls, **overrides) -> "WebSettings":
+    def from_env(cls, **overrides) -> WebSettings:
         env = os.environ
         settings = cls(
             model=env.get("HEMATOVISION_MODEL") or None,

@@ -7,15 +7,31 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
-from flask import (Blueprint, Response, abort, redirect, render_template, request, send_file,
-                   send_from_directory, url_for)
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    send_from_directory,
+    url_for,
+)
 
 from ..inference.classifier import DEFAULT_MODEL
 from ..tables import write_differential_csv, write_predictions_csv
 from . import static_vendor_dir
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
-from .service import (ACCEPTED, UploadError, analyze_files, classify_files, sniff,
-                      upload_differential, uploaded_files)
+from .service import (
+    ACCEPTED,
+    UploadError,
+    analyze_files,
+    classify_files,
+    sniff,
+    upload_differential,
+    uploaded_files,
+)
 
 pages = Blueprint("pages", __name__)
 SAMPLES = DEFAULT_MODEL.parent / "samples"
@@ -29,8 +45,13 @@ def sample_names() -> tuple[str, ...]:
 
 @pages.get("/")
 def index(error: str | None = None):
-    return render_template("index.html", samples=sample_names(), accepted=ACCEPTED, error=error,
-                           max_mb=get_settings().max_upload_mb)
+    return render_template(
+        "index.html",
+        samples=sample_names(),
+        accepted=ACCEPTED,
+        error=error,
+        max_mb=get_settings().max_upload_mb,
+    )
 
 
 def _process_form(handler, classifier, result_endpoint: str, id_name: str):
@@ -72,7 +93,9 @@ def sample(name: str):
 def try_sample(name: str):
     if name not in sample_names():
         abort(404)
-    record = classify_files([(name, (SAMPLES / name).read_bytes())], get_classifier(), get_storage())
+    record = classify_files(
+        [(name, (SAMPLES / name).read_bytes())], get_classifier(), get_storage()
+    )
     return redirect(url_for("pages.result", upload_id=record.id), code=303)
 
 
@@ -87,9 +110,13 @@ def _upload_or_404(upload_id: int):
 def result(upload_id: int):
     record = _upload_or_404(upload_id)
     clf = get_classifier()
-    return render_template("result.html", upload=record, classes=clf.classes,
-                           differential=upload_differential(record, clf.classes),
-                           storage=get_storage())
+    return render_template(
+        "result.html",
+        upload=record,
+        classes=clf.classes,
+        differential=upload_differential(record, clf.classes),
+        storage=get_storage(),
+    )
 
 
 @pages.get("/results/<int:upload_id>.csv")
@@ -97,12 +124,18 @@ def result_csv(upload_id: int):
     record = _upload_or_404(upload_id)
     classes = get_classifier().classes
     buf = io.StringIO()
-    write_predictions_csv(buf, (p.to_dict() for p in record.predictions), classes,
-                          keys=("id", "filename"))
+    write_predictions_csv(
+        buf, (p.to_dict() for p in record.predictions), classes, keys=("id", "filename")
+    )
     buf.write("\r\n")
     write_differential_csv(buf, upload_differential(record, classes))
-    return Response(buf.getvalue(), mimetype="text/csv", headers={
-        "Content-Disposition": f"attachment; filename=hematovision-result-{upload_id}.csv"})
+    return Response(
+        buf.getvalue(),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f"attachment; filename=hematovision-result-{upload_id}.csv"
+        },
+    )
 
 
 @pages.get("/history")
@@ -110,9 +143,15 @@ def history():
     page = max(1, request.args.get("page", 1, type=int))
     label = request.args.get("label") or None
     records, total = get_storage().list_predictions(PAGE_SIZE, (page - 1) * PAGE_SIZE, label)
-    return render_template("history.html", records=records, page=page, label=label,
-                           pages=max(1, math.ceil(total / PAGE_SIZE)), total=total,
-                           labels=get_classifier().classes)
+    return render_template(
+        "history.html",
+        records=records,
+        page=page,
+        label=label,
+        pages=max(1, math.ceil(total / PAGE_SIZE)),
+        total=total,
+        labels=get_classifier().classes,
+    )
 
 
 @pages.post("/history/<int:prediction_id>/delete")
@@ -125,10 +164,15 @@ def delete(prediction_id: int):
 @pages.get("/model")
 def model():
     clf, smear = get_classifier(), get_smear_classifier()
-    return render_template("model.html", clf=clf, artifact=clf.artifact,
-                           test=clf.artifact.metrics.get("test", {}), smear=smear,
-                           smear_metrics=smear.artifact.metrics,
-                           has_confusion=clf.artifact.file("confusion_matrix") is not None)
+    return render_template(
+        "model.html",
+        clf=clf,
+        artifact=clf.artifact,
+        test=clf.artifact.metrics.get("test", {}),
+        smear=smear,
+        smear_metrics=smear.artifact.metrics,
+        has_confusion=clf.artifact.file("confusion_matrix") is not None,
+    )
 
 
 @pages.get("/model/confusion.png")
@@ -152,13 +196,15 @@ def image(sha256: str):
     path = _stored(sha256)
     with open(path, "rb") as fh:
         kind = sniff(fh.read(16)) or "octet-stream"
-    return send_file(path, mimetype=f"image/{kind}" if kind != "octet-stream" else
-                     "application/octet-stream")
+    return send_file(
+        path, mimetype=f"image/{kind}" if kind != "octet-stream" else "application/octet-stream"
+    )
 
 
 @pages.get("/images/<sha256>/thumb")
 def thumbnail(sha256: str):
     from ..preprocess import to_rgb
+
     picture = to_rgb(_stored(sha256))
     picture.thumbnail((96, 96))
     buf = io.BytesIO()

@@ -25,6 +25,7 @@ class _Gunicorn(BaseApplication):
 
     def load(self):
         from . import create_app
+
         return create_app(self.settings, migrate=False)  # each worker loads the model once
 
 
@@ -35,7 +36,20 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrid
     load_smear_classifier(settings.smear_model)
     Storage(settings.database_url, settings.data_dir, settings.store_images).migrate()
     settings.secret_key()  # created before the workers start, shared by all of them
-    log.info("serving on http://%s:%d with %d workers; data in %s", host, port, workers,
-             settings.data_dir)
-    _Gunicorn(settings, {"bind": f"{host}:{port}", "workers": workers, "timeout": 120,
-                         "accesslog": "-", "graceful_timeout": 10}).run()
+    log.info(
+        "serving on http://%s:%d with %d workers; data in %s",
+        host,
+        port,
+        workers,
+        settings.data_dir,
+    )
+    _Gunicorn(
+        settings,
+        {
+            "bind": f"{host}:{port}",
+            "workers": workers,
+            "timeout": 120,
+            "accesslog": "-",
+            "graceful_timeout": 10,
+        },
+    ).run()

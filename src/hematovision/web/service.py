@@ -41,7 +41,7 @@ def sniff(data: bytes) -> str | None:
 
 
 def uploaded_files(storages, max_files: int) -> list[tuple[str, bytes]]:
-    """(name, bytes) of the request's file fields; browsers send an empty one when none is chosen."""
+    """(name, bytes) of the request's file fields (browsers send an empty one for no file)."""
     files = [f for f in storages if f.filename or f.content_length]
     if len(files) > max_files:
         raise UploadError(400, "too_many_files", f"at most {max_files} files in one request")
@@ -60,8 +60,9 @@ def read_pictures(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes, obje
         if not data:
             raise UploadError(400, "empty_file", f"{shown}: the file is empty")
         if sniff(data) is None:
-            raise UploadError(415, "unsupported_media_type",
-                              f"{shown}: not an image; send {ACCEPTED}")
+            raise UploadError(
+                415, "unsupported_media_type", f"{shown}: not an image; send {ACCEPTED}"
+            )
         try:
             pictures.append((shown, data, to_rgb(data)))
         except ImageTooLarge as exc:
@@ -77,8 +78,9 @@ def _png(picture) -> bytes:
     return buf.getvalue()
 
 
-def classify_files(files: list[tuple[str, bytes]], classifier: Classifier,
-                   storage: Storage) -> Upload:
+def classify_files(
+    files: list[tuple[str, bytes]], classifier: Classifier, storage: Storage
+) -> Upload:
     """Check every file, then classify and store them all in one transaction (all or none)."""
     pictures = read_pictures(files)
     predictions = classifier.predict([p for _, _, p in pictures], heatmaps=storage.store_images)
@@ -87,18 +89,31 @@ def classify_files(files: list[tuple[str, bytes]], classifier: Classifier,
         sha = hashlib.sha256(data).hexdigest()
         stored = storage.save_image(sha, data)
         if stored:
-            storage.save_derived(sha, "heatmap", classifier.version,
-                                 _png(heatmap_overlay(picture, pred.heatmap)))
-        records.append(dict(filename=name, image_sha256=sha, image_stored=stored,
-                            width=picture.size[0], height=picture.size[1], label=pred.label,
-                            confidence=pred.confidence, uncertain=pred.uncertain,
-                            probabilities=pred.probabilities, reasons=pred.reasons,
-                            model_name=classifier.name, model_version=classifier.version))
+            storage.save_derived(
+                sha, "heatmap", classifier.version, _png(heatmap_overlay(picture, pred.heatmap))
+            )
+        records.append(
+            dict(
+                filename=name,
+                image_sha256=sha,
+                image_stored=stored,
+                width=picture.size[0],
+                height=picture.size[1],
+                label=pred.label,
+                confidence=pred.confidence,
+                uncertain=pred.uncertain,
+                probabilities=pred.probabilities,
+                reasons=pred.reasons,
+                model_name=classifier.name,
+                model_version=classifier.version,
+            )
+        )
     return storage.add_upload(records)
 
 
-def analyze_files(files: list[tuple[str, bytes]], classifier: Classifier,
-                  storage: Storage) -> SmearAnalysis:
+def analyze_files(
+    files: list[tuple[str, bytes]], classifier: Classifier, storage: Storage
+) -> SmearAnalysis:
     """Smear fields: find and classify the white cells of each, count, store, add up."""
     pictures = read_pictures(files)
     fields, results = [], []
@@ -112,14 +127,26 @@ def analyze_files(files: list[tuple[str, bytes]], classifier: Classifier,
         sha = hashlib.sha256(data).hexdigest()
         stored = storage.save_image(sha, data)
         if stored:
-            storage.save_derived(sha, "annotated", classifier.version,
-                                 _png(annotate(picture, result)))
+            storage.save_derived(
+                sha, "annotated", classifier.version, _png(annotate(picture, result))
+            )
         results.append(result)
-        fields.append({"filename": name, "image_sha256": sha, "image_stored": stored,
-                       **{k: v for k, v in result.to_dict().items() if k != "path"},
-                       "width": result.width, "height": result.height})
-    return storage.add_smear(fields, count_differential(cell_labels(results), classifier.classes),
-                             classifier.name, classifier.version)
+        fields.append(
+            {
+                "filename": name,
+                "image_sha256": sha,
+                "image_stored": stored,
+                **{k: v for k, v in result.to_dict().items() if k != "path"},
+                "width": result.width,
+                "height": result.height,
+            }
+        )
+    return storage.add_smear(
+        fields,
+        count_differential(cell_labels(results), classifier.classes),
+        classifier.name,
+        classifier.version,
+    )
 
 
 def upload_differential(upload: Upload, classes: list[str]) -> dict[str, dict]:

@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-25
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -23,8 +24,12 @@ def upgrade() -> None:
     op.create_table(
         "predictions",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("upload_id", sa.Integer(), sa.ForeignKey("uploads.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "upload_id",
+            sa.Integer(),
+            sa.ForeignKey("uploads.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("filename", sa.String(255), nullable=False),
         sa.Column("image_sha256", sa.String(64), nullable=False),
