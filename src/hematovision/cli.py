@@ -22,10 +22,6 @@ out = Console(highlight=False)  # results: stdout
 err = Console(stderr=True, highlight=False)  # messages: stderr
 
 
-def _fmt(v) -> str:
-    return "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-
-
 # ---------------------------------------------------------------- data
 def cmd_data_synth(args) -> int:
     from .data import make_synthetic
@@ -66,6 +62,7 @@ def cmd_data_fetch(args) -> int:
 
 def cmd_data_inspect(args) -> int:
     from .data import inspect_folder
+    from .evaluation.metrics import format_metric as _fmt
 
     summary = inspect_folder(args.folder, show_progress=not args.quiet)
     if args.json:
@@ -95,20 +92,13 @@ def cmd_data_inspect(args) -> int:
 
 # ---------------------------------------------------------------- train / evaluate
 def print_metrics(metrics: dict, title: str) -> None:
+    from .evaluation.metrics import SUMMARY_METRICS
+    from .evaluation.metrics import format_metric as _fmt
+
     summary = Table(title=title)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
-    for k in (
-        "n",
-        "accuracy",
-        "loss",
-        "precision_macro",
-        "recall_macro",
-        "f1_macro",
-        "f1_weighted",
-        "roc_auc_macro",
-        "ece",
-    ):
+    for k in SUMMARY_METRICS:
         summary.add_row(k, _fmt(metrics.get(k)))
     out.print(summary)
     per_class = Table(title="per class")

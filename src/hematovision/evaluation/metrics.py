@@ -5,6 +5,28 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+# the summary a report or the CLI shows, in this order
+SUMMARY_METRICS = (
+    "n",
+    "accuracy",
+    "loss",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "roc_auc_macro",
+    "ece",
+)
+
+
+def format_metric(value) -> str:
+    """A metric as text: counts as integers, rates with four decimals, missing as a dash."""
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
     """Top-label ECE: the share-weighted gap between confidence and accuracy, in equal bins."""

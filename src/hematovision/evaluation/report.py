@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from .metrics import SUMMARY_METRICS, format_metric  # noqa: E402
+
 
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
@@ -116,25 +118,10 @@ def plot_reliability(y_true, probs, path: Path, n_bins: int = 10) -> str:
 
 
 def _metric_rows(metrics: dict) -> str:
-    keys = [
-        "n",
-        "accuracy",
-        "loss",
-        "precision_macro",
-        "recall_macro",
-        "f1_macro",
-        "precision_weighted",
-        "recall_weighted",
-        "f1_weighted",
-        "roc_auc_macro",
-        "ece",
-    ]
-    rows = []
-    for k in keys:
-        v = metrics.get(k)
-        text = "—" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}")
-        rows.append(f"<tr><th>{html.escape(k)}</th><td>{text}</td></tr>")
-    return "\n".join(rows)
+    return "\n".join(
+        f"<tr><th>{html.escape(k)}</th><td>{format_metric(metrics.get(k))}</td></tr>"
+        for k in SUMMARY_METRICS
+    )
 
 
 def _class_rows(metrics: dict) -> str:

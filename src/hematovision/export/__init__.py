@@ -75,21 +75,7 @@ def export_run(
     ).eval()
     val_x, val_y = images.val
     calibration, val_logits = calibrate(graph, val_x, val_y, spec, images.known_extra)
-    checks = {
-        "fp32_max_abs_probability_difference": export_fp32(
-            graph, out / "model.onnx", val_x, spec, val_logits
-        ),
-        "images": len(val_x),
-    }
-    if int8:
-        checks["int8_top1_agreement"] = export_int8(
-            out / "model.onnx", out / "model.int8.onnx", val_x, spec, val_logits
-        )
-    files = {
-        key: ArtifactFile(name, sha256_file(out / name))
-        for key, name in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))
-        if (out / name).is_file()
-    }
+    files, checks = _write_onnx(graph, out, val_x, spec, val_logits, int8)
     artifact = ModelArtifact(
         name=f"hematovision-{info.architecture}",
         version=datetime.now(UTC).strftime("%Y.%m.%d"),
@@ -114,6 +100,26 @@ def export_run(
         artifact.metrics["val"]["ece_after"],
     )
     return artifact
+
+
+def _write_onnx(graph, out: Path, val_x, spec, val_logits, int8: bool):
+    """model.onnx (+ model.int8.onnx), each checked on the validation images: (files, checks)."""
+    checks = {
+        "fp32_max_abs_probability_difference": export_fp32(
+            graph, out / "model.onnx", val_x, spec, val_logits
+        ),
+        "images": len(val_x),
+    }
+    if int8:
+        checks["int8_top1_agreement"] = export_int8(
+            out / "model.onnx", out / "model.int8.onnx", val_x, spec, val_logits
+        )
+    files = {
+        key: ArtifactFile(name, sha256_file(out / name))
+        for key, name in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))
+        if (out / name).is_file()
+    }
+    return files, checks
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import __version__
+from .._version import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
