@@ -1,44 +1,98 @@
-"""Storage: predictions in a real database (SQLAlchemy; SQLite in WAL mode by default) and
-uploaded images kept content-addressed (SHA-256) in the data folder."""
+"""Storage: records in a real database (SQLAlchemy; SQLite in WAL mode by default, or
+PostgreSQL) and uploaded images kept content-addressed (SHA-256) in the data folder.
+
+Files and rows are written together: image files first, then one transaction with the records
+and one ``ImageRef`` per record's use of an image; if the transaction fails, the files it wrote
+are removed again (unless another record uses them). An image file is deleted with its last
+use, whatever the record type. ``check`` finds what a killed process can still leave behind.
+"""
 
 from __future__ import annotations
 
+import errno
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.orm import selectinload, sessionmaker
+from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from ..errors import HematoVisionError
 from ..files import write_atomic
-from .models import Base, PredictionRecord, SmearAnalysis, Upload
+from .models import Base, ImageRef, PredictionRecord, SmearAnalysis, Upload
 
-__all__ = ["Base", "PredictionRecord", "SmearAnalysis", "Storage", "Upload"]
+__all__ = [
+    "Base",
+    "ImageRef",
+    "PredictionRecord",
+    "SmearAnalysis",
+    "Storage",
+    "StorageFull",
+    "Upload",
+]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+LEGACY_DERIVED = ("heatmap", "annotated")  # image caches of version 0.1, removed with the image
+
+
+class StorageFull(HematoVisionError):
+    """The data folder's disk (or the database's) has no space left."""
+
+    code = "insufficient_storage"
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL
+    if isinstance(exc, OperationalError):  # SQLite "database or disk is full", PostgreSQL 53100
+        text = str(exc.orig).lower()
+        return getattr(exc.orig, "sqlstate", None) == "53100" or "disk is full" in text
+    return False
+
+
+@dataclass
+class StorageReport:
+    """What ``Storage.check`` found (and, with repair, fixed)."""
+
+    orphan_files: list[str] = field(default_factory=list)  # image files no record uses
+    missing_files: list[str] = field(default_factory=list)  # images records use, not on disk
+    temporary_files: list[str] = field(default_factory=list)  # left by an interrupted write
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.orphan_files or self.missing_files or self.temporary_files)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "orphan_files": self.orphan_files,
+            "missing_files": self.missing_files,
+            "temporary_files": self.temporary_files,
+            "repaired": self.repaired,
+        }
 
 
 class Storage:
     """The database and the image store behind the web application."""
 
-    def __init__(self, database_url: str | None, data_dir: str | Path, store_images: bool = True):
-        self.data_dir = Path(data_dir)
+    def __init__(
+        self,
+        database_url: str | None,
+        data_dir: str | Path,
+        store_images: bool = True,
+        min_free_mb: float = 100.0,
+    ):
+        self.data_dir = Path(data_dir).resolve()  # never relative to a later working folder
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store_images = store_images
-        self.url = database_url or f"sqlite:///{(self.data_dir / 'hematovision.db').resolve()}"
-        sqlite = self.url.startswith("sqlite")
-        self.engine = create_engine(
-            self.url, connect_args={"timeout": 30, "check_same_thread": False} if sqlite else {}
-        )
-        if sqlite:
-
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_connection, _record):
-                cursor = dbapi_connection.cursor()
-                # WAL: readers never block the writer, and a crash mid-write loses no committed row
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-                cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.close()
-
+        self.min_free_mb = min_free_mb
+        self.url = database_url or f"sqlite:///{self.data_dir / 'hematovision.db'}"
+        self.engine = _engine(self.url)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     # ---------------------------------------------------------------- schema
@@ -49,22 +103,29 @@ class Storage:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with self.engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # a table rebuilt by a migration is dropped: with foreign keys on, SQLite would
+                # cascade that drop to the rows that point at it. Off only while migrating.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()  # PRAGMA foreign_keys is ignored inside a transaction
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+
+    # ---------------------------------------------------------------- disk
+    def free_mb(self) -> float:
+        return shutil.disk_usage(self.data_dir).free / 2**20
+
+    def disk_is_low(self) -> bool:
+        return self.free_mb() < self.min_free_mb
 
     # ---------------------------------------------------------------- images
     def _image_path(self, sha256: str) -> Path:
         return self.data_dir / "images" / sha256[:2] / sha256
-
-    def save_image(self, sha256: str, data: bytes) -> bool:
-        """Keep the uploaded bytes under their SHA-256; returns whether they are stored."""
-        if not self.store_images:
-            return False
-        path = self._image_path(sha256)
-        if not path.exists():
-            write_atomic(path, data, durable=True)
-        return True
 
     def image_path(self, sha256: str) -> Path | None:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
@@ -72,23 +133,107 @@ class Storage:
         path = self._image_path(sha256)
         return path if path.is_file() else None
 
-    def derived_path(self, sha256: str, kind: str, model_version: str) -> Path:
-        """Where an image made from an upload by a model is kept (kind: heatmap, annotated)."""
-        safe_version = "".join(c for c in model_version if c.isalnum() or c in ".-")
-        return self.data_dir / kind / sha256[:2] / f"{sha256}-{safe_version}.png"
+    def _write_images(self, images: dict[str, bytes]) -> list[str]:
+        """Write the images not yet stored; returns the SHA-256 of those this call created."""
+        created = []
+        try:
+            for sha, data in images.items():
+                path = self._image_path(sha)
+                if not path.exists():
+                    write_atomic(path, data, durable=True)
+                    created.append(sha)
+        except OSError as exc:
+            self._remove_unused(created)
+            if exc.errno in DISK_FULL:
+                raise StorageFull("the server's disk is full: nothing was stored") from None
+            raise
+        return created
 
-    def save_derived(self, sha256: str, kind: str, model_version: str, png: bytes) -> None:
-        if self.store_images:
-            write_atomic(self.derived_path(sha256, kind, model_version), png, durable=True)
+    def _remove_unused(self, shas) -> None:
+        """Delete the image files (and derived images) of ``shas`` that no record uses."""
+        if not shas:
+            return
+        with self.session() as s:
+            used = set(
+                s.scalars(select(ImageRef.image_sha256).where(ImageRef.image_sha256.in_(shas)))
+            )
+        for sha in set(shas) - used:
+            self._image_path(sha).unlink(missing_ok=True)
+            for kind in LEGACY_DERIVED:
+                for path in (self.data_dir / kind / sha[:2]).glob(f"{sha}-*"):
+                    path.unlink(missing_ok=True)
 
-    # ---------------------------------------------------------------- records
-    def add_upload(self, predictions: list[dict]) -> Upload:
-        """Store one upload and its predictions in a single transaction."""
-        with self.session.begin() as s:
-            upload = Upload(predictions=[PredictionRecord(**p) for p in predictions])
+    # ---------------------------------------------------------------- writing records
+    def _store(self, images: dict[str, bytes], build: Callable[[Session], object]):
+        """Write ``images``, then ``build`` the records in one transaction; on any failure the
+        files this call created are removed again (write, commit, clean up)."""
+        created = self._write_images(images if self.store_images else {})
+        try:
+            with self.session.begin() as s:
+                record = build(s)
+            return record
+        except BaseException as exc:
+            self._remove_unused(created)
+            if _is_disk_full(exc):
+                raise StorageFull("the server's disk is full: nothing was stored") from None
+            raise
+
+    def add_upload(
+        self, predictions: list[dict], images: dict[str, bytes], rejected: list[dict] = ()
+    ) -> Upload:
+        """One upload, its predictions and their image files, stored together."""
+
+        def build(s: Session) -> Upload:
+            upload = Upload(
+                predictions=[
+                    PredictionRecord(**p, image_stored=self.store_images) for p in predictions
+                ],
+                rejected=list(rejected),
+            )
             s.add(upload)
-        return self.get_upload(upload.id)
+            s.flush()
+            if self.store_images:
+                s.add_all(
+                    ImageRef(image_sha256=p.image_sha256, record_type="prediction", record_id=p.id)
+                    for p in upload.predictions
+                )
+            return upload
 
+        return self.get_upload(self._store(images, build).id)
+
+    def add_smear(
+        self,
+        fields: list[dict],
+        images: dict[str, bytes],
+        differential: dict,
+        model_name: str,
+        model_version: str,
+        rejected: list[dict] = (),
+    ) -> SmearAnalysis:
+        """One smear analysis and its field images, stored together."""
+
+        def build(s: Session) -> SmearAnalysis:
+            for f in fields:
+                f["image_stored"] = self.store_images
+            record = SmearAnalysis(
+                fields=fields,
+                differential=differential,
+                model_name=model_name,
+                model_version=model_version,
+                rejected=list(rejected),
+            )
+            s.add(record)
+            s.flush()
+            if self.store_images:
+                s.add_all(
+                    ImageRef(image_sha256=sha, record_type="smear", record_id=record.id)
+                    for sha in dict.fromkeys(f["image_sha256"] for f in fields)
+                )
+            return record
+
+        return self._store(images, build)
+
+    # ---------------------------------------------------------------- reading records
     def get_upload(self, upload_id: int) -> Upload | None:
         with self.session() as s:
             return s.get(Upload, upload_id, options=[selectinload(Upload.predictions)])
@@ -103,44 +248,155 @@ class Storage:
         query = select(PredictionRecord)
         if label:
             query = query.where(PredictionRecord.label == label)
-        with self.session() as s:
-            total = s.scalar(select(func.count()).select_from(query.subquery()))
-            rows = s.scalars(query.order_by(PredictionRecord.id.desc()).limit(limit).offset(offset))
-            return list(rows), int(total or 0)
-
-    def delete_prediction(self, prediction_id: int) -> bool:
-        """Delete a record; its image goes too unless another record shows the same image."""
-        with self.session.begin() as s:
-            record = s.get(PredictionRecord, prediction_id)
-            if record is None:
-                return False
-            sha, upload_id = record.image_sha256, record.upload_id
-            s.delete(record)
-            s.flush()
-            still_used = s.scalar(select(func.count()).where(PredictionRecord.image_sha256 == sha))
-            if not s.scalar(select(func.count()).where(PredictionRecord.upload_id == upload_id)):
-                s.delete(s.get(Upload, upload_id))
-        if not still_used:
-            for path in (
-                self._image_path(sha),
-                *(self.data_dir / "heatmap" / sha[:2]).glob(f"{sha}-*.png"),
-            ):
-                path.unlink(missing_ok=True)
-        return True
-
-    def add_smear(
-        self, fields: list[dict], differential: dict, model_name: str, model_version: str
-    ) -> SmearAnalysis:
-        with self.session.begin() as s:
-            record = SmearAnalysis(
-                fields=fields,
-                differential=differential,
-                model_name=model_name,
-                model_version=model_version,
-            )
-            s.add(record)
-        return record
+        return self._page(query, PredictionRecord.id, limit, offset)
 
     def get_smear(self, smear_id: int) -> SmearAnalysis | None:
         with self.session() as s:
             return s.get(SmearAnalysis, smear_id)
+
+    def list_smears(self, limit: int = 20, offset: int = 0) -> tuple[list[SmearAnalysis], int]:
+        return self._page(select(SmearAnalysis), SmearAnalysis.id, limit, offset)
+
+    def _page(self, query, order, limit: int, offset: int):
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery()))
+            rows = s.scalars(query.order_by(order.desc()).limit(limit).offset(offset))
+            return list(rows), int(total or 0)
+
+    # ---------------------------------------------------------------- deleting records
+    def delete_prediction(self, prediction_id: int) -> bool:
+        """Delete a record (and its upload if it was the last); its image goes with its last use."""
+
+        def remove(s: Session):
+            record = s.get(PredictionRecord, prediction_id)
+            if record is None:
+                return None
+            upload_id = record.upload_id
+            s.delete(record)
+            s.flush()
+            if not s.scalar(select(func.count()).where(PredictionRecord.upload_id == upload_id)):
+                s.delete(s.get(Upload, upload_id))
+            return record.image_sha256
+
+        return self._delete("prediction", prediction_id, remove)
+
+    def delete_smear(self, smear_id: int) -> bool:
+        """Delete a smear analysis; its field images go with their last use."""
+
+        def remove(s: Session):
+            record = s.get(SmearAnalysis, smear_id)
+            if record is None:
+                return None
+            s.delete(record)
+            return True
+
+        return self._delete("smear", smear_id, remove)
+
+    def _delete(
+        self, record_type: str, record_id: int, remove: Callable[[Session], object]
+    ) -> bool:
+        refs = select(ImageRef.image_sha256).where(
+            ImageRef.record_type == record_type, ImageRef.record_id == record_id
+        )
+        for attempt in (1, 2):
+            try:
+                with self.session.begin() as s:
+                    shas = list(s.scalars(refs))
+                    if remove(s) is None:
+                        return False
+                    s.execute(
+                        delete(ImageRef).where(
+                            ImageRef.record_type == record_type, ImageRef.record_id == record_id
+                        )
+                    )
+                break
+            except OperationalError as exc:
+                if attempt == 2 or not _is_disk_full(exc):
+                    raise
+                # a full disk: free this record's images no other record uses, then retry,
+                # so that deleting is how space is won back
+                self._remove_images_only_used_by(record_type, record_id)
+        self._remove_unused(shas)
+        return True
+
+    def _remove_images_only_used_by(self, record_type: str, record_id: int) -> None:
+        with self.session() as s:
+            mine = set(
+                s.scalars(
+                    select(ImageRef.image_sha256).where(
+                        ImageRef.record_type == record_type, ImageRef.record_id == record_id
+                    )
+                )
+            )
+            shared = set(
+                s.scalars(
+                    select(ImageRef.image_sha256).where(
+                        ImageRef.image_sha256.in_(mine),
+                        (ImageRef.record_type != record_type) | (ImageRef.record_id != record_id),
+                    )
+                )
+            )
+        for sha in mine - shared:
+            self._image_path(sha).unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- consistency
+    def check(self, repair: bool = False, grace_seconds: float = 600) -> StorageReport:
+        """Find image files no record uses (older than ``grace_seconds``: a request may be
+        writing one now), images records use that are missing, and temporary files left by an
+        interrupted write; with ``repair``, delete the first and last and mark the missing
+        images as not stored."""
+        report = StorageReport()
+        with self.session() as s:
+            used = set(s.scalars(select(ImageRef.image_sha256).distinct()))
+        now = time.time()
+        on_disk = set()
+        for path in (self.data_dir / "images").glob("*/*"):
+            if path.name.endswith(".tmp"):
+                report.temporary_files.append(str(path))
+            elif now - path.stat().st_mtime >= grace_seconds:
+                on_disk.add(path.name)
+                if path.name not in used:
+                    report.orphan_files.append(path.name)
+            else:
+                on_disk.add(path.name)
+        report.missing_files = sorted(used - on_disk)
+        if repair:
+            self._repair(report)
+        return report
+
+    def _repair(self, report: StorageReport) -> None:
+        self._remove_unused(report.orphan_files)
+        for tmp in report.temporary_files:
+            Path(tmp).unlink(missing_ok=True)
+        if report.missing_files:
+            with self.session.begin() as s:
+                s.execute(delete(ImageRef).where(ImageRef.image_sha256.in_(report.missing_files)))
+                for record in s.scalars(
+                    select(PredictionRecord).where(
+                        PredictionRecord.image_sha256.in_(report.missing_files)
+                    )
+                ):
+                    record.image_stored = False
+        report.repaired = True
+
+
+def _engine(url: str):
+    sqlite = url.startswith("sqlite")
+    engine = create_engine(
+        url,
+        # pre-ping: the first request after a database restart reconnects instead of failing
+        pool_pre_ping=True,
+        connect_args={"timeout": 30, "check_same_thread": False} if sqlite else {},
+    )
+    if sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            # WAL: readers never block the writer, and a crash mid-write loses no committed row
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return engine
