@@ -36,7 +36,7 @@ def main() -> None:
         if kind not in WBC_TYPES:
             continue
         picture = Image.open(image).convert("RGB")
-        boxes, _, _ = locate_cells(np.asarray(picture))
+        boxes = locate_cells(np.asarray(picture)).white_cells
         truth = annotation(args.data, image)["WBC"]
         for i, _ in match(boxes, truth):
             folder = args.out / kind

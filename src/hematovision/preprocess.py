@@ -100,14 +100,18 @@ def _load_checked(opened: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(opened)  # always a copy, valid after the file is closed
 
 
-def to_rgb(image: ImageInput) -> Image.Image:
+def to_rgb(image: ImageInput, max_side: int | None = None) -> Image.Image:
     """Decode ``image`` (path, bytes, PIL image or array) into an 8-bit RGB PIL image.
 
     EXIF orientation is honoured; 16-bit and float images are rescaled, not clipped.
+    ``max_side``: large images are decoded reduced (JPEG at a smaller scale, others reduced by
+    an integer factor) to at most about twice that side, so memory follows what is needed.
     Raises HematoVisionError when the input is not a decodable image or is too small.
     """
     name = str(image) if isinstance(image, (str, Path)) else "image"
-    img = _as_rgb(_open(image, name))
+    img = _as_rgb(_open(image, name, max_side))
+    if max_side and max(img.size) >= 2 * max_side:
+        img = img.reduce(max(img.size) // max_side)
     if min(img.size) < MIN_IMAGE_SIDE:
         raise UnreadableImage(
             f"{name}: too small ({img.size[0]}x{img.size[1]} px; "
@@ -116,12 +120,14 @@ def to_rgb(image: ImageInput) -> Image.Image:
     return img
 
 
-def _open(image: ImageInput, name: str) -> Image.Image:
+def _open(image: ImageInput, name: str, max_side: int | None = None) -> Image.Image:
     """Any input as a decoded PIL image, upright; decoding errors as HematoVisionErrors."""
     try:
         if isinstance(image, (str, Path, bytes)):
             source = io.BytesIO(image) if isinstance(image, bytes) else image
             with Image.open(source) as opened:
+                if max_side:  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, never below max_side
+                    opened.draft("RGB", (max_side, max_side))
                 return _load_checked(opened)
         if isinstance(image, Image.Image):
             return image
@@ -156,6 +162,22 @@ def _as_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         return _flatten_alpha(img)
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image as it is shown (EXIF orientation applied), read
+    from its header alone: nothing is decoded. Raises HematoVisionError if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+            orientation = opened.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(
+            f"image: more than {Image.MAX_IMAGE_PIXELS:,} pixels, too large to decode safely"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableImage(f"image: not a readable image ({exc})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

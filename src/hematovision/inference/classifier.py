@@ -121,12 +121,15 @@ class Classifier:
         heatmaps: bool = False,
         batch_size: int = 32,
         errors: str = "raise",
+        max_side: int | None = None,
     ) -> list[Prediction]:
         """Classify paths, bytes, PIL images or arrays; one Prediction per image, in order.
 
         ``errors="raise"`` raises HematoVisionError naming the first image that cannot be
-        read; ``errors="report"`` returns a failed Prediction (with ``error``) in its place."""
-        return list(self.iter_predict(images, heatmaps, batch_size, errors))
+        read; ``errors="report"`` returns a failed Prediction (with ``error``) in its place.
+        ``max_side``: decode large files reduced (see ``preprocess.to_rgb``); heatmaps then
+        have the reduced size."""
+        return list(self.iter_predict(images, heatmaps, batch_size, errors, max_side))
 
     def iter_predict(
         self,
@@ -134,6 +137,7 @@ class Classifier:
         heatmaps: bool = False,
         batch_size: int = 32,
         errors: str = "raise",
+        max_side: int | None = None,
     ) -> Iterator[Prediction]:
         """``predict``, one batch at a time: memory stays bounded however many images."""
         if errors not in ("raise", "report"):
@@ -141,15 +145,17 @@ class Classifier:
         if not isinstance(images, (list, tuple)):
             images = [images]
         for start in range(0, len(images), batch_size):
-            chunk = [self._decode(im, errors) for im in images[start : start + batch_size]]
+            chunk = [
+                self._decode(im, errors, max_side) for im in images[start : start + batch_size]
+            ]
             pictures = [p for p in chunk if isinstance(p, Image.Image)]
             done = iter(self._classify(pictures, heatmaps) if pictures else [])
             yield from (next(done) if isinstance(p, Image.Image) else p for p in chunk)
 
     @staticmethod
-    def _decode(image: ImageInput, errors: str) -> Image.Image | Prediction:
+    def _decode(image: ImageInput, errors: str, max_side: int | None) -> Image.Image | Prediction:
         try:
-            return to_rgb(image)
+            return to_rgb(image, max_side)
         except HematoVisionError as exc:
             if errors == "raise":
                 raise
