@@ -80,3 +80,29 @@ def synth_run(synth_dir, tmp_path_factory) -> Path:
         seed=0,
         show_progress=False,
     )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    """None (SQLite in the data folder, the default) or a fresh, empty PostgreSQL database on
+    the server named by HEMATOVISION_TEST_POSTGRES_URL (scripts/test_postgres.sh; .ci/run)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    base = os.environ.get("HEMATOVISION_TEST_POSTGRES_URL")
+    require(
+        bool(base), "PostgreSQL: export HEMATOVISION_TEST_POSTGRES_URL=$(scripts/test_postgres.sh)"
+    )
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    name = f"hv_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

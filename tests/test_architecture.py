@@ -15,14 +15,14 @@ ALLOWED = {
     "data": {"preprocess"},
     "evaluation": set(),
     "differential": set(),
-    "tables": set(),
+    "tables": {"differential"},
     "models": {"artifact", "preprocess"},
     "training": {"artifact", "data", "evaluation", "models", "preprocess"},
     "export": {"artifact", "data", "evaluation", "models", "preprocess"},
     "inference": {"artifact", "preprocess"},
-    "smear": {"data", "inference", "preprocess"},
+    "smear": {"data", "differential", "inference", "preprocess"},
     "storage": set(),
-    "web": {"differential", "inference", "preprocess", "smear", "storage", "tables"},
+    "web": {"artifact", "differential", "inference", "preprocess", "smear", "storage", "tables"},
 }
 
 

@@ -94,3 +94,44 @@ def test_console_script_module_entry_point():
         [sys.executable, "-m", "hematovision", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("hematovision ")
+
+
+def _run(*args, cwd=None):
+    """The command as the README shows it, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "hematovision", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_predict_a_missing_file_is_one_line_and_exit_2():
+    result = _run("predict", "/nonexistent/x.jpg")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["error: /nonexistent/x.jpg: file not found"]
+
+
+def test_predict_when_nothing_is_readable_is_one_line_and_exit_2(tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_text("not a picture")
+    result = _run("predict", str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and result.stdout == "" and len(lines) == 1
+    assert lines[0].startswith("error: none of the 2 images could be read")
+
+
+def test_smear_on_a_text_file_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "notes.jpg").write_text("meeting notes")
+    result = _run("smear", str(tmp_path / "notes.jpg"))
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "notes.jpg" in lines[0]
+
+
+def test_predict_table_counts_the_differential_under_the_lab_rule():
+    from hematovision.inference import DEFAULT_MODEL
+
+    samples = sorted((DEFAULT_MODEL.parent / "samples").glob("*.jpg"))
+    picked = [str(p) for p in samples if p.name.startswith(("basophil", "erythroblast"))]
+    result = _run("-q", "predict", *picked)
+    assert result.returncode == 0
+    assert "differential over 3 white cell(s)" in result.stdout
+    assert "nucleated red cells: 3 (100.0 per 100 white cells)" in result.stdout

@@ -1,4 +1,6 @@
-"""The real server (`hematovision serve`, gunicorn workers) and a real browser against it."""
+"""The real server, started as users start it (`make run`, `hematovision serve`: gunicorn
+workers), a real browser against it, and what the server must survive: kill -9, SIGTERM, slow
+clients, malformed requests, a busy port and a full disk."""
 
 import contextlib
 import json
@@ -9,14 +11,28 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from hematovision.differential import display_name
 from hematovision.inference import DEFAULT_MODEL
 
+from conftest import BCCD, require
+
+ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((DEFAULT_MODEL.parent / "samples").glob("*.jpg"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -38,55 +54,76 @@ def _multipart(paths) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
 
 
+def request(base: str, path: str, method="GET", paths=(), timeout=60):
+    """(status, body: parsed when JSON) of a request; error statuses are answers, not exceptions."""
+    data, headers = None, {}
+    if paths:
+        data, boundary = _multipart(paths)
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, _body(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, _body(exc)
+
+
+def _body(response):
+    data = response.read()
+    if "json" in (response.headers.get("Content-Type") or "") and data:
+        return json.loads(data)
+    return data
+
+
 def post(base: str, paths, timeout=60):
-    body, boundary = _multipart(paths)
-    request = urllib.request.Request(
-        f"{base}/api/v1/predictions",
-        data=body,
-        method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.status, json.loads(response.read())
+    return request(base, "/api/v1/predictions", "POST", paths, timeout)
 
 
 def get_json(base: str, path: str):
-    with urllib.request.urlopen(base + path, timeout=30) as response:
-        return json.loads(response.read())
+    return request(base, path)[1]
+
+
+def wait_until_up(base: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with contextlib.suppress(OSError):
+            request(base, "/healthz", timeout=5)
+            return
+        if process.poll() is not None:
+            raise RuntimeError(log.read_text())
+        time.sleep(0.3)
+    raise RuntimeError("server did not start")
 
 
 class Server:
-    def __init__(self, data_dir: Path, workers: int = 2):
+    """``hematovision serve`` in its own process group, its stderr kept in a log file."""
+
+    def __init__(self, data_dir: Path, workers: int = 2, env: dict | None = None):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hematovision",
-                "-q",
-                "serve",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-                "--data-dir",
-                str(data_dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if get_json(self.base, "/healthz")["status"] == "ok":
-                    return
-            except OSError:
-                time.sleep(0.3)
-            if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())
-        raise RuntimeError("server did not start")
+        self.log = Path(str(data_dir) + ".log")
+        command = [
+            sys.executable,
+            "-m",
+            "hematovision",
+            "-q",
+            "serve",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+            "--data-dir",
+            str(data_dir),
+        ]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        wait_until_up(self.base, self.process, self.log)
 
     def kill(self):
         os.killpg(self.process.pid, signal.SIGKILL)  # master and workers, no clean shutdown
@@ -100,9 +137,19 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("served"))
+    s = Server(tmp_path_factory.mktemp("served") / "data")
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
 
 
 def test_serve_answers_on_the_bundled_model(server):
@@ -114,7 +161,7 @@ def test_serve_answers_on_the_bundled_model(server):
     assert get_json(server.base, "/api/v1/model")["classes"][0] == "basophil"
 
 
-def test_a_kill_mid_request_loses_no_earlier_record(tmp_path):
+def test_a_kill_mid_request_loses_nothing_and_storage_check_repairs_the_rest(tmp_path):
     server = Server(tmp_path / "data", workers=1)
     try:
         stored = [post(server.base, [p])[1]["predictions"][0]["id"] for p in SAMPLES[:4]]
@@ -125,12 +172,29 @@ def test_a_kill_mid_request_loses_no_earlier_record(tmp_path):
         in_flight.join()
     finally:
         server.stop()
+    check = [
+        sys.executable,
+        "-m",
+        "hematovision",
+        "-q",
+        "storage",
+        "check",
+        "--json",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--grace",
+        "0",
+    ]
+    subprocess.run([*check, "--repair"], check=True, capture_output=True)
+    report = json.loads(subprocess.run(check, capture_output=True, text=True).stdout)
+    assert report["ok"], report  # no orphan, no missing image, no temporary file left
     again = Server(tmp_path / "data", workers=1)
     try:
         listed = get_json(again.base, "/api/v1/predictions?limit=200")
-        ids = {p["id"] for p in listed["predictions"]}
-        assert set(stored) <= ids
+        assert set(stored) <= {p["id"] for p in listed["predictions"]}
         assert listed["total"] in (4, 20)  # the killed batch is all there or not at all
+        for p in listed["predictions"]:
+            assert request(again.base, f"/images/{p['image_sha256']}")[0] != 404
         assert post(again.base, [SAMPLES[0]])[0] == 201
     finally:
         again.stop()
@@ -145,41 +209,283 @@ def _swallow(fn, *args):
         fn(*args)
 
 
-def test_browser_uploads_a_sample_and_sees_class_and_heatmap(server, tmp_path, chromium):
-    from playwright.sync_api import sync_playwright
+def test_sigterm_stops_every_worker_cleanly(tmp_path):
+    """Round 1: both workers died of SIGABRT (an ONNX Runtime session made before the fork)."""
+    server = Server(tmp_path / "data")
+    assert post(server.base, SAMPLES[:2])[0] == 201
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    log = server.log.read_text()
+    assert "Shutting down: Master" in log
+    assert "SIGABRT" not in log and "terminate called" not in log and "Traceback" not in log
 
-    sample = SAMPLES[9]
-    expected = sample.name.rsplit("_", 2)[0]
+
+def test_a_busy_port_is_one_clear_line_before_anything_starts(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hematovision",
+                "-q",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "d"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert "serving on" not in result.stdout + result.stderr
+
+
+def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_requests_the_parser_refuses_get_the_json_error_shape(server):
+    for data, status in (
+        (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n", b"431"),
+    ):
+        answer = _raw(server.port, data)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == status and b"application/json" in head
+        assert json.loads(body)["error"]["message"]
+
+
+def test_slow_clients_cannot_take_the_service_down(tmp_path):
+    """Two connections sending a body a byte a second (round 1: /healthz timed out)."""
+    server = Server(tmp_path / "data", env={"HEMATOVISION_REQUEST_TIMEOUT": "4"})
+    answers = []
+
+    def slow_client():
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(
+                b"POST /api/v1/predictions HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):
+                for _ in range(12):
+                    s.sendall(b"x")
+                    time.sleep(1)
+            with contextlib.suppress(OSError):
+                answers.append(s.recv(65536))
+
+    try:
+        clients = [threading.Thread(target=slow_client) for _ in range(2)]
+        for c in clients:
+            c.start()
+        time.sleep(1)
+        for _ in range(5):
+            start = time.perf_counter()
+            assert request(server.base, "/healthz", timeout=5)[0] == 200
+            assert time.perf_counter() - start < 1.0
+            time.sleep(0.5)
+        for c in clients:
+            c.join()
+    finally:
+        server.stop()
+    assert len(answers) == 2 and all(a.startswith(b"HTTP/1.1 408") for a in answers), answers
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 6 MB file system (tmpfs) for the data folder; needs root (as CI has)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True
+    )
+    require(done.returncode == 0, "mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_answers_507_keeps_what_is_stored_and_delete_frees_space(small_disk):
+    server = Server(small_disk / "data", env={"HEMATOVISION_MIN_FREE_MB": "1"})
+    try:
+        first = post(server.base, SAMPLES[:3])[1]["predictions"]
+        filler = small_disk / "filler"
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        filler.write_bytes(b"\0" * (free - 150_000))  # leave room for a few images
+        statuses = [post(server.base, [SAMPLES[i % len(SAMPLES)]])[0] for i in range(3, 24)]
+        assert 507 in statuses and 500 not in statuses
+        status, body = post(server.base, SAMPLES[5:10])
+        assert status == 507 and body["error"]["code"] == "insufficient_storage"
+        assert "disk is full" in body["error"]["message"]
+        assert not list((small_disk / "data").rglob("*.tmp"))  # no partial file left behind
+        health = request(server.base, "/healthz")
+        assert health[0] == 503 and health[1]["disk"]["status"] == "low"
+        for p in first:  # earlier records are all still there
+            assert get_json(server.base, f"/api/v1/predictions/{p['id']}")["id"] == p["id"]
+        victim = get_json(server.base, "/api/v1/predictions?limit=1")["predictions"][0]["id"]
+        assert request(server.base, f"/api/v1/predictions/{victim}", "DELETE")[0] == 204
+        filler.unlink()
+        assert post(server.base, [SAMPLES[20]])[0] == 201
+        assert request(server.base, "/healthz")[0] == 200
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- as `make run` starts it
+@pytest.fixture(scope="module")
+def make_run():
+    """`make run` from the repository root with its default settings (data in
+    ./hematovision-data); the records the tests make are deleted again at the end."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = ROOT / ".pytest-make-run.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "run", f"PORT={port}"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        wait_until_up(base, process, log, seconds=300)  # make may install the web extra first
+        yield base
+    finally:
+        _delete_created(base)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+        log.unlink(missing_ok=True)
+
+
+CREATED = {"predictions": set(), "smears": set()}
+
+
+def _delete_created(base: str) -> None:
+    for kind, ids in CREATED.items():
+        for record_id in ids:
+            with contextlib.suppress(OSError):
+                request(base, f"/api/v1/{kind}/{record_id}", "DELETE")
+
+
+def _remember(base: str) -> None:
+    """Everything the default data folder has now that a test may have made."""
+    for kind in CREATED:
+        listed = get_json(base, f"/api/v1/{kind}?limit=50")
+        CREATED[kind] |= {r["id"] for r in listed[kind]}
+
+
+def _wait_for(page, expression: str, seconds: float = 15):
+    """Poll a JavaScript expression until it is truthy (``page.wait_for_function`` evaluates a
+    string, which the pages' Content-Security-Policy rightly forbids)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if value := page.evaluate(expression):
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {expression}")
+
+
+IMAGES_SETTLED = "[...document.images].every(i => !i.getAttribute('src') || i.complete)"
+BROKEN_IMAGES = (
+    "[...document.images].filter(i => i.getAttribute('src') && !(i.complete && i.naturalWidth > 0))"
+    ".map(i => i.src)"
+)
+
+
+def _assert_every_image_loads(page) -> int:
+    page.wait_for_load_state("load")
+    _wait_for(page, IMAGES_SETTLED)
+    assert page.evaluate(BROKEN_IMAGES) == []
+    return page.evaluate("document.images.length")
+
+
+def test_every_image_of_a_result_page_loads_under_make_run(make_run, browser, tmp_path):
+    """Round 1: under the default `make run` every /images/... answered 500."""
+    page = browser.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(make_run + "/")
+    page.set_input_files("#file-input", [str(SAMPLES[9]), str(SAMPLES[0])])
+    page.click("#submit")
+    page.wait_for_url("**/results/*")
+    _remember(make_run)
+    assert _assert_every_image_loads(page) == 2  # the batch's thumbnails
+    page.goto(make_run + "/")
+    page.set_input_files("#file-input", str(SAMPLES[9]))
+    assert page.locator("#preview img").count() == 1  # previewed before sending
+    page.click("#submit")
+    page.wait_for_url("**/results/*")
+    _remember(make_run)
+    assert page.locator(".prediction .label").first.inner_text() == display_name("ig")
+    page.click(".toggle-heatmap")
+    _wait_for(page, "document.querySelector('.heatmap-image').naturalWidth > 0")
+    assert page.locator(".heatmap-image").first.is_visible()
+    assert not page.locator(".cell-image").first.is_visible()
+    assert _assert_every_image_loads(page) == 2  # the cell and its heatmap
+    assert page.evaluate("document.querySelector('.progress-bar.bg-success').style.width") != ""
     shots = Path(os.environ.get("HEMATOVISION_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        page = browser.new_page()
-        errors = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(server.base + "/")
-        page.set_input_files("#file-input", str(sample))
-        assert page.locator("#preview img").count() == 1  # previewed before sending
-        page.click("#submit")
-        page.wait_for_url("**/results/*")
-        assert page.locator(".prediction .label").first.inner_text() == expected
-        page.click(".toggle-heatmap")
-        heat = page.locator(".heatmap-image").first
-        assert heat.is_visible()
-        assert page.evaluate("document.querySelector('.heatmap-image').naturalWidth") > 0
-        assert page.evaluate("document.querySelector('.progress-bar.bg-success').style.width") != ""
-        page.screenshot(path=str(shots / "result-page.png"), full_page=True)
-        browser.close()
+    page.screenshot(path=str(shots / "result-page.png"), full_page=True)
     assert (shots / "result-page.png").stat().st_size > 10_000
+    for path in ("/history", "/model", "/"):
+        page.goto(make_run + path)
+        assert _assert_every_image_loads(page) >= 1, path
+    page.close()
     assert not [e for e in errors if "Content Security Policy" in e]
+
+
+def test_every_image_of_a_smear_result_page_loads_under_make_run(make_run, browser, bccd_dir):
+    field = sorted((BCCD / "JPEGImages").glob("*.jpg"))[1]
+    page = browser.new_page()
+    page.goto(make_run + "/")
+    page.set_input_files("#smear-input", str(field))
+    page.click("#smear-submit")
+    page.wait_for_url("**/smears/*")
+    _remember(make_run)
+    assert _assert_every_image_loads(page) == 1
+    plain = page.evaluate("document.querySelector('img.annotated').src")
+    page.check(".toggle-marks")
+    _wait_for(page, "document.querySelector('img.annotated').src.endsWith('marks=1')")
+    assert _assert_every_image_loads(page) == 1 and plain.endswith("annotated.png")
+    page.goto(make_run + "/history?kind=smears")
+    assert page.locator("#smear-history a").count() >= 1
+    page.close()
+
+
+def test_pages_fit_a_phone_and_deleting_asks_first(make_run, browser):
+    phone = browser.new_context(viewport={"width": 390, "height": 844})
+    page = phone.new_page()
+    status, body = post(make_run, [SAMPLES[0], SAMPLES[3]])
+    _remember(make_run)
+    for path in (
+        "/",
+        "/history",
+        "/history?kind=smears",
+        "/model",
+        f"/results/{body['upload_id']}",
+    ):
+        page.goto(make_run + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+    page.goto(make_run + "/history")
+    rows = page.locator("#history tbody tr").count()
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.locator("#history button.btn-outline-danger").first.click()
+    page.wait_for_timeout(300)
+    assert page.locator("#history tbody tr").count() == rows  # dismissed: nothing deleted
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#history button.btn-outline-danger").first.click()
+    page.wait_for_url("**/history*")
+    assert page.locator("#history tbody tr").count() <= rows
+    phone.close()

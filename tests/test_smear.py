@@ -1,5 +1,6 @@
 """Smear fields: white-cell detection on real BCCD fields, counts, annotation, bad input."""
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -10,9 +11,8 @@ from PIL import Image
 
 from hematovision.cli import main
 from hematovision.data.bccd import match, voc_boxes
-from hematovision.differential import count_differential
 from hematovision.errors import HematoVisionError
-from hematovision.smear import analyze_smear, annotate, cell_labels, locate_cells
+from hematovision.smear import analyze_smear, annotate, field_differential, locate_cells
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def test_white_cells_are_found_on_real_fields(bccd):
     tp = fp = fn = 0
     for image in _fields(bccd):
         truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
-        boxes, red, platelets = locate_cells(np.asarray(Image.open(image).convert("RGB")))
+        found = locate_cells(np.asarray(Image.open(image).convert("RGB")))
+        boxes, red, platelets = found.white_cells, len(found.red_cells), len(found.platelets)
         pairs = match(boxes, truth)
         tp, fp, fn = tp + len(pairs), fp + len(boxes) - len(pairs), fn + len(truth) - len(pairs)
         assert red > 0 and platelets >= 0
@@ -44,10 +45,12 @@ def test_analysis_shape_counts_and_annotation(bccd):
         x1, y1, x2, y2 = cell.box
         assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
         assert cell.label and 0 <= cell.confidence <= 1
-    diff = count_differential(cell_labels([result, result]))
-    assert sum(d["count"] for d in diff.values()) == 2 * len(result.white_cells)
-    assert sum(d["percent"] for d in diff.values()) == pytest.approx(100, abs=0.5)
-    drawn = np.asarray(annotate(image, result)).astype(int)
+    diff = field_differential([result.to_dict(), result.to_dict()])
+    classified = diff.counted + diff.to_review + diff.nucleated_red_cells
+    assert classified + diff.platelets - 2 * result.platelets == 2 * len(result.white_cells)
+    if diff.counted:
+        assert sum(diff.percent(c) for c in diff.white_cells) == pytest.approx(100, abs=0.5)
+    drawn = np.asarray(annotate(image, result.to_dict())).astype(int)
     original = np.asarray(Image.open(image).convert("RGB")).astype(int)
     x1, y1, x2, y2 = result.white_cells[0].box
     assert drawn.shape == original.shape
@@ -100,7 +103,11 @@ def test_smear_cli_json_and_exit_code(bccd, tmp_path, capsys):
     assert [f["path"] for f in body["fields"]] == [str(Path(f).resolve()) for f in fields]
     cells = [c for f in body["fields"] for c in f["white_cells"]]
     assert cells and all(len(c["box"]) == 4 and c["label"] for c in cells)
-    assert sum(d["count"] for d in body["differential"].values()) == len(cells)
+    d = body["differential"]
+    platelets_classified = d["platelets"] - sum(f["platelets"] for f in body["fields"])
+    assert d["white_cells_counted"] + d["to_review"] + d["nucleated_red_cells"][
+        "count"
+    ] + platelets_classified == len(cells)
     assert len(list((tmp_path / "ann").glob("*_annotated.png"))) == 2
 
 
@@ -156,6 +163,27 @@ def test_cell_size_adapts_the_detector_to_another_magnification(bccd):
     truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
     assert SmearParams.for_cell_size(200) == SmearParams()
     half = Image.open(image).convert("RGB").resize((320, 240), Image.BILINEAR)
-    boxes, _, _ = locate_cells(np.asarray(half), SmearParams.for_cell_size(100))
+    boxes = locate_cells(np.asarray(half), SmearParams.for_cell_size(100)).white_cells
     scaled_truth = [[v / 2 for v in box] for box in truth]
     assert len(match(boxes, scaled_truth)) == len(truth)
+
+
+def test_smear_out_writes_one_csv_per_table(bccd, tmp_path, capsys):
+    fields = [str(p) for p in _fields(bccd, 2)]
+    out = tmp_path / "out"
+    assert main(["-q", "smear", *fields, "--format", "csv", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "\r\n\r\n" not in stdout and stdout.splitlines()[0].startswith("field,cell,x1")
+    with open(out / "cells.csv") as fh:
+        cells = list(csv.DictReader(fh))
+    assert {c["field"] for c in cells} == set(fields)
+    assert all(c["field_red_cells"].isdigit() and c["field_platelets"].isdigit() for c in cells)
+    for field in fields:
+        numbers = [c["cell"] for c in cells if c["field"] == field]
+        assert numbers in ([""], [str(n) for n in range(1, len(numbers) + 1)])
+    with open(out / "differential.csv") as fh:
+        rows = {r["class"]: r for r in csv.DictReader(fh)}
+    assert {"neutrophil", "white cells counted", "platelets", "to review (not counted)"} <= set(
+        rows
+    )
+    assert len(list(out.glob("*_annotated.png"))) == 2

@@ -20,10 +20,11 @@ def classifier():
 
 
 @pytest.fixture
-def app(tmp_path, classifier):
-    app = create_app(
-        WebSettings(data_dir=str(tmp_path / "data"), max_upload_mb=2), classifier=classifier
+def app(tmp_path, classifier, database_url):
+    settings = WebSettings(
+        data_dir=str(tmp_path / "data"), max_upload_mb=2, database_url=database_url
     )
+    app = create_app(settings, classifier=classifier)
     app.config["TESTING"] = True
     return app
 
@@ -102,10 +103,23 @@ def test_bad_uploads_are_json_errors_and_store_nothing(client, files, status, co
     assert client.get("/api/v1/predictions").get_json()["total"] == 0
 
 
-def test_a_bad_file_in_a_batch_rejects_the_whole_batch(client):
-    r = _post(client, [_sample(0), ("x.jpg", b"nope")])
-    assert r.status_code == 415
-    assert client.get("/api/v1/predictions").get_json()["total"] == 0
+def test_a_bad_file_in_a_batch_is_listed_and_the_good_ones_classified(client):
+    """10 good images and a text file: the 10 are classified, the text file is listed (issue 9)."""
+    good = [_sample(i) for i in range(0, 20, 2)]
+    r = _post(client, [*good, ("x.jpg", b"nope")])
+    assert r.status_code == 201
+    body = r.get_json()
+    assert [p["filename"] for p in body["predictions"]] == [n for n, _ in good]
+    assert body["rejected"] == [
+        {
+            "filename": "x.jpg",
+            "code": "unsupported_media_type",
+            "message": "x.jpg: not an image; send JPEG, PNG, GIF, BMP, TIFF or WebP",
+        }
+    ]
+    assert client.get("/api/v1/predictions").get_json()["total"] == 10
+    page = client.get(f"/results/{body['upload_id']}").data.decode()
+    assert 'id="rejected"' in page and "x.jpg: not an image" in page
 
 
 def test_too_large_upload_is_413(client):
@@ -160,11 +174,9 @@ def test_model_health_and_openapi(client):
     model = client.get("/api/v1/model").get_json()
     assert len(model["classes"]) == 8 and model["metrics"]["test"]["accuracy"] >= 0.985
     health = client.get("/healthz").get_json()
-    assert health == {
-        "status": "ok",
-        "database": "ok",
-        "model": {"name": model["name"], "version": model["version"]},
-    }
+    assert health["status"] == "ok" and health["database"] == "ok"
+    assert health["disk"]["status"] == "ok" and health["disk"]["free_mb"] > 0
+    assert health["model"] == {"name": model["name"], "version": model["version"]}
     spec = client.get("/api/v1/openapi.json").get_json()
     validate(spec)
     assert {
@@ -210,7 +222,8 @@ def test_upload_form_needs_csrf_and_shows_the_result(client):
     assert "/heatmap/" in page and "Show heatmap" in page
     sha = re.search(r"/images/([0-9a-f]{64})/heatmap/", page).group(1)
     heat = client.get(re.search(r'src="(/images/[0-9a-f]{64}/heatmap/[^"]+)"', page).group(1))
-    assert heat.status_code == 200 and heat.data.startswith(b"\x89PNG")
+    assert heat.status_code == 200 and heat.headers["Content-Type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(heat.data)).size == Image.open(io.BytesIO(data)).size
     assert client.get(f"/images/{sha}").data == data
 
 
@@ -239,14 +252,13 @@ def test_batch_result_has_differential_and_csv(client):
     upload = r.get_json()["upload_id"]
     page = client.get(f"/results/{upload}").data.decode()
     assert 'id="differential"' in page
-    csv_text = client.get(f"/results/{upload}.csv").data.decode()
-    lines = csv_text.splitlines()
-    assert lines[0].startswith("id,filename,label,confidence,uncertain,")
-    counts = {
-        row.split(",")[0]: int(row.split(",")[1])
-        for row in lines[lines.index("class,count,percent") + 1 :]
-    }
-    assert sum(counts.values()) == 3 and counts[SAMPLES[0].name.rsplit("_", 2)[0]] >= 2
+    lines = client.get(f"/results/{upload}.csv").data.decode().splitlines()
+    assert lines[0].startswith("id,filename,label,confidence,uncertain,") and len(lines) == 4
+    rows = client.get(f"/results/{upload}/differential.csv").data.decode().splitlines()
+    assert rows[0] == "class,count,percent"
+    counts = {row.split(",")[0]: int(row.split(",")[1]) for row in rows[1:]}
+    assert counts["white cells counted"] == 3 and counts[SAMPLES[0].name.rsplit("_", 2)[0]] >= 2
+    assert counts["basophil"] + counts["lymphocyte"] == 3  # the three samples' classes
 
 
 def test_history_pages_filters_and_deletes(client):

@@ -201,135 +201,189 @@ def _inputs_and_folder(patterns: list[str], folder: str | None) -> tuple[list[st
     return paths, out_dir
 
 
+def _report_failures(failures: list[str], total: int) -> None:
+    """Nothing could be read: one line and exit 2; some could not: one line each, then exit 1."""
+    if failures and len(failures) == total:
+        if total == 1:
+            raise HematoVisionError(failures[0])
+        raise HematoVisionError(f"none of the {total} images could be read (first: {failures[0]})")
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
+
+
 def cmd_predict(args) -> int:
-    from .inference import Classifier, heatmap_overlay
-    from .progress import progress_bar
-    from .tables import write_predictions_csv
+    from .inference import Classifier
 
     classifier = Classifier.load(args.model, precision=args.precision)
     paths, heat_dir = _inputs_and_folder(args.paths, args.heatmaps)
-    results, failures = [], 0
-    with progress_bar(
-        "classifying", len(paths), enabled=not args.quiet and len(paths) > args.batch_size
-    ) as bar:
-        for n, (path, pred) in enumerate(
-            zip(
-                paths,
-                classifier.iter_predict(
-                    paths, heatmaps=bool(heat_dir), batch_size=args.batch_size, errors="report"
-                ),
-            )
-        ):
+    results, failures = _classify_paths(classifier, paths, heat_dir, args)
+    _report_failures(failures, len(paths))
+    {
+        "json": _print_predictions_json,
+        "csv": _print_predictions_csv,
+        "table": _print_predictions_table,
+    }[args.format](results, classifier, args)
+    return 1 if failures else 0
+
+
+def _classify_paths(classifier, paths: list[str], heat_dir: Path | None, args):
+    """[(absolute path, Prediction)] and the error of each file that could not be read."""
+    from .inference import heatmap_overlay
+    from .progress import progress_bar
+
+    results, failures = [], []
+    predictions = classifier.iter_predict(
+        paths, heatmaps=bool(heat_dir), batch_size=args.batch_size, errors="report"
+    )
+    enabled = not args.quiet and len(paths) > args.batch_size
+    with progress_bar("classifying", len(paths), enabled=enabled) as bar:
+        for n, (path, pred) in enumerate(zip(paths, predictions)):
             bar.advance()
             if not pred.ok:
-                failures += 1
-                print(f"error: {pred.error}", file=sys.stderr)
+                failures.append(pred.error)
                 continue
             if heat_dir:
-                heatmap_overlay(path, pred.heatmap).save(
-                    heat_dir / f"{n:05d}_{Path(path).stem}_heatmap.png"
-                )
+                name = f"{n:05d}_{Path(path).stem}_heatmap.png"
+                heatmap_overlay(path, pred.heatmap).save(heat_dir / name)
                 pred.heatmap = None  # written: do not keep every map in memory
             results.append((str(Path(path).resolve()), pred))
-    if args.format == "json":
-        print(
-            json.dumps(
-                [
-                    {
-                        "path": p,
-                        **pred.to_dict(),
-                        "top_k": [[c, v] for c, v in pred.top(args.top_k)],
-                    }
-                    for p, pred in results
-                ],
-                indent=1,
-            )
-        )
-    elif args.format == "csv":
-        write_predictions_csv(
-            sys.stdout,
-            ({"path": p, **pred.to_dict()} for p, pred in results),
-            classifier.classes,
-            keys=("path",),
-        )
-    else:
-        table = Table(title=f"{classifier.name} {classifier.version} ({classifier.precision})")
-        for col in ("file", "class", "confidence", f"top {args.top_k}"):
-            table.add_column(col)
-        for p, pred in results:
-            label = f"{pred.label} [yellow](uncertain)[/]" if pred.uncertain else pred.label
-            top = ", ".join(f"{c} {v:.2f}" for c, v in pred.top(args.top_k))
-            table.add_row(p, label, f"{pred.confidence:.3f}", top)
-        out.print(table)
-    return 0 if failures == 0 else 1
+    return results, failures
+
+
+def _print_predictions_json(results, classifier, args) -> None:
+    rows = [
+        {"path": p, **pred.to_dict(), "top_k": [[c, v] for c, v in pred.top(args.top_k)]}
+        for p, pred in results
+    ]
+    print(json.dumps(rows, indent=1))
+
+
+def _print_predictions_csv(results, classifier, args) -> None:
+    from .tables import write_predictions_csv
+
+    records = ({"path": p, **pred.to_dict()} for p, pred in results)
+    write_predictions_csv(sys.stdout, records, classifier.classes, keys=("path",))
+
+
+def _print_predictions_table(results, classifier, args) -> None:
+    from .differential import count_differential, display_name
+
+    table = Table(title=f"{classifier.name} {classifier.version} ({classifier.precision})")
+    for col in ("file", "class", "confidence", f"top {args.top_k}"):
+        table.add_column(col)
+    for p, pred in results:
+        label = display_name(pred.label)
+        label = f"{label} [yellow](to review)[/]" if pred.uncertain else label
+        top = ", ".join(f"{c} {v:.2f}" for c, v in pred.top(args.top_k))
+        table.add_row(p, label, f"{pred.confidence:.3f}", top)
+    out.print(table)
+    if len(results) > 1:
+        cells = ((pred.label, pred.uncertain) for _, pred in results)
+        print_differential(count_differential(cells, classifier.classes))
+
+
+def print_differential(d) -> None:
+    """The differential under the lab's rule (hematovision.differential), as a table."""
+    from .differential import display_name
+
+    table = Table(title=f"differential over {d.counted} white cell(s)")
+    for col in ("white cell", "count", "%"):
+        table.add_column(col, justify="left" if col == "white cell" else "right")
+    for c, n in d.white_cells.items():
+        table.add_row(display_name(c), str(n), f"{d.percent(c):.1f}")
+    out.print(table)
+    nrbc = d.nrbc_per_100_white_cells
+    out.print(
+        f"nucleated red cells: {d.nucleated_red_cells}"
+        + (f" ({nrbc:.1f} per 100 white cells)" if nrbc is not None else "")
+        + f"; platelets: {d.platelets}; to review (not counted): {d.to_review}"
+    )
 
 
 # ---------------------------------------------------------------- smear fields
 def cmd_smear(args) -> int:
-    from .differential import count_differential
-    from .progress import progress_bar
-    from .smear import SmearParams, analyze_smear, annotate, cell_labels, load_smear_classifier
+    from .smear import SmearParams, field_differential, load_smear_classifier
 
     params = SmearParams.for_cell_size(args.cell_size)
     classifier = load_smear_classifier(args.model)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
-    fields, failures = [], 0
+    fields, failures = _analyse_paths(classifier, paths, params, out_dir, args)
+    _report_failures(failures, len(paths))
+    differential = field_differential(fields, classifier.classes)
+    if out_dir:
+        _write_smear_tables(out_dir, fields, differential)
+    {"json": _print_smear_json, "csv": _print_smear_csv, "table": _print_smear_table}[args.format](
+        fields, differential
+    )
+    return 1 if failures else 0
+
+
+def _analyse_paths(classifier, paths, params, out_dir: Path | None, args):
+    """Each readable field as a dict (``SmearField.to_dict``), and the error of each other."""
+    from .progress import progress_bar
+    from .smear import analyze_smear, annotate
+
+    fields, failures = [], []
     with progress_bar(
         "analysing fields", len(paths), enabled=not args.quiet and len(paths) > 1
     ) as bar:
         for n, path in enumerate(paths):
-            try:
-                result = analyze_smear(path, classifier, params)
-            except HematoVisionError as exc:
-                failures += 1
-                print(f"error: {exc}", file=sys.stderr)
-            else:
-                fields.append(result)
-                if out_dir:
-                    annotate(path, result).save(
-                        out_dir / f"{n:05d}_{Path(path).stem}_annotated.png"
-                    )
-                for warning in result.warnings:
-                    print(f"warning: {path}: {warning}", file=sys.stderr)
             bar.advance()
-    diff = count_differential(cell_labels(fields), classifier.classes)
-    {"json": _print_smear_json, "csv": _print_smear_csv, "table": _print_smear_table}[args.format](
-        fields, diff
-    )
-    return 0 if failures == 0 else 1
+            try:
+                field = analyze_smear(path, classifier, params).to_dict()
+            except HematoVisionError as exc:
+                failures.append(str(exc))
+                continue
+            fields.append(field)
+            if out_dir:
+                annotate(path, field).save(out_dir / f"{n:05d}_{Path(path).stem}_annotated.png")
+            for warning in field["warnings"]:
+                print(f"warning: {path}: {warning}", file=sys.stderr)
+    return fields, failures
 
 
-def _print_smear_json(fields, diff) -> None:
-    print(json.dumps({"fields": [f.to_dict() for f in fields], "differential": diff}, indent=1))
+def _write_smear_tables(out_dir: Path, fields, differential) -> None:
+    """--out: one CSV per table, beside the annotated fields."""
+    from .tables import write_differential_csv, write_smear_cells_csv
+
+    with open(out_dir / "cells.csv", "w", newline="") as fh:
+        write_smear_cells_csv(fh, fields)
+    with open(out_dir / "differential.csv", "w", newline="") as fh:
+        write_differential_csv(fh, differential)
 
 
-def _print_smear_csv(fields, diff) -> None:
-    from .tables import write_differential_csv, write_predictions_csv
-
-    cells = (
-        {"path": f.path, **dict(zip(("x1", "y1", "x2", "y2"), c.box)), **c.to_dict()}
-        for f in fields
-        for c in f.white_cells
-    )
-    write_predictions_csv(sys.stdout, cells, [], keys=("path", "x1", "y1", "x2", "y2"))
-    sys.stdout.write("\r\n")
-    write_differential_csv(sys.stdout, diff)
+def _print_smear_json(fields, differential) -> None:
+    body = {"fields": fields, "differential": differential.to_dict()}
+    print(json.dumps(body, indent=1))
 
 
-def _print_smear_table(fields, diff) -> None:
+def _print_smear_csv(fields, differential) -> None:
+    from .tables import write_smear_cells_csv
+
+    write_smear_cells_csv(sys.stdout, fields)  # the differential: --out DIR/differential.csv
+
+
+def _print_smear_table(fields, differential) -> None:
+    from .differential import display_name
+
     table = Table(title=f"{len(fields)} field(s)")
-    for col in ("field", "white cells", "red cells", "platelets"):
+    for col in (
+        "field",
+        "white cells (numbered as on the annotated field)",
+        "red cells",
+        "platelets",
+    ):
         table.add_column(col)
     for f in fields:
-        cells = ", ".join(f"{c.label}{'?' if c.uncertain else ''}" for c in f.white_cells) or "none"
-        table.add_row(Path(f.path).name, cells, str(f.red_cells), str(f.platelets))
+        cells = ", ".join(
+            f"{n}. {display_name(c['label'])}" + (" (to review)" if c["uncertain"] else "")
+            for n, c in enumerate(f["white_cells"], start=1)
+        )
+        table.add_row(
+            Path(f["path"]).name, cells or "none", str(f["red_cells"]), str(f["platelets"])
+        )
     out.print(table)
-    counts = Table(title="differential (white cells)")
-    for col in ("class", "count", "%"):
-        counts.add_column(col, justify="left" if col == "class" else "right")
-    for c, d in diff.items():
-        counts.add_row(c, str(d["count"]), f"{d['percent']:.1f}")
-    out.print(counts)
+    print_differential(differential)
 
 
 # ---------------------------------------------------------------- serve
@@ -345,8 +399,33 @@ def cmd_serve(args) -> int:
         database_url=args.database_url,
         max_upload_mb=args.max_upload_mb,
         store_images=False if args.no_store_images else None,
+        threads=args.threads,
     )
     return 0
+
+
+# ---------------------------------------------------------------- storage
+def cmd_storage_check(args) -> int:
+    from .storage import Storage
+    from .web.config import WebSettings
+
+    settings = WebSettings.from_env(data_dir=args.data_dir, database_url=args.database_url)
+    storage = Storage(settings.database_url, settings.data_dir)
+    storage.migrate()
+    report = storage.check(repair=args.repair, grace_seconds=args.grace)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        found = {
+            "image files no record uses": report.orphan_files,
+            "images records use that are missing": report.missing_files,
+            "temporary files of interrupted writes": report.temporary_files,
+        }
+        for name, items in found.items():
+            out.print(f"{len(items)} {name}" + (": " + ", ".join(items[:5]) if items else ""))
+        verdict = "all consistent" if report.ok else "run with --repair to fix"
+        out.print("repaired" if report.repaired else verdict)
+    return 0 if report.ok or report.repaired else 1
 
 
 # ---------------------------------------------------------------- parser
@@ -464,7 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")
     m.add_argument("images", nargs="+", help="field images, folders (recursive) or globs")
     m.add_argument("--model", help="model artifact folder (default: the bundled smear model)")
-    m.add_argument("--out", help="write each annotated field (PNG) into this folder")
+    m.add_argument(
+        "--out",
+        help="write each annotated field (PNG), cells.csv and differential.csv into this folder",
+    )
     m.add_argument("--format", choices=["table", "csv", "json"], default="table")
     m.add_argument(
         "--cell-size",
@@ -483,7 +565,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--database-url", help="any SQLAlchemy URL (env HEMATOVISION_DATABASE_URL)")
     w.add_argument("--max-upload-mb", type=float, help="env HEMATOVISION_MAX_UPLOAD_MB")
     w.add_argument("--no-store-images", action="store_true", help="keep results, not images")
+    w.add_argument("--threads", type=int, help="threads per worker (env HEMATOVISION_THREADS)")
     w.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("storage", help="the web app's database and image store")
+    ssub = st.add_subparsers(dest="storage_command", required=True)
+    c = ssub.add_parser("check", help="find orphan or missing image files (and --repair them)")
+    c.add_argument("--data-dir", help="env HEMATOVISION_DATA_DIR (default hematovision-data)")
+    c.add_argument("--database-url", help="env HEMATOVISION_DATABASE_URL")
+    c.add_argument("--repair", action="store_true", help="delete orphans and temporary files")
+    c.add_argument(
+        "--grace",
+        type=float,
+        default=600,
+        help="seconds: newer files may belong to a request in flight",
+    )
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_storage_check)
     return p
 
 

@@ -1,6 +1,6 @@
 """The web application: Flask application factory, pages and REST API blueprints.
 
-Serving imports only ``inference`` and ``storage``: no torch at run time.
+Serving imports only ``inference``, ``smear`` and ``storage``: no torch at run time.
 """
 
 from __future__ import annotations
@@ -8,12 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import BaseConverter
 
 from ..inference import Classifier
 from ..smear import load_smear_classifier
-from ..storage import Storage
+from ..storage import Storage, StorageFull
 from .config import WebSettings
 
 csrf = CSRFProtect()
@@ -22,6 +25,26 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
+MAX_ID = 2**31 - 1  # PostgreSQL's integer; SQLite's is larger, the URL rule is the same
+
+
+class IdConverter(BaseConverter):
+    """A record id in a URL: digits; one outside 1..2^31-1 becomes 0, an id no record has, so
+    it is simply not found (refusing it here would make werkzeug answer 405 for some methods)."""
+
+    regex = r"\d+"
+
+    def to_python(self, value: str) -> int:
+        number = int(value)
+        return number if 1 <= number <= MAX_ID else 0
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """The session cookie is also ``Secure`` whenever the request came over HTTPS (directly or
+    through a trusted proxy), so it is never sent back over plain HTTP."""
+
+    def get_cookie_secure(self, app) -> bool:
+        return super().get_cookie_secure(app) or request.is_secure
 
 
 def create_app(
@@ -36,16 +59,28 @@ def create_app(
     app.config.update(
         SECRET_KEY=settings.secret_key(),
         MAX_CONTENT_LENGTH=int(settings.max_upload_mb * 2**20),
+        MAX_FORM_PARTS=settings.max_files + 20,
         HEMATOVISION=settings,
         WTF_CSRF_TIME_LIMIT=None,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
     )
-    storage = Storage(settings.database_url, settings.data_dir, settings.store_images)
+    app.session_interface = SessionInterface()
+    app.url_map.converters["id"] = IdConverter
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+    storage = Storage(
+        settings.database_url, settings.data_dir, settings.store_images, settings.min_free_mb
+    )
     if migrate:
         storage.migrate()
     app.extensions["hematovision.storage"] = storage
-    app.extensions["hematovision.classifier"] = classifier or Classifier.load(settings.model)
+    app.extensions["hematovision.classifier"] = classifier or Classifier.load(
+        settings.model, threads=settings.ort_threads
+    )
     app.extensions["hematovision.smear_classifier"] = smear_classifier or load_smear_classifier(
-        settings.smear_model
+        settings.smear_model, threads=settings.ort_threads
     )
     csrf.init_app(app)
 
@@ -55,6 +90,29 @@ def create_app(
     csrf.exempt(api)  # the API takes no cookies: token auth, not forms
     app.register_blueprint(pages)
     app.register_blueprint(api)
+    _register_hooks(app, settings)
+    return app
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path == "/healthz"
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None, **extra):
+    """The one error shape: JSON ``{"error": {"code", "message"}}`` on the API, a page elsewhere."""
+    if wants_json():
+        response = jsonify(error={"code": code, "message": message}, **extra)
+    else:
+        response = render_template("error.html", status=status, message=message)
+    return response, status, headers or {}
+
+
+def _register_hooks(app: Flask, settings: WebSettings) -> None:
+    @app.before_request
+    def refuse_nul_bytes():
+        # a NUL byte is never meaningful in a URL or a form field, and PostgreSQL cannot store it
+        if "\x00" in request.full_path or any("\x00" in v for v in request.args.values()):
+            raise BadRequest("the request contains a NUL byte")
 
     @app.after_request
     def security_headers(response):
@@ -64,31 +122,39 @@ def create_app(
         response.headers["Referrer-Policy"] = "same-origin"
         return response
 
-    def wants_json() -> bool:
-        return request.path.startswith("/api/") or request.path == "/healthz"
-
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
-        return render_template("error.html", status=400, message=exc.description), 400
+        return error_response(400, "csrf", exc.description)
+
+    @app.errorhandler(StorageFull)
+    def storage_full(exc):
+        return error_response(507, exc.code, f"{exc}; free space on the server and try again")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        message = {413: f"the upload is larger than {settings.max_upload_mb:g} MB"}.get(
-            exc.code, exc.description
-        )
-        if wants_json():
-            code = (exc.name or "error").lower().replace(" ", "_")
-            return jsonify(error={"code": code, "message": message}), exc.code
-        return render_template("error.html", status=exc.code, message=message), exc.code
+        message, headers = exc.description, {}
+        if exc.code == 413:
+            message = _too_large_message(settings)
+        if exc.code == 405:  # keep the Allow header the exception carries
+            headers = {k: v for k, v in exc.get_headers() if k == "Allow"}
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code, code, message, headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc):  # never a stack trace in an answer; the log keeps it
         app.logger.exception("unhandled error")
-        if wants_json():
-            return jsonify(error={"code": "internal_error", "message": "internal error"}), 500
-        return render_template("error.html", status=500, message="internal error"), 500
+        return error_response(500, "internal_error", "internal error")
 
-    return app
+
+def _too_large_message(settings: WebSettings) -> str:
+    length = request.content_length
+    if length is not None and length <= settings.max_upload_mb * 2**20:
+        return f"too many parts in the form: at most {settings.max_files} files in one request"
+    return f"the upload is larger than {settings.max_upload_mb:g} MB"
+
+
+def not_found(what: str) -> NotFound:
+    return NotFound(description=what)
 
 
 def static_vendor_dir() -> Path:

@@ -4,37 +4,48 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from ..errors import HematoVisionError
 
 
 @dataclass
 class WebSettings:
+    """Every setting of the web app, with its default; the environment names are
+    ``HEMATOVISION_`` + the upper-case field name (e.g. ``HEMATOVISION_MAX_UPLOAD_MB``)."""
+
     model: str | None = None  # artifact folder; None: the bundled model
     smear_model: str | None = None  # for cells cropped from fields; None: the bundled one
-    data_dir: str = "hematovision-data"  # database file, images, secret key
+    data_dir: str = "hematovision-data"  # database file, images, secret key (made absolute)
     database_url: str | None = None  # any SQLAlchemy URL; default SQLite in data_dir
-    max_upload_mb: float = 20.0
+    max_upload_mb: float = 20.0  # bytes per request
+    max_files: int = 64  # files per request
+    max_image_megapixels: float = 40.0  # pixels per image (read from its header)
+    max_request_megapixels: float = 100.0  # pixels per request, all images together
+    min_free_mb: float = 100.0  # below this free disk space /healthz reports "low"
     api_token: str | None = None  # when set, the REST API needs "Authorization: Bearer <token>"
     store_images: bool = True
-    max_files: int = 64  # images per upload
+    trusted_proxies: int = 0  # proxies in front that set X-Forwarded-For/-Proto (TLS there)
+    threads: int = 4  # threads per worker process (gthread): a slow client holds one thread
+    ort_threads: int = 1  # ONNX Runtime threads per worker process
+    request_timeout: float = 30.0  # seconds a client may take to send one request body
+
+    def __post_init__(self):
+        # resolved once, at start-up: files are written and served from the same place
+        # whatever folder a worker or a library later resolves relative paths against
+        self.data_dir = str(Path(self.data_dir).expanduser().resolve())
 
     @classmethod
     def from_env(cls, **overrides) -> WebSettings:
-        env = os.environ
-        settings = cls(
-            model=env.get("HEMATOVISION_MODEL") or None,
-            smear_model=env.get("HEMATOVISION_SMEAR_MODEL") or None,
-            data_dir=env.get("HEMATOVISION_DATA_DIR", cls.data_dir),
-            database_url=env.get("HEMATOVISION_DATABASE_URL") or None,
-            max_upload_mb=float(env.get("HEMATOVISION_MAX_UPLOAD_MB", cls.max_upload_mb)),
-            api_token=env.get("HEMATOVISION_API_TOKEN") or None,
-            store_images=env.get("HEMATOVISION_STORE_IMAGES", "1") not in ("0", "false", "no"),
-        )
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(settings, key, value)
-        return settings
+        """Defaults, then ``HEMATOVISION_*`` variables, then ``overrides`` that are not None."""
+        values = {}
+        for f in fields(cls):
+            text = os.environ.get(f"HEMATOVISION_{f.name.upper()}")
+            if text:
+                values[f.name] = _parse(f.name, text, f.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
     def secret_key(self) -> bytes:
         """``HEMATOVISION_SECRET_KEY``, else a key made once and kept in the data folder, so
@@ -50,3 +61,19 @@ class WebSettings:
         with os.fdopen(fd, "wb") as fh:
             fh.write(secrets.token_bytes(32))
         return path.read_bytes()
+
+
+def _parse(name: str, text: str, default):
+    """An environment variable's text as the type of the setting's default."""
+    try:
+        if isinstance(default, bool):
+            return text.strip().lower() not in ("0", "false", "no", "off")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise HematoVisionError(
+            f"HEMATOVISION_{name.upper()}={text!r} is not a {type(default).__name__}"
+        ) from None
+    return text

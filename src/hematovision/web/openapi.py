@@ -1,55 +1,274 @@
-"""The OpenAPI 3 description of /api/v1, served at /api/v1/openapi.json."""
+"""The OpenAPI 3 description of /api/v1, served at /api/v1/openapi.json.
+
+Every answer the API gives is described here (schemathesis checks it in tests/test_fuzz_api.py).
+"""
 
 from __future__ import annotations
 
 from .._version import __version__
+from . import MAX_ID
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
 
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: tuple = (), **properties) -> dict:
+    return {"type": "object", "required": list(required), "properties": properties}
+
+
+def _array(items: dict, **extra) -> dict:
+    return {"type": "array", "items": items, **extra}
+
+
+INT, NUM, STR, BOOL = (
+    {"type": "integer"},
+    {"type": "number"},
+    {"type": "string"},
+    {"type": "boolean"},
+)
+NULLABLE_STR = {"type": "string", "nullable": True}
+NUMBER_MAP = {"type": "object", "additionalProperties": NUM}
+ANY_OBJECT = {"type": "object"}
+
+SCHEMAS = {
+    "Error": _obj(
+        ("error",),
+        error=_obj(("code", "message"), code=STR, message=STR),
+        rejected=_array(_ref("Rejection")),
+    ),
+    "Rejection": _obj(("filename", "code", "message"), filename=STR, code=STR, message=STR),
+    "ModelRef": _obj(("name", "version"), name=STR, version=STR),
+    "Differential": _obj(
+        ("white_cells", "white_cells_counted", "nucleated_red_cells", "platelets", "to_review"),
+        white_cells={
+            "type": "object",
+            "additionalProperties": _obj(("count", "percent"), count=INT, percent=NUM),
+        },
+        white_cells_counted=INT,
+        nucleated_red_cells=_obj(
+            ("count", "per_100_white_cells"),
+            count=INT,
+            per_100_white_cells={"type": "number", "nullable": True},
+        ),
+        platelets=INT,
+        to_review=INT,
+    ),
+    "Prediction": _obj(
+        ("id", "upload_id", "filename", "label", "confidence", "uncertain", "probabilities"),
+        id=INT,
+        upload_id=INT,
+        filename=STR,
+        label=STR,
+        confidence={"type": "number", "minimum": 0, "maximum": 1},
+        uncertain=BOOL,
+        reasons=_array(STR),
+        probabilities=NUMBER_MAP,
+        created_at={"type": "string", "format": "date-time"},
+        image_sha256=STR,
+        image_stored=BOOL,
+        width=INT,
+        height=INT,
+        model=_ref("ModelRef"),
+        links={"type": "object", "additionalProperties": STR},
+    ),
+    "Upload": _obj(
+        ("predictions", "rejected", "differential", "model", "upload_id"),
+        predictions=_array(_ref("Prediction")),
+        rejected=_array(_ref("Rejection")),
+        differential=_ref("Differential"),
+        model=_ref("ModelRef"),
+        upload_id=INT,
+    ),
+    "PredictionList": _obj(
+        ("predictions", "total", "limit", "offset"),
+        predictions=_array(_ref("Prediction")),
+        total=INT,
+        limit=INT,
+        offset=INT,
+    ),
+    "WhiteCell": _obj(
+        ("box", "label", "confidence", "uncertain"),
+        box=_array(INT, minItems=4, maxItems=4),
+        label=NULLABLE_STR,
+        confidence={"type": "number", "nullable": True},
+        uncertain={"type": "boolean", "nullable": True},
+    ),
+    "Field": _obj(
+        ("filename", "image_sha256", "white_cells", "red_cells", "platelets"),
+        filename=STR,
+        image_sha256=STR,
+        image_stored=BOOL,
+        path=NULLABLE_STR,
+        width=INT,
+        height=INT,
+        white_cells=_array(_ref("WhiteCell")),
+        red_cells=INT,
+        platelets=INT,
+        red_cell_positions=_array(_array(INT, minItems=2, maxItems=2)),
+        platelet_positions=_array(_array(INT, minItems=2, maxItems=2)),
+        warnings=_array(STR),
+    ),
+    "Smear": _obj(
+        ("id", "fields", "rejected", "differential", "model"),
+        id=INT,
+        created_at={"type": "string", "format": "date-time"},
+        fields=_array(_ref("Field")),
+        rejected=_array(_ref("Rejection")),
+        differential=_ref("Differential"),
+        model=_ref("ModelRef"),
+        links={"type": "object", "additionalProperties": STR},
+    ),
+    "SmearList": _obj(
+        ("smears", "total", "limit", "offset"),
+        smears=_array(_ref("Smear")),
+        total=INT,
+        limit=INT,
+        offset=INT,
+    ),
+    "ModelCard": _obj(
+        ("name", "version", "classes"),
+        name=STR,
+        version=STR,
+        classes=_array(STR),
+        architecture=STR,
+        input_size=INT,
+        temperature=NUM,
+        confidence_threshold=NUM,
+        metrics=ANY_OBJECT,
+        data=ANY_OBJECT,
+        licence=NULLABLE_STR,
+        provenance=NULLABLE_STR,
+    ),
+    "Health": _obj(
+        ("status", "database", "disk", "model"),
+        status={"type": "string", "enum": ["ok", "degraded"]},
+        database={"type": "string", "enum": ["ok", "unavailable"]},
+        disk=_obj(
+            ("status", "free_mb"), status={"type": "string", "enum": ["ok", "low"]}, free_mb=NUM
+        ),
+        model=_ref("ModelRef"),
+    ),
+}
 
 # multipart/form-data with the field "file", repeatable: how images are sent
-_FILES_BODY = {
+FILES_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                },
-            }
+            "schema": _obj(("file",), file=_array({"type": "string", "format": "binary"}))
         }
     },
 }
+ERRORS = {
+    "400": "bad request: no file, an unreadable image, a bad parameter",
+    "401": "the server needs 'Authorization: Bearer <token>'",
+    "404": "no such record",
+    "408": "the request body took too long to arrive",
+    "413": "too large: the upload, an image's pixels, or the request's pixel budget",
+    "415": "not an image",
+    "507": "the server's disk is full: nothing was stored",
+}
 
 
-def _error_response(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+def _json(description: str, schema: dict) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _responses(ok: str, schema: dict | None, *errors: str, status: str = "200") -> dict:
+    answers = {status: _json(ok, schema) if schema else {"description": ok}}
+    for code in ("400", "401", "408", *errors):
+        answers[code] = _json(ERRORS[code], _ref("Error"))
+    return answers
+
+
+def _id(name: str) -> dict:
+    schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+PAGING = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+    {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+    },
+]
+LABEL = {"name": "label", "in": "query", "schema": STR, "description": "only this class"}
+UPLOAD_ERRORS = ("413", "415", "507")
+
+
+def _paths() -> dict:
+    pid, sid = [_id("prediction_id")], [_id("smear_id")]
+    return {
+        "/api/v1/predictions": {
+            "get": {
+                "summary": "List predictions, newest first",
+                "parameters": [*PAGING, LABEL],
+                "responses": _responses("a page of predictions", _ref("PredictionList")),
+            },
+            "post": {
+                "summary": "Classify single-cell images; the ones that cannot be used are "
+                "listed in 'rejected'",
+                "requestBody": FILES_BODY,
+                "responses": _responses(
+                    "classified and stored", _ref("Upload"), *UPLOAD_ERRORS, status="201"
+                ),
+            },
+        },
+        "/api/v1/predictions/{prediction_id}": {
+            "get": {
+                "parameters": pid,
+                "responses": _responses("the prediction", _ref("Prediction"), "404"),
+            },
+            "delete": {
+                "parameters": pid,
+                "responses": _responses("deleted", None, "404", status="204"),
+            },
+        },
+        "/api/v1/smears": {
+            "get": {
+                "summary": "List smear analyses, newest first",
+                "parameters": PAGING,
+                "responses": _responses("a page of smear analyses", _ref("SmearList")),
+            },
+            "post": {
+                "summary": "Analyse smear fields: white cells (boxes, classes), red cells "
+                "and platelets, the differential",
+                "requestBody": FILES_BODY,
+                "responses": _responses(
+                    "analysed and stored", _ref("Smear"), *UPLOAD_ERRORS, status="201"
+                ),
+            },
+        },
+        "/api/v1/smears/{smear_id}": {
+            "get": {
+                "parameters": sid,
+                "responses": _responses("the analysis", _ref("Smear"), "404"),
+            },
+            "delete": {
+                "parameters": sid,
+                "responses": _responses("deleted", None, "404", status="204"),
+            },
+        },
+        "/api/v1/model": {"get": {"responses": _responses("the model card", _ref("ModelCard"))}},
+        "/healthz": {
+            "get": {
+                "security": [],
+                "responses": {
+                    "200": _json("database and disk are fine", _ref("Health")),
+                    "503": _json("degraded: the database or the disk", _ref("Health")),
+                },
+            },
+        },
+        "/api/v1/openapi.json": {
+            "get": {"security": [], "responses": {"200": _json("this document", ANY_OBJECT)}}
+        },
+    }
 
 
 def openapi_document(model_version: str) -> dict:
-    prediction = {
-        "type": "object",
-        "required": ["id", "filename", "label", "confidence", "uncertain", "probabilities"],
-        "properties": {
-            "id": {"type": "integer"},
-            "upload_id": {"type": "integer"},
-            "filename": {"type": "string"},
-            "label": {"type": "string"},
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "uncertain": {"type": "boolean"},
-            "reasons": {"type": "array", "items": {"type": "string"}},
-            "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
-            "created_at": {"type": "string", "format": "date-time"},
-            "image_sha256": {"type": "string"},
-            "width": {"type": "integer"},
-            "height": {"type": "integer"},
-            "model": {"$ref": "#/components/schemas/ModelRef"},
-            "links": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    }
-    pid = {"name": "prediction_id", "in": "path", "required": True, "schema": {"type": "integer"}}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -57,254 +276,10 @@ def openapi_document(model_version: str) -> dict:
             "version": __version__,
             "description": f"Blood-cell classification (model version {model_version}).",
         },
+        "security": [{}, {"bearer": []}],  # a token only when the server sets one
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        }
-                    },
-                },
-                "ModelRef": {
-                    "type": "object",
-                    "required": ["name", "version"],
-                    "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
-                },
-                "Prediction": prediction,
-                "Smear": {
-                    "type": "object",
-                    "required": ["id", "fields", "differential", "model"],
-                    "properties": {
-                        "id": {"type": "integer"},
-                        "created_at": {"type": "string", "format": "date-time"},
-                        "model": {"$ref": "#/components/schemas/ModelRef"},
-                        "differential": {
-                            "type": "object",
-                            "additionalProperties": {
-                                "type": "object",
-                                "properties": {
-                                    "count": {"type": "integer"},
-                                    "percent": {"type": "number"},
-                                },
-                            },
-                        },
-                        "fields": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "filename": {"type": "string"},
-                                    "red_cells": {"type": "integer"},
-                                    "platelets": {"type": "integer"},
-                                    "white_cells": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "properties": {
-                                                "box": {
-                                                    "type": "array",
-                                                    "items": {"type": "integer"},
-                                                    "minItems": 4,
-                                                    "maxItems": 4,
-                                                },
-                                                "label": {"type": "string"},
-                                                "confidence": {"type": "number"},
-                                                "uncertain": {"type": "boolean"},
-                                            },
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-            },
+            "schemas": SCHEMAS,
         },
-        "security": [{"bearer": []}, {}],
-        "paths": {
-            "/api/v1/predictions": {
-                "post": {
-                    "summary": "Classify one or more images",
-                    "requestBody": _FILES_BODY,
-                    "responses": {
-                        "201": {
-                            "description": "Classified and stored",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["predictions", "model"],
-                                        "properties": {
-                                            "predictions": {
-                                                "type": "array",
-                                                "items": {
-                                                    "$ref": "#/components/schemas/Prediction"
-                                                },
-                                            },
-                                            "model": {"$ref": "#/components/schemas/ModelRef"},
-                                            "upload_id": {"type": "integer"},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        "400": _error_response("No file, or an unreadable image"),
-                        "401": _error_response("A token is configured and was not sent"),
-                        "413": _error_response("Upload or image too large"),
-                        "415": _error_response("Not an image"),
-                    },
-                },
-                "get": {
-                    "summary": "List stored predictions, newest first",
-                    "parameters": [
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 200,
-                                "default": 20,
-                            },
-                        },
-                        {
-                            "name": "offset",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 0, "default": 0},
-                        },
-                        {"name": "label", "in": "query", "schema": {"type": "string"}},
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "A page of predictions",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "predictions": {
-                                                "type": "array",
-                                                "items": {
-                                                    "$ref": "#/components/schemas/Prediction"
-                                                },
-                                            },
-                                            "total": {"type": "integer"},
-                                            "limit": {"type": "integer"},
-                                            "offset": {"type": "integer"},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        "400": _error_response("Bad paging parameters"),
-                        "401": _error_response("A token is configured and was not sent"),
-                    },
-                },
-            },
-            "/api/v1/predictions/{prediction_id}": {
-                "parameters": [pid],
-                "get": {
-                    "summary": "One prediction",
-                    "responses": {
-                        "200": {
-                            "description": "The prediction",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Prediction"}
-                                }
-                            },
-                        },
-                        "401": _error_response("A token is configured and was not sent"),
-                        "404": _error_response("No such prediction"),
-                    },
-                },
-                "delete": {
-                    "summary": "Delete a prediction",
-                    "responses": {
-                        "204": {"description": "Deleted"},
-                        "401": _error_response("A token is configured and was not sent"),
-                        "404": _error_response("No such prediction"),
-                    },
-                },
-            },
-            "/api/v1/smears": {
-                "post": {
-                    "summary": "Analyse smear fields: white cells (boxes, classes), counts",
-                    "requestBody": _FILES_BODY,
-                    "responses": {
-                        "201": {
-                            "description": "Analysed and stored",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Smear"}
-                                }
-                            },
-                        },
-                        "400": _error_response("No file, or an unreadable image"),
-                        "401": _error_response("A token is configured and was not sent"),
-                        "413": _error_response("Upload or image too large"),
-                        "415": _error_response("Not an image"),
-                    },
-                }
-            },
-            "/api/v1/smears/{smear_id}": {
-                "get": {
-                    "summary": "One smear analysis",
-                    "parameters": [
-                        {
-                            "name": "smear_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer"},
-                        }
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "The analysis",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Smear"}
-                                }
-                            },
-                        },
-                        "401": _error_response("A token is configured and was not sent"),
-                        "404": _error_response("No such analysis"),
-                    },
-                }
-            },
-            "/api/v1/model": {
-                "get": {
-                    "summary": "The model card",
-                    "responses": {
-                        "200": {
-                            "description": "Classes, metrics, provenance",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
-                        "401": _error_response("A token is configured and was not sent"),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness and database check",
-                    "security": [{}],
-                    "responses": {
-                        "200": {
-                            "description": "Healthy",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
-                        "503": {"description": "Database unavailable"},
-                    },
-                }
-            },
-        },
+        "paths": _paths(),
     }

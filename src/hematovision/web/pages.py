@@ -1,11 +1,10 @@
-"""The HTML pages: upload, result, history, model card; images and vendored assets."""
+"""The HTML pages: upload, results, smear analyses, history, model card; images and assets."""
 
 from __future__ import annotations
 
 import io
 import math
 from functools import lru_cache
-from pathlib import Path
 
 from flask import (
     Blueprint,
@@ -18,16 +17,21 @@ from flask import (
     send_from_directory,
     url_for,
 )
+from werkzeug.exceptions import BadRequest
 
+from ..differential import display_name
 from ..inference.classifier import DEFAULT_MODEL
-from ..tables import write_differential_csv, write_predictions_csv
-from . import static_vendor_dir
+from ..smear import field_differential
+from ..tables import write_differential_csv, write_predictions_csv, write_smear_cells_csv
+from . import MAX_ID, static_vendor_dir
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
 from .service import (
     ACCEPTED,
     UploadError,
     analyze_files,
+    annotated_png,
     classify_files,
+    heatmap_jpeg,
     sniff,
     upload_differential,
     uploaded_files,
@@ -36,6 +40,12 @@ from .service import (
 pages = Blueprint("pages", __name__)
 SAMPLES = DEFAULT_MODEL.parent / "samples"
 PAGE_SIZE = 20
+IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}  # content-addressed
+
+
+@pages.app_template_filter("display_name")
+def _display_name(label: str | None) -> str:
+    return display_name(label)
 
 
 @lru_cache(maxsize=1)
@@ -43,24 +53,27 @@ def sample_names() -> tuple[str, ...]:
     return tuple(sorted(p.name for p in SAMPLES.glob("*.jpg")))
 
 
+# ---------------------------------------------------------------- upload
 @pages.get("/")
-def index(error: str | None = None):
+def index(error: str | None = None, rejected: list | None = None):
     return render_template(
         "index.html",
         samples=sample_names(),
         accepted=ACCEPTED,
         error=error,
-        max_mb=get_settings().max_upload_mb,
+        rejected=rejected or [],
+        settings=get_settings(),
     )
 
 
 def _process_form(handler, classifier, result_endpoint: str, id_name: str):
     """Run a service handler on the form's files; on bad input, the upload page with the error."""
+    settings = get_settings()
     try:
-        files = uploaded_files(request.files.getlist("file"), get_settings().max_files)
-        record = handler(files, classifier, get_storage())
+        files = uploaded_files(request.files.getlist("file"), settings.max_files)
+        record = handler(files, classifier, get_storage(), settings)
     except UploadError as exc:
-        return index(error=exc.message), exc.status
+        return index(error=exc.message, rejected=exc.rejected), exc.status
     return redirect(url_for(result_endpoint, **{id_name: record.id}), code=303)
 
 
@@ -74,14 +87,6 @@ def smear_upload():
     return _process_form(analyze_files, get_smear_classifier(), "pages.smear_result", "smear_id")
 
 
-@pages.get("/smears/<int:smear_id>")
-def smear_result(smear_id: int):
-    record = get_storage().get_smear(smear_id)
-    if record is None:
-        abort(404, description=f"no smear analysis {smear_id}")
-    return render_template("smear.html", smear=record)
-
-
 @pages.get("/samples/<name>")
 def sample(name: str):
     if name not in sample_names():
@@ -93,12 +98,12 @@ def sample(name: str):
 def try_sample(name: str):
     if name not in sample_names():
         abort(404)
-    record = classify_files(
-        [(name, (SAMPLES / name).read_bytes())], get_classifier(), get_storage()
-    )
+    files = [(name, (SAMPLES / name).read_bytes())]
+    record = classify_files(files, get_classifier(), get_storage(), get_settings())
     return redirect(url_for("pages.result", upload_id=record.id), code=303)
 
 
+# ---------------------------------------------------------------- cell results
 def _upload_or_404(upload_id: int):
     record = get_storage().get_upload(upload_id)
     if record is None or not record.predictions:
@@ -106,45 +111,115 @@ def _upload_or_404(upload_id: int):
     return record
 
 
-@pages.get("/results/<int:upload_id>")
+@pages.get("/results/<id:upload_id>")
 def result(upload_id: int):
     record = _upload_or_404(upload_id)
-    clf = get_classifier()
+    classes = get_classifier().classes
     return render_template(
         "result.html",
         upload=record,
-        classes=clf.classes,
-        differential=upload_differential(record, clf.classes),
-        storage=get_storage(),
+        classes=classes,
+        differential=upload_differential(record, classes),
+        current_version=get_classifier().version,
     )
 
 
-@pages.get("/results/<int:upload_id>.csv")
-def result_csv(upload_id: int):
-    record = _upload_or_404(upload_id)
-    classes = get_classifier().classes
-    buf = io.StringIO()
-    write_predictions_csv(
-        buf, (p.to_dict() for p in record.predictions), classes, keys=("id", "filename")
-    )
-    buf.write("\r\n")
-    write_differential_csv(buf, upload_differential(record, classes))
+def _csv(text: str, name: str) -> Response:
     return Response(
-        buf.getvalue(),
-        mimetype="text/csv",
-        headers={
-            "Content-Disposition": f"attachment; filename=hematovision-result-{upload_id}.csv"
-        },
+        text, mimetype="text/csv", headers={"Content-Disposition": f"attachment; filename={name}"}
     )
+
+
+@pages.get("/results/<id:upload_id>.csv")
+def result_csv(upload_id: int):
+    """The upload's predictions, one row per image."""
+    record = _upload_or_404(upload_id)
+    buffer = io.StringIO()
+    records = (p.to_dict() for p in record.predictions)
+    write_predictions_csv(buffer, records, get_classifier().classes, keys=("id", "filename"))
+    return _csv(buffer.getvalue(), f"hematovision-result-{upload_id}.csv")
+
+
+@pages.get("/results/<id:upload_id>/differential.csv")
+def result_differential_csv(upload_id: int):
+    record = _upload_or_404(upload_id)
+    buffer = io.StringIO()
+    write_differential_csv(buffer, upload_differential(record, get_classifier().classes))
+    return _csv(buffer.getvalue(), f"hematovision-result-{upload_id}-differential.csv")
+
+
+# ---------------------------------------------------------------- smear results
+def _smear_or_404(smear_id: int):
+    record = get_storage().get_smear(smear_id)
+    if record is None:
+        abort(404, description=f"no smear analysis {smear_id}")
+    return record
+
+
+@pages.get("/smears/<id:smear_id>")
+def smear_result(smear_id: int):
+    record = _smear_or_404(smear_id)
+    differential = field_differential(record.fields, get_smear_classifier().classes)
+    return render_template("smear.html", smear=record, differential=differential)
+
+
+@pages.get("/smears/<id:smear_id>/fields/<int:number>/annotated.png")
+def annotated_field(smear_id: int, number: int):
+    """Field ``number`` (from 1), cells numbered; ``?marks=1`` adds red cells and platelets."""
+    record = _smear_or_404(smear_id)
+    if not 1 <= number <= len(record.fields):
+        abort(404, description=f"no field {number} in smear analysis {smear_id}")
+    field = record.fields[number - 1]
+    png = annotated_png(_stored(field["image_sha256"]), field, request.args.get("marks") == "1")
+    return Response(png, mimetype="image/png", headers=IMMUTABLE)
+
+
+@pages.get("/smears/<id:smear_id>/cells.csv")
+def smear_cells_csv(smear_id: int):
+    buffer = io.StringIO()
+    write_smear_cells_csv(buffer, _smear_or_404(smear_id).fields)
+    return _csv(buffer.getvalue(), f"hematovision-smear-{smear_id}-cells.csv")
+
+
+@pages.get("/smears/<id:smear_id>/differential.csv")
+def smear_differential_csv(smear_id: int):
+    record = _smear_or_404(smear_id)
+    buffer = io.StringIO()
+    write_differential_csv(
+        buffer, field_differential(record.fields, get_smear_classifier().classes)
+    )
+    return _csv(buffer.getvalue(), f"hematovision-smear-{smear_id}-differential.csv")
+
+
+@pages.post("/smears/<id:smear_id>/delete")
+def delete_smear(smear_id: int):
+    if not get_storage().delete_smear(smear_id):
+        abort(404, description=f"no smear analysis {smear_id}")
+    return redirect(url_for("pages.history", kind="smears", page=_page()), code=303)
+
+
+# ---------------------------------------------------------------- history
+def _page() -> int:
+    """The ``page`` query or form value: 1 to what a page offset can address."""
+    text = request.values.get("page", "1")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_ID // PAGE_SIZE:
+        raise BadRequest(f"page must be a number from 1 to {MAX_ID // PAGE_SIZE}")
+    return int(text)
 
 
 @pages.get("/history")
 def history():
-    page = max(1, request.args.get("page", 1, type=int))
+    page, kind = _page(), request.args.get("kind", "cells")
     label = request.args.get("label") or None
-    records, total = get_storage().list_predictions(PAGE_SIZE, (page - 1) * PAGE_SIZE, label)
+    storage = get_storage()
+    if kind == "smears":
+        records, total = storage.list_smears(PAGE_SIZE, (page - 1) * PAGE_SIZE)
+    else:
+        kind = "cells"
+        records, total = storage.list_predictions(PAGE_SIZE, (page - 1) * PAGE_SIZE, label)
     return render_template(
         "history.html",
+        kind=kind,
         records=records,
         page=page,
         label=label,
@@ -154,13 +229,15 @@ def history():
     )
 
 
-@pages.post("/history/<int:prediction_id>/delete")
+@pages.post("/history/<id:prediction_id>/delete")
 def delete(prediction_id: int):
     if not get_storage().delete_prediction(prediction_id):
         abort(404, description=f"no prediction {prediction_id}")
-    return redirect(url_for("pages.history"), code=303)
+    label = request.form.get("label") or None
+    return redirect(url_for("pages.history", label=label, page=_page()), code=303)
 
 
+# ---------------------------------------------------------------- model card
 @pages.get("/model")
 def model():
     clf, smear = get_classifier(), get_smear_classifier()
@@ -184,7 +261,8 @@ def confusion_png():
     return send_file(path, mimetype="image/png")
 
 
-def _stored(sha256: str) -> Path:
+# ---------------------------------------------------------------- images
+def _stored(sha256: str):
     path = get_storage().image_path(sha256)
     if path is None:
         abort(404, description="image not stored")
@@ -195,30 +273,30 @@ def _stored(sha256: str) -> Path:
 def image(sha256: str):
     path = _stored(sha256)
     with open(path, "rb") as fh:
-        kind = sniff(fh.read(16)) or "octet-stream"
-    return send_file(
-        path, mimetype=f"image/{kind}" if kind != "octet-stream" else "application/octet-stream"
-    )
+        kind = sniff(fh.read(16))
+    mimetype = f"image/{kind}" if kind else "application/octet-stream"
+    return send_file(path, mimetype=mimetype, max_age=31536000)
 
 
 @pages.get("/images/<sha256>/thumb")
 def thumbnail(sha256: str):
     from ..preprocess import to_rgb
 
-    picture = to_rgb(_stored(sha256))
+    picture = to_rgb(_stored(sha256), max_side=192)
     picture.thumbnail((96, 96))
     buf = io.BytesIO()
     picture.save(buf, format="JPEG", quality=85)
-    return Response(buf.getvalue(), mimetype="image/jpeg")
+    return Response(buf.getvalue(), mimetype="image/jpeg", headers=IMMUTABLE)
 
 
-@pages.get("/images/<sha256>/<any(heatmap, annotated):kind>/<version>")
-def derived(sha256: str, kind: str, version: str):
-    _stored(sha256)
-    path = get_storage().derived_path(sha256, kind, version)
-    if not path.is_file():
-        abort(404, description=f"no {kind} image for this upload")
-    return send_file(path, mimetype="image/png")
+@pages.get("/images/<sha256>/heatmap/<version>")
+def heatmap(sha256: str, version: str):
+    """The heatmap overlay, made when first shown by the model that made the prediction."""
+    path = _stored(sha256)
+    classifier = get_classifier()
+    if version != classifier.version:
+        abort(404, description=f"the heatmap of model version {version} is no longer available")
+    return Response(heatmap_jpeg(classifier, path), mimetype="image/jpeg", headers=IMMUTABLE)
 
 
 @pages.get("/vendor/bootstrap/<path:filename>")

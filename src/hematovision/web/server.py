@@ -1,17 +1,91 @@
-"""``hematovision serve``: the app under gunicorn, a production WSGI server."""
+"""``hematovision serve``: the app under gunicorn, a production WSGI server.
+
+Workers are threaded (gthread): a slow client holds one thread, not a whole process, and a
+request body that is still arriving after ``request_timeout`` seconds is refused (408). The
+master checks the model, the database and the port before any worker starts, and loads no
+ONNX Runtime session itself (a session's threads must not be copied into forked workers).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
+import time
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
+from werkzeug.exceptions import RequestTimeout
 
-from ..inference import Classifier
-from ..smear import load_smear_classifier
+from ..artifact import ModelArtifact
+from ..errors import HematoVisionError
+from ..inference.classifier import DEFAULT_MODEL
+from ..smear import SMEAR_MODEL
 from ..storage import Storage
 from .config import WebSettings
 
 log = logging.getLogger("hematovision")
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's answer to a request it cannot parse (414, 431, 400...), in the API's shape."""
+    code = reason.lower().replace(" ", "_")
+    body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+class Worker(ThreadWorker):
+    """gunicorn's threaded worker, answering its own errors as JSON."""
+
+    def init_process(self):
+        util.write_error = write_json_error  # this worker process only
+        super().init_process()
+
+
+class _DeadlineInput:
+    """``wsgi.input`` that stops reading once the request's deadline has passed."""
+
+    def __init__(self, stream, deadline: float):
+        self.stream, self.deadline = stream, deadline
+
+    def _check(self):
+        if time.monotonic() > self.deadline:
+            raise RequestTimeout("the request body took too long to arrive")
+
+    def read(self, *args):
+        self._check()
+        try:
+            return self.stream.read(*args)
+        except TimeoutError:
+            raise RequestTimeout("the request body took too long to arrive") from None
+
+    def readline(self, *args):
+        self._check()
+        return self.stream.readline(*args)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+class BodyDeadline:
+    """WSGI middleware: a client has ``seconds`` to send its request body (slow-body attacks)."""
+
+    def __init__(self, app, seconds: float):
+        self.app, self.seconds = app, seconds
+
+    def __call__(self, environ, start_response):
+        connection = environ.get("gunicorn.socket")
+        if connection is not None:
+            connection.settimeout(self.seconds)  # no single read may wait longer either
+        environ["wsgi.input"] = _DeadlineInput(
+            environ["wsgi.input"], time.monotonic() + self.seconds
+        )
+        return self.app(environ, start_response)
 
 
 class _Gunicorn(BaseApplication):
@@ -26,14 +100,31 @@ class _Gunicorn(BaseApplication):
     def load(self):
         from . import create_app
 
-        return create_app(self.settings, migrate=False)  # each worker loads the model once
+        app = create_app(self.settings, migrate=False)  # each worker loads the model once
+        app.wsgi_app = BodyDeadline(app.wsgi_app, self.settings.request_timeout)
+        return app
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one clear line when the address cannot be listened on (e.g. in use)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise HematoVisionError(
+                f"cannot listen on {host}:{port}: {exc.strerror}"
+                + ("; another server is using it: choose another --port" if exc.errno == 98 else "")
+            ) from None
 
 
 def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrides) -> None:
-    """Check the model and migrate the database once, then run ``workers`` processes."""
+    """Check the models, the port and the database once, then run ``workers`` processes."""
     settings = WebSettings.from_env(**overrides)
-    Classifier.load(settings.model)  # a bad --model fails here, with one clear line
-    load_smear_classifier(settings.smear_model)
+    for path in (settings.model, settings.smear_model or SMEAR_MODEL):
+        artifact = ModelArtifact.load(path or DEFAULT_MODEL)
+        artifact.model_bytes(artifact.choose_precision())  # a bad --model fails here, in one line
+    check_port(host, port)
     Storage(settings.database_url, settings.data_dir, settings.store_images).migrate()
     settings.secret_key()  # created before the workers start, shared by all of them
     log.info(
@@ -43,13 +134,13 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrid
         workers,
         settings.data_dir,
     )
-    _Gunicorn(
-        settings,
-        {
-            "bind": f"{host}:{port}",
-            "workers": workers,
-            "timeout": 120,
-            "accesslog": "-",
-            "graceful_timeout": 10,
-        },
-    ).run()
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": Worker,
+        "threads": settings.threads,
+        "timeout": 120,
+        "graceful_timeout": 10,
+        "accesslog": "-",
+    }
+    _Gunicorn(settings, options).run()

@@ -1,26 +1,55 @@
-"""What happens to uploaded images, shared by the pages and the REST API."""
+"""What happens to uploaded images, shared by the pages and the REST API.
+
+Every file is screened by its bytes (never its name) and its header before anything is
+decoded: size, format, pixels per image and pixels per request. The good files are classified
+(or analysed as smear fields) and stored; the others are listed as rejected, each with its
+reason. A request is refused as a whole only when no file can be used.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 
 from ..differential import count_differential
 from ..errors import HematoVisionError, ImageTooLarge
 from ..inference import Classifier, heatmap_overlay
-from ..preprocess import to_rgb
-from ..smear import FieldTooLarge, analyze_smear, annotate, cell_labels
+from ..preprocess import to_rgb, upright_size
+from ..smear import MAX_FIELD_PIXELS, FieldTooLarge, analyze_smear, annotate, field_differential
 from ..storage import SmearAnalysis, Storage, Upload
+from .config import WebSettings
 
 ACCEPTED = "JPEG, PNG, GIF, BMP, TIFF or WebP"
+# cells are decoded at most about this large: a PBC crop is 360 px, and memory then follows
+# what the model and the page need, not what a file declares
+WEB_MAX_SIDE = 1024
+STATUS = {
+    "image_too_large": 413,
+    "pixel_budget": 413,
+    "field_too_large": 413,
+    "unsupported_media_type": 415,
+}
 
 
 class UploadError(Exception):
-    """A request the client must change: carries the HTTP status and a stable code."""
+    """A request the client must change: carries the HTTP status, a stable code and, when
+    files were refused one by one, each refusal."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, rejected: list[dict] = ()):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.rejected = status, code, message, list(rejected)
+
+
+@dataclass
+class Screened:
+    name: str
+    data: bytes
+    size: tuple[int, int]  # upright width, height (from the header)
+
+
+def rejection(name: str, code: str, message: str) -> dict:
+    return {"filename": name, "code": code, "message": f"{name}: {message}"}
 
 
 def sniff(data: bytes) -> str | None:
@@ -40,65 +69,95 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def clean_filename(name: str | None) -> str:
+    """A client's file name for display: no control characters (NUL included), 255 at most."""
+    text = "".join(c for c in (name or "") if c.isprintable()).strip()
+    return (text or "upload")[:255]
+
+
 def uploaded_files(storages, max_files: int) -> list[tuple[str, bytes]]:
     """(name, bytes) of the request's file fields (browsers send an empty one for no file)."""
     files = [f for f in storages if f.filename or f.content_length]
     if len(files) > max_files:
         raise UploadError(400, "too_many_files", f"at most {max_files} files in one request")
-    return [(f.filename, f.read()) for f in files]
+    return [(clean_filename(f.filename), f.read()) for f in files]
 
 
-def read_pictures(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes, object]]:
-    """Check every uploaded file by its bytes and decode it: [(name, bytes, RGB picture)].
-
-    Raises UploadError (400 no file/empty/unreadable, 413 too many pixels, 415 not an image)."""
+def screen(files: list[tuple[str, bytes]], settings: WebSettings, max_pixels: int):
+    """Split files into usable ones (with their size) and rejections, from bytes and headers
+    alone: empty, not an image, unreadable header, too many pixels, over the request's budget."""
     if not files:
         raise UploadError(400, "no_file", "no image in the request (multipart field 'file')")
-    pictures = []
+    budget = int(settings.max_request_megapixels * 1e6)
+    usable, rejected = [], []
     for name, data in files:
-        shown = (name or "upload")[:255]
         if not data:
-            raise UploadError(400, "empty_file", f"{shown}: the file is empty")
-        if sniff(data) is None:
-            raise UploadError(
-                415, "unsupported_media_type", f"{shown}: not an image; send {ACCEPTED}"
+            rejected.append(rejection(name, "empty_file", "the file is empty"))
+        elif sniff(data) is None:
+            rejected.append(
+                rejection(name, "unsupported_media_type", f"not an image; send {ACCEPTED}")
             )
-        try:
-            pictures.append((shown, data, to_rgb(data)))
-        except ImageTooLarge as exc:
-            raise UploadError(413, "image_too_large", f"{shown}: {exc}") from None
-        except HematoVisionError as exc:
-            raise UploadError(400, "unreadable_image", f"{shown}: {exc}") from None
-    return pictures
+        else:
+            try:
+                size = upright_size(data)
+            except HematoVisionError as exc:
+                rejected.append(rejection(name, exc.code, str(exc).removeprefix("image: ")))
+                continue
+            pixels = size[0] * size[1]
+            if pixels > max_pixels:
+                message = f"{size[0]}x{size[1]} is more than {max_pixels / 1e6:g} megapixels"
+                rejected.append(rejection(name, "image_too_large", message))
+            elif pixels > budget:
+                message = (
+                    f"over this request's budget of {settings.max_request_megapixels:g} "
+                    "megapixels; send it in another request"
+                )
+                rejected.append(rejection(name, "pixel_budget", message))
+            else:
+                budget -= pixels
+                usable.append(Screened(name, data, size))
+    return usable, rejected
 
 
-def _png(picture) -> bytes:
-    buf = io.BytesIO()
-    picture.save(buf, format="PNG")
-    return buf.getvalue()
+def refuse(rejected: list[dict]) -> UploadError:
+    """The error for a request none of whose files could be used."""
+    statuses = {STATUS.get(r["code"], 400) for r in rejected}
+    first = rejected[0]
+    if len(rejected) == 1:
+        return UploadError(
+            STATUS.get(first["code"], 400), first["code"], first["message"], rejected
+        )
+    return UploadError(
+        statuses.pop() if len(statuses) == 1 else 400,
+        first["code"] if len({r["code"] for r in rejected}) == 1 else "no_usable_file",
+        f"none of the {len(rejected)} files could be used; first: {first['message']}",
+        rejected,
+    )
 
 
 def classify_files(
-    files: list[tuple[str, bytes]], classifier: Classifier, storage: Storage
+    files: list[tuple[str, bytes]], classifier: Classifier, storage: Storage, settings: WebSettings
 ) -> Upload:
-    """Check every file, then classify and store them all in one transaction (all or none)."""
-    pictures = read_pictures(files)
-    predictions = classifier.predict([p for _, _, p in pictures], heatmaps=storage.store_images)
-    records = []
-    for (name, data, picture), pred in zip(pictures, predictions):
-        sha = hashlib.sha256(data).hexdigest()
-        stored = storage.save_image(sha, data)
-        if stored:
-            storage.save_derived(
-                sha, "heatmap", classifier.version, _png(heatmap_overlay(picture, pred.heatmap))
+    """Classify the usable files and store them together with the list of rejected ones."""
+    usable, rejected = screen(files, settings, int(settings.max_image_megapixels * 1e6))
+    predictions = classifier.predict(
+        [u.data for u in usable], errors="report", max_side=WEB_MAX_SIDE
+    )
+    records, images = [], {}
+    for upload, pred in zip(usable, predictions):
+        if not pred.ok:
+            rejected.append(
+                rejection(upload.name, pred.error_code, pred.error.removeprefix("image: "))
             )
+            continue
+        sha = hashlib.sha256(upload.data).hexdigest()
+        images[sha] = upload.data
         records.append(
             dict(
-                filename=name,
+                filename=upload.name,
                 image_sha256=sha,
-                image_stored=stored,
-                width=picture.size[0],
-                height=picture.size[1],
+                width=upload.size[0],
+                height=upload.size[1],
                 label=pred.label,
                 confidence=pred.confidence,
                 uncertain=pred.uncertain,
@@ -108,47 +167,53 @@ def classify_files(
                 model_version=classifier.version,
             )
         )
-    return storage.add_upload(records)
+    if not records:
+        raise refuse(rejected)
+    return storage.add_upload(records, images, rejected)
 
 
 def analyze_files(
-    files: list[tuple[str, bytes]], classifier: Classifier, storage: Storage
+    files: list[tuple[str, bytes]], classifier: Classifier, storage: Storage, settings: WebSettings
 ) -> SmearAnalysis:
-    """Smear fields: find and classify the white cells of each, count, store, add up."""
-    pictures = read_pictures(files)
-    fields, results = [], []
-    for name, data, picture in pictures:
+    """Smear fields: find and classify the white cells of each usable field, and store them."""
+    limit = min(int(settings.max_image_megapixels * 1e6), MAX_FIELD_PIXELS)
+    usable, rejected = screen(files, settings, limit)
+    fields, images = [], {}
+    for upload in usable:
         try:
-            result = analyze_smear(picture, classifier)
-        except FieldTooLarge as exc:
-            raise UploadError(413, exc.code, f"{name}: {exc}") from None
-        except HematoVisionError as exc:
-            raise UploadError(400, exc.code, f"{name}: {exc}") from None
-        sha = hashlib.sha256(data).hexdigest()
-        stored = storage.save_image(sha, data)
-        if stored:
-            storage.save_derived(
-                sha, "annotated", classifier.version, _png(annotate(picture, result))
-            )
-        results.append(result)
+            result = analyze_smear(upload.data, classifier)
+        except (FieldTooLarge, ImageTooLarge, HematoVisionError) as exc:
+            rejected.append(rejection(upload.name, exc.code, str(exc).removeprefix("image: ")))
+            continue
+        sha = hashlib.sha256(upload.data).hexdigest()
+        images[sha] = upload.data
         fields.append(
-            {
-                "filename": name,
-                "image_sha256": sha,
-                "image_stored": stored,
-                **{k: v for k, v in result.to_dict().items() if k != "path"},
-                "width": result.width,
-                "height": result.height,
-            }
+            {"filename": upload.name, "image_sha256": sha, **result.to_dict(), "path": None}
         )
+    if not fields:
+        raise refuse(rejected)
+    differential = field_differential(fields, classifier.classes).to_dict()
     return storage.add_smear(
-        fields,
-        count_differential(cell_labels(results), classifier.classes),
-        classifier.name,
-        classifier.version,
+        fields, images, differential, classifier.name, classifier.version, rejected
     )
 
 
-def upload_differential(upload: Upload, classes: list[str]) -> dict[str, dict]:
+def upload_differential(upload: Upload, classes: list[str]):
     """The differential count of an upload's images."""
-    return count_differential([p.label for p in upload.predictions], classes)
+    return count_differential(((p.label, p.uncertain) for p in upload.predictions), classes)
+
+
+def heatmap_jpeg(classifier: Classifier, image_path) -> bytes:
+    """The heatmap overlay of a stored image, made when first shown (JPEG: a few ms)."""
+    picture = to_rgb(image_path, WEB_MAX_SIDE)
+    pred = classifier.predict(picture, heatmaps=True)[0]
+    buffer = io.BytesIO()
+    heatmap_overlay(picture, pred.heatmap).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def annotated_png(image_path, field: dict, marks: bool) -> bytes:
+    """A stored smear field with its cells drawn (and, with ``marks``, red cells and platelets)."""
+    buffer = io.BytesIO()
+    annotate(image_path, field, marks).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

@@ -1,5 +1,5 @@
-// HematoVision pages: upload preview, drag and drop, probability bars, heatmap toggle.
-// Loaded as a file: the Content-Security-Policy allows no inline script.
+// HematoVision pages: upload preview, drag and drop, probability bars, heatmap and marks
+// toggles, confirmation before deleting. Loaded as a file: the CSP allows no inline script.
 document.addEventListener("DOMContentLoaded", () => {
   const input = document.getElementById("file-input");
   const zone = document.getElementById("drop-zone");
@@ -35,15 +35,30 @@ document.addEventListener("DOMContentLoaded", () => {
     bar.style.width = bar.dataset.width + "%";
   });
 
+  // the heatmap is made by the server when first asked for: load it on the first click
   document.querySelectorAll(".toggle-heatmap").forEach((button) => {
     button.addEventListener("click", () => {
       const card = button.closest(".prediction");
       const heat = card.querySelector(".heatmap-image");
       const cell = card.querySelector(".cell-image");
+      if (!heat.getAttribute("src")) heat.src = heat.dataset.src;
       const showing = !heat.classList.contains("d-none");
       heat.classList.toggle("d-none", showing);
       cell.classList.toggle("d-none", !showing);
       button.textContent = showing ? "Show heatmap" : "Show image";
+    });
+  });
+
+  document.querySelectorAll(".toggle-marks").forEach((box) => {
+    box.addEventListener("change", () => {
+      const img = box.closest(".smear-field").querySelector("img.annotated");
+      img.src = box.checked ? img.dataset.marked : img.dataset.plain;
+    });
+  });
+
+  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (e) => {
+      if (!window.confirm(form.dataset.confirm)) e.preventDefault();
     });
   });
 });
