@@ -83,6 +83,22 @@ def get_json(base: str, path: str):
     return request(base, path)[1]
 
 
+def serve_command(port: int, data_dir, *extra: str) -> list[str]:
+    """``hematovision serve`` as the README shows it, quiet, on ``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "hematovision",
+        "-q",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
+
+
 def wait_until_up(base: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -102,19 +118,7 @@ class Server:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = Path(str(data_dir) + ".log")
-        command = [
-            sys.executable,
-            "-m",
-            "hematovision",
-            "-q",
-            "serve",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(workers),
-            "--data-dir",
-            str(data_dir),
-        ]
+        command = serve_command(self.port, data_dir, "--workers", str(workers))
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 command,
@@ -226,20 +230,7 @@ def test_a_busy_port_is_one_clear_line_before_anything_starts(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hematovision",
-                "-q",
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(tmp_path / "d"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+            serve_command(port, tmp_path / "d"), capture_output=True, text=True, timeout=60
         )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr

@@ -115,21 +115,10 @@ class Classifier:
         logits, cam, ood = self.session.run(None, {"input": normalize(images_uint8, self.spec)})
         return softmax(logits / self.temperature, axis=1), cam, ood
 
-    def predict(
-        self,
-        images: ImageInput | list[ImageInput],
-        heatmaps: bool = False,
-        batch_size: int = 32,
-        errors: str = "raise",
-        max_side: int | None = None,
-    ) -> list[Prediction]:
+    def predict(self, images: ImageInput | list[ImageInput], **options) -> list[Prediction]:
         """Classify paths, bytes, PIL images or arrays; one Prediction per image, in order.
-
-        ``errors="raise"`` raises HematoVisionError naming the first image that cannot be
-        read; ``errors="report"`` returns a failed Prediction (with ``error``) in its place.
-        ``max_side``: decode large files reduced (see ``preprocess.to_rgb``); heatmaps then
-        have the reduced size."""
-        return list(self.iter_predict(images, heatmaps, batch_size, errors, max_side))
+        ``options``: those of ``iter_predict`` (heatmaps, batch_size, errors, max_side)."""
+        return list(self.iter_predict(images, **options))
 
     def iter_predict(
         self,
@@ -139,7 +128,12 @@ class Classifier:
         errors: str = "raise",
         max_side: int | None = None,
     ) -> Iterator[Prediction]:
-        """``predict``, one batch at a time: memory stays bounded however many images."""
+        """Predictions one batch at a time: memory stays bounded however many images.
+
+        ``errors="raise"`` raises HematoVisionError naming the first image that cannot be
+        read; ``errors="report"`` yields a failed Prediction (with ``error``) in its place.
+        ``max_side``: decode large files reduced (see ``preprocess.to_rgb``); heatmaps then
+        have the reduced size."""
         if errors not in ("raise", "report"):
             raise ValueError("errors must be 'raise' or 'report'")
         if not isinstance(images, (list, tuple)):

@@ -199,59 +199,57 @@ LABEL = {"name": "label", "in": "query", "schema": STR, "description": "only thi
 UPLOAD_ERRORS = ("413", "415", "507")
 
 
-def _paths() -> dict:
-    pid, sid = [_id("prediction_id")], [_id("smear_id")]
+def _collection(name: str, item: str, listing: str, params: list, post_summary: str) -> dict:
+    """The four operations of a record collection: list, create (upload), read, delete."""
+    id_param = [_id(f"{item.lower()}_id")]
     return {
-        "/api/v1/predictions": {
+        f"/api/v1/{name}": {
             "get": {
-                "summary": "List predictions, newest first",
-                "parameters": [*PAGING, LABEL],
-                "responses": _responses("a page of predictions", _ref("PredictionList")),
+                "summary": f"List {name}, newest first",
+                "parameters": params,
+                "responses": _responses(f"a page of {name}", _ref(listing)),
             },
             "post": {
-                "summary": "Classify single-cell images; the ones that cannot be used are "
-                "listed in 'rejected'",
+                "summary": post_summary,
                 "requestBody": FILES_BODY,
                 "responses": _responses(
-                    "classified and stored", _ref("Upload"), *UPLOAD_ERRORS, status="201"
+                    "stored", _ref(UPLOAD_SCHEMA[item]), *UPLOAD_ERRORS, status="201"
                 ),
             },
         },
-        "/api/v1/predictions/{prediction_id}": {
+        f"/api/v1/{name}/{{{item.lower()}_id}}": {
             "get": {
-                "parameters": pid,
-                "responses": _responses("the prediction", _ref("Prediction"), "404"),
+                "parameters": id_param,
+                "responses": _responses(f"the {item.lower()}", _ref(item), "404"),
             },
             "delete": {
-                "parameters": pid,
+                "parameters": id_param,
                 "responses": _responses("deleted", None, "404", status="204"),
             },
         },
-        "/api/v1/smears": {
-            "get": {
-                "summary": "List smear analyses, newest first",
-                "parameters": PAGING,
-                "responses": _responses("a page of smear analyses", _ref("SmearList")),
-            },
-            "post": {
-                "summary": "Analyse smear fields: white cells (boxes, classes), red cells "
-                "and platelets, the differential",
-                "requestBody": FILES_BODY,
-                "responses": _responses(
-                    "analysed and stored", _ref("Smear"), *UPLOAD_ERRORS, status="201"
-                ),
-            },
-        },
-        "/api/v1/smears/{smear_id}": {
-            "get": {
-                "parameters": sid,
-                "responses": _responses("the analysis", _ref("Smear"), "404"),
-            },
-            "delete": {
-                "parameters": sid,
-                "responses": _responses("deleted", None, "404", status="204"),
-            },
-        },
+    }
+
+
+UPLOAD_SCHEMA = {"Prediction": "Upload", "Smear": "Smear"}  # what a POST answers
+
+
+def _paths() -> dict:
+    return {
+        **_collection(
+            "predictions",
+            "Prediction",
+            "PredictionList",
+            [*PAGING, LABEL],
+            "Classify single-cell images; those that cannot be used are listed in 'rejected'",
+        ),
+        **_collection(
+            "smears",
+            "Smear",
+            "SmearList",
+            PAGING,
+            "Analyse smear fields: white cells (boxes, classes), red cells and "
+            "platelets, the differential",
+        ),
         "/api/v1/model": {"get": {"responses": _responses("the model card", _ref("ModelCard"))}},
         "/healthz": {
             "get": {
