@@ -28,7 +28,7 @@ def annotate(image: ImageInput, field: dict, marks: bool = False) -> Image.Image
     # sizes follow the field, so labels stay readable on a 640 px field and on a large scan
     scale = max(picture.width, picture.height)
     line = max(2, scale // 320)
-    font = ImageFont.load_default(size=max(14, scale // 45))
+    font = ImageFont.load_default(size=max(16, scale // 36))
     if marks:
         _marks(draw, field, max(3, scale // 160))
     for number, cell in enumerate(field["white_cells"], start=1):
