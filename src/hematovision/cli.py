@@ -60,6 +60,34 @@ def cmd_data_fetch(args) -> int:
     return 0
 
 
+def cmd_data_combine(args) -> int:
+    from .data.labs import combine_labs
+
+    sources = {}
+    for item in args.lab:
+        lab, sep, folder = item.partition("=")
+        if not sep or not lab or not folder:
+            raise HematoVisionError(f"--lab takes NAME=FOLDER, not {item!r}")
+        sources[lab] = folder
+    path = combine_labs(
+        args.out,
+        sources,
+        set(args.group_duplicates),
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
+    out.print(f"{len(sources)} labs linked into {path} (labs and groups in {path / 'meta.csv'})")
+    return 0
+
+
+def cmd_data_crops(args) -> int:
+    from .smear.crops import bccd_white_cells
+
+    counts = bccd_white_cells(args.bccd, args.out, args.parity, show_progress=not args.quiet)
+    out.print(f"{sum(counts.values())} white cells in {args.out}: {counts}")
+    return 0
+
+
 def cmd_data_inspect(args) -> int:
     from .data import inspect_folder
     from .evaluation.metrics import format_metric as _fmt
@@ -214,7 +242,7 @@ def _report_failures(failures: list[str], total: int) -> None:
 def cmd_predict(args) -> int:
     from .inference import Classifier
 
-    classifier = Classifier.load(args.model, precision=args.precision)
+    classifier = Classifier.load(args.model, precision=args.precision, tta=args.tta)
     paths, heat_dir = _inputs_and_folder(args.paths, args.heatmaps)
     results, failures = _classify_paths(classifier, paths, heat_dir, args)
     _report_failures(failures, len(paths))
@@ -501,6 +529,34 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("folder")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_data_inspect)
+    cb = dsub.add_parser("combine", help="link several labs' class folders into one data set")
+    cb.add_argument("out", help="the combined folder (symbolic links and meta.csv)")
+    cb.add_argument(
+        "--lab",
+        action="append",
+        required=True,
+        metavar="NAME=FOLDER",
+        help="a lab's class-per-folder set (repeat per lab)",
+    )
+    cb.add_argument(
+        "--group-duplicates",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="group this lab's near-duplicate crops of one cell (e.g. lisc)",
+    )
+    cb.add_argument("--overwrite", action="store_true")
+    cb.set_defaults(func=cmd_data_combine)
+    cr = dsub.add_parser("crops", help="white cells cut from BCCD's labelled smear fields")
+    cr.add_argument("bccd", help="the BCCD folder (JPEGImages, Annotations, labels.csv)")
+    cr.add_argument("out", help="class-per-folder output")
+    cr.add_argument(
+        "--parity",
+        choices=["even", "odd", "all"],
+        default="even",
+        help="even: the fields the detector was tuned on (odd ones stay held out)",
+    )
+    cr.set_defaults(func=cmd_data_crops)
 
     from .training.config import TrainConfig  # torch-free
 
@@ -537,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument(
         "--precision", choices=["fp32", "int8"], help="default: fp32 where the model has it"
+    )
+    r.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the 8 flips and turns of each cell (8x slower) "
+        "and flag cells on which they disagree",
     )
     r.set_defaults(func=cmd_predict)
 

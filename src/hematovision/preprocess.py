@@ -1,10 +1,13 @@
 """The one definition of preprocessing, shared by training, evaluation, export and serving.
 
-An image goes through three steps:
+An image goes through four steps:
   1. ``to_rgb``: decode and convert any mode (L, P, RGBA, I;16, CMYK...) to 8-bit RGB;
-  2. ``resize``: square resize to the model's input size, kept as uint8 (this is what the
+  2. ``frame_cell`` (when the spec's ``framing`` is "cell"): find the white cell's nucleus and
+     frame a square around it whose side is a fixed multiple of the nucleus's size, so a cell
+     fills the same share of the input whatever the source's zoom or crop;
+  3. ``resize``: square resize to the model's input size, kept as uint8 (this is what the
      decode cache stores);
-  3. ``normalize``: scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel,
+  4. ``normalize``: scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel,
      channels first.
 The spec is serialised into ``model.json`` so that serving reproduces it exactly, with no torch.
 """
@@ -38,6 +41,7 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     resample: str = "bilinear"
+    framing: str = "none"  # "cell": canonical framing of the white cell (frame_cell)
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +49,7 @@ class PreprocessSpec:
             "mean": list(self.mean),
             "std": list(self.std),
             "resample": self.resample,
+            "framing": self.framing,
         }
 
     @classmethod
@@ -55,6 +60,7 @@ class PreprocessSpec:
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             resample=d.get("resample", "bilinear"),
+            framing=d.get("framing", "none"),
         )
 
 
@@ -180,6 +186,82 @@ def upright_size(data: bytes) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+# ---------------------------------------------------------------- canonical framing
+CELL_FRAME = 4.0  # frame side / sqrt(nucleus area): PBC's median, so its crops keep their look
+FRAME_ANALYSIS_SIDE = 160  # px: the nucleus is found on a copy this large (fast, and enough)
+Box = tuple[int, int, int]  # left, top, side: a square in the source image's pixels
+
+
+def nucleus_score(rgb: np.ndarray) -> np.ndarray:
+    """How nucleus-like each pixel is: bluer and darker than the image's own median. Relative to
+    the image, so a stain's overall cast or a camera's brightness does not matter."""
+    blue = rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
+    lum = rgb.mean(-1)
+    return (blue - np.median(blue)) + (np.median(lum) - lum)
+
+
+def locate_nucleus(img: Image.Image) -> tuple[float, float, float] | None:
+    """(x, y, size) of the white cell's nucleus: its centre and the square root of its area,
+    in pixels of ``img``; None when the image shows no nucleus (blank, noise, debris...).
+
+    Three classes by Otsu's method (scikit-image) split background, other cells and nuclei;
+    the nuclear lobes are joined, and the largest nucleus near the centre is the cell's."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_multiotsu
+
+    f = max(img.size) / FRAME_ANALYSIS_SIDE
+    small = img.resize(
+        (max(1, round(img.width / f)), max(1, round(img.height / f))), Image.BILINEAR
+    )
+    score = nucleus_score(np.asarray(small, np.float32))
+    try:
+        threshold = threshold_multiotsu(score, classes=3)[-1]
+    except ValueError:  # a flat image: fewer than three levels
+        return None
+    if score.max() - threshold < 20:
+        return None
+    mask = ndi.binary_fill_holes(
+        ndi.binary_closing(ndi.binary_opening(score > threshold), iterations=3)
+    )
+    labels, n = ndi.label(mask)
+    if not n:
+        return None
+    h, w = mask.shape
+    areas = ndi.sum(mask, labels, range(1, n + 1))
+    centres = ndi.center_of_mass(mask, labels, range(1, n + 1))
+    distance = np.array([np.hypot(x - w / 2, y - h / 2) for y, x in centres]) / max(w, h)
+    best = int(np.argmax(areas * np.exp(-4 * distance)))  # large and near the centre
+    y, x = centres[best]
+    return x * f, y * f, float(np.sqrt(areas[best])) * f
+
+
+def frame_cell(img: Image.Image, k: float = CELL_FRAME) -> tuple[Image.Image, Box]:
+    """The square around the cell's nucleus of side ``k`` x its size (beyond the image's edge,
+    its median colour), and that square in ``img``'s pixels; the whole image when no nucleus."""
+    found = locate_nucleus(img)
+    if found is None:
+        side = max(img.size)
+        x, y = img.width / 2, img.height / 2
+    else:
+        x, y, size = found
+        side = max(MIN_IMAGE_SIDE, round(k * size))
+    left, top = round(x - side / 2), round(y - side / 2)
+    if (left, top, side) == (0, 0, img.width) and img.width == img.height:
+        return img, (0, 0, side)
+    fill = tuple(int(v) for v in np.median(np.asarray(img).reshape(-1, 3), axis=0))
+    framed = Image.new("RGB", (side, side), fill)
+    inside = (max(0, left), max(0, top), min(img.width, left + side), min(img.height, top + side))
+    framed.paste(img.crop(inside), (inside[0] - left, inside[1] - top))
+    return framed, (left, top, side)
+
+
+def model_view(img: Image.Image, spec: PreprocessSpec) -> tuple[Image.Image, Box]:
+    """What the model sees of ``img`` before resizing: the framed cell, or the whole image."""
+    if spec.framing == "cell":
+        return frame_cell(img)
+    return img, (0, 0, max(img.size))
+
+
 def resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Square-resize an RGB image to the spec's input size; returns HxWx3 uint8."""
     size = spec.input_size
@@ -188,8 +270,8 @@ def resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def load_resized(image: ImageInput, spec: PreprocessSpec) -> np.ndarray:
-    """Decode and resize one image: HxWx3 uint8, the unit the decode cache stores."""
-    return resize(to_rgb(image), spec)
+    """Decode, frame (per the spec) and resize one image: HxWx3 uint8, what the cache stores."""
+    return resize(model_view(to_rgb(image), spec)[0], spec)
 
 
 def normalize(batch_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

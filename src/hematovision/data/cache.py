@@ -31,7 +31,8 @@ class DecodeCache:
         return cls(base / "decoded")
 
     def _path(self, key: str, spec: PreprocessSpec) -> Path:
-        return self.root / f"{spec.input_size}-{spec.resample}" / key[:2] / f"{key}.npy"
+        framing = "" if spec.framing == "none" else f"-{spec.framing}"
+        return self.root / f"{spec.input_size}-{spec.resample}{framing}" / key[:2] / f"{key}.npy"
 
     def get(self, key: str, spec: PreprocessSpec) -> np.ndarray | None:
         if self.root is None:

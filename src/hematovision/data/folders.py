@@ -26,15 +26,21 @@ def normalize_class_name(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip().lower()).strip("_")
 
 
+META = "meta.csv"  # optional, in a data folder: path, lab, group (see data.labs)
+
+
 @dataclass
 class ImageFolder:
-    """Image files of a class-per-folder tree, with their labels."""
+    """Image files of a class-per-folder tree, with their labels and, for each, its lab and its
+    group (files of one group, e.g. copies of one cell, must stay in one split)."""
 
     root: Path
     classes: list[str]
     paths: list[Path]
     labels: np.ndarray  # index into classes
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    labs: np.ndarray | None = None  # lab name per file (None: one lab)
+    groups: np.ndarray | None = None  # group per file (None: each file its own group)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -49,7 +55,18 @@ class ImageFolder:
         """The images at positions ``keep`` (indices, or a boolean mask), in folder order."""
         keep = np.asarray(keep)
         idx = np.flatnonzero(keep) if keep.dtype == bool else np.sort(keep.astype(np.int64))
-        return ImageFolder(self.root, self.classes, [self.paths[i] for i in idx], self.labels[idx])
+        return ImageFolder(
+            self.root,
+            self.classes,
+            [self.paths[i] for i in idx],
+            self.labels[idx],
+            labs=None if self.labs is None else self.labs[idx],
+            groups=None if self.groups is None else self.groups[idx],
+        )
+
+    def lab_names(self) -> np.ndarray:
+        """The lab of each file ("data" when the folder names none)."""
+        return self.labs if self.labs is not None else np.full(len(self), "data", dtype=object)
 
     def relabel(self, classes: list[str]) -> ImageFolder:
         """The same images with labels indexing ``classes`` (a model's class list, which may
@@ -59,7 +76,9 @@ class ImageFolder:
             raise UnknownClasses(self.root, unknown, classes)
         remap = np.array([classes.index(c) for c in self.classes], dtype=np.int64)
         labels = remap[self.labels] if len(self.labels) else self.labels
-        return ImageFolder(self.root, list(classes), self.paths, labels, self.skipped)
+        return ImageFolder(
+            self.root, list(classes), self.paths, labels, self.skipped, self.labs, self.groups
+        )
 
 
 class UnknownClasses(HematoVisionError):
@@ -110,7 +129,21 @@ def scan_folder(root: str | Path) -> ImageFolder:
     classes = sorted(by_class)
     paths = [p for c in classes for p in by_class[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in by_class[c]], dtype=np.int64)
-    return ImageFolder(root, classes, paths, labels)
+    folder = ImageFolder(root, classes, paths, labels)
+    if (root / META).is_file():
+        _read_meta(folder)
+    return folder
+
+
+def _read_meta(folder: ImageFolder) -> None:
+    """Labs and groups from the folder's meta.csv (files it does not name: "data", alone)."""
+    import csv
+
+    with open(folder.root / META, newline="") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    relative = [folder.relative(p) for p in folder.paths]
+    folder.labs = np.array([rows.get(r, {}).get("lab") or "data" for r in relative], dtype=object)
+    folder.groups = np.array([rows.get(r, {}).get("group") or r for r in relative], dtype=object)
 
 
 @dataclass

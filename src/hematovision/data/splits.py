@@ -16,6 +16,17 @@ from .folders import ImageFolder
 SPLITS = ("train", "val", "test")
 
 
+def grouped_split(
+    labels: np.ndarray, groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """``stratified_split`` of whole groups: the files of one group (copies of one cell) always
+    land in the same split. A group's label is its first file's (groups do not mix classes)."""
+    _, first, inverse = np.unique(
+        np.asarray(groups, dtype=str), return_index=True, return_inverse=True
+    )
+    return stratified_split(np.asarray(labels)[first], val_fraction, test_fraction, seed)[inverse]
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
@@ -134,11 +145,17 @@ class SplitManifest:
         test_fraction: float,
         seed: int,
     ) -> SplitManifest:
-        split = stratified_split(folder.labels, val_fraction, test_fraction, seed)
+        if folder.groups is None:
+            split = stratified_split(folder.labels, val_fraction, test_fraction, seed)
+        else:
+            split = grouped_split(folder.labels, folder.groups, val_fraction, test_fraction, seed)
         files = [
             {"path": folder.relative(p), "label": folder.classes[y], "split": s, "sha256": h}
             for p, y, s, h in zip(folder.paths, folder.labels, split, sha256)
         ]
+        if folder.labs is not None:
+            for f, lab in zip(files, folder.labs):
+                f["lab"] = str(lab)
         return cls(
             list(folder.classes),
             seed,

@@ -12,9 +12,16 @@ from scipy.special import softmax
 
 from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
-from ..preprocess import ImageInput, normalize, resize, to_rgb
+from ..preprocess import ImageInput, model_view, normalize, resize, to_rgb
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model"
+TTA_MIN_AGREEMENT = 0.75  # with test-time augmentation: fewer views agreeing is "uncertain"
+# the 8 flips and quarter turns of an NHWC batch (a cell has no orientation)
+DIHEDRAL = [
+    lambda b, k=k, flip=flip: np.rot90(b[:, :, ::-1] if flip else b, k, axes=(1, 2))
+    for flip in (False, True)
+    for k in range(4)
+]
 
 
 @dataclass
@@ -70,8 +77,8 @@ def heatmap_overlay(image: ImageInput, heatmap: np.ndarray, alpha: float = 0.45)
 class Classifier:
     """Classify blood-cell images with a model artifact on ONNX Runtime (CPU)."""
 
-    def __init__(self, artifact: ModelArtifact, session, precision: str):
-        self.artifact, self.session, self.precision = artifact, session, precision
+    def __init__(self, artifact: ModelArtifact, session, precision: str, tta: bool = False):
+        self.artifact, self.session, self.precision, self.tta = artifact, session, precision, tta
         self.classes: list[str] = artifact.classes
         self.spec = artifact.preprocess
         self.calibration = artifact.calibration
@@ -83,9 +90,11 @@ class Classifier:
         precision: str | None = None,
         threads: int | None = None,
         verify: bool = True,
+        tta: bool = False,
     ) -> Classifier:
         """Load an artifact folder (default: the bundled model); ``precision`` fp32 or int8
-        (default: fp32 where the artifact has it)."""
+        (default: fp32 where the artifact has it); ``tta``: average the 8 flips and turns of
+        each cell (8x the compute) and flag cells on which they disagree."""
         import onnxruntime as ort
 
         artifact = ModelArtifact.load(path or DEFAULT_MODEL)
@@ -101,7 +110,7 @@ class Classifier:
                 f"{artifact.path}: ONNX Runtime cannot load the "
                 f"{precision} model: {str(exc).splitlines()[0]}"
             ) from None
-        return cls(artifact, session, precision)
+        return cls(artifact, session, precision, tta)
 
     name = property(lambda self: self.artifact.name)
     version = property(lambda self: self.artifact.version)
@@ -156,24 +165,37 @@ class Classifier:
             return Prediction.failed(exc)
 
     def _classify(self, pictures: list[Image.Image], heatmaps: bool) -> list[Prediction]:
-        probs, cams, oods = self.predict_arrays(np.stack([resize(p, self.spec) for p in pictures]))
+        views = [model_view(p, self.spec) for p in pictures]
+        batch = np.stack([resize(view, self.spec) for view, _ in views])
+        probs, cams, oods, agreement = self._outputs(batch)
         return [
-            self._prediction(picture, p, cam, float(ood), heatmaps)
-            for picture, p, cam, ood in zip(pictures, probs, cams, oods)
+            self._prediction(picture, box, p, cam, float(ood), a, heatmaps)
+            for picture, (_, box), p, cam, ood, a in zip(
+                pictures, views, probs, cams, oods, agreement
+            )
         ]
 
-    def _prediction(self, picture, p, cam, ood, want_heatmap) -> Prediction:
+    def _outputs(self, batch: np.ndarray):
+        """(probabilities, cam, ood, view agreement); with TTA, over the 8 flips and turns."""
+        if not self.tta:
+            probs, cams, oods = self.predict_arrays(batch)
+            return probs, cams, oods, np.ones(len(batch))
+        runs = [self.predict_arrays(np.ascontiguousarray(view(batch))) for view in DIHEDRAL]
+        probs = np.mean([r[0] for r in runs], axis=0)
+        votes = np.stack([r[0].argmax(1) for r in runs])  # views x images
+        agreement = (votes == probs.argmax(1)).mean(0)
+        return probs, runs[0][1], np.mean([r[2] for r in runs], axis=0), agreement
+
+    def _prediction(self, picture, box, p, cam, ood, agreement, want_heatmap) -> Prediction:
         k = int(p.argmax())
         reasons = []
         if p[k] < self.confidence_threshold:
             reasons.append(f"confidence below {self.confidence_threshold:.2f}")
         if self.ood_threshold is not None and ood > self.ood_threshold:
             reasons.append("unlike the training images (may not be a blood cell)")
-        heat = None
-        if want_heatmap:
-            m = np.maximum(cam[k], 0)
-            m = m / m.max() if m.max() > 0 else m
-            heat = np.asarray(Image.fromarray(np.float32(m)).resize(picture.size, Image.BILINEAR))
+        if agreement < TTA_MIN_AGREEMENT:
+            reasons.append(f"flipped and turned views disagree ({agreement:.0%} agree)")
+        heat = self._heatmap(cam[k], picture, box) if want_heatmap else None
         return Prediction(
             self.classes[k],
             float(p[k]),
@@ -183,3 +205,14 @@ class Classifier:
             heat,
             picture.size,
         )
+
+    def _heatmap(self, cam: np.ndarray, picture: Image.Image, box) -> np.ndarray:
+        """The class-activation map in [0, 1], placed over the picture where the model looked."""
+        m = np.maximum(cam, 0)
+        m = np.float32(m / m.max() if m.max() > 0 else m)
+        if self.spec.framing == "none":
+            return np.asarray(Image.fromarray(m).resize(picture.size, Image.BILINEAR))
+        left, top, side = box
+        canvas = Image.new("F", picture.size, 0.0)
+        canvas.paste(Image.fromarray(m).resize((side, side), Image.BILINEAR), (left, top))
+        return np.asarray(canvas)

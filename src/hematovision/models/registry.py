@@ -123,7 +123,7 @@ def create_model(
     return info.build(num_classes, pretrained=pretrained, input_size=input_size, weights=weights)
 
 
-def preprocess_spec(name: str, input_size: int) -> PreprocessSpec:
+def preprocess_spec(name: str, input_size: int, framing: str = "none") -> PreprocessSpec:
     """The preprocessing an architecture was pretrained with, at ``input_size``."""
     info = model_info(name)
-    return PreprocessSpec(input_size=input_size, mean=info.mean, std=info.std)
+    return PreprocessSpec(input_size=input_size, mean=info.mean, std=info.std, framing=framing)

@@ -8,7 +8,7 @@ annotated field; ``scoring``: the benchmark on BCCD's boxes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 MAX_FIELD_PIXELS = 4096 * 4096
+# a classifier that frames cells itself (spec framing "cell") gets a wider crop to frame from
+FRAMED_CROP_FACTOR = 3.0
 SMEAR_MODEL = Path(__file__).resolve().parents[1] / "assets" / "smear_model"
 
 
@@ -166,6 +168,8 @@ def analyze_smear(
     if classify and cells:
         classifier = classifier or load_smear_classifier()
         fill = background_colour(picture)  # once per field, not once per cell
+        if classifier.spec.framing == "cell":
+            params = replace(params, crop_factor=FRAMED_CROP_FACTOR)
         crops = [crop_cell(picture, c.box, params, fill) for c in cells]
         for cell, pred in zip(cells, classifier.predict(crops)):
             cell.label, cell.confidence = pred.label, pred.confidence

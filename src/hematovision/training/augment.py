@@ -1,18 +1,51 @@
 """Training-time augmentation on uint8 batches: what a cell image may vary by.
 
-A cell has no orientation (flips, 90-degree turns), sits anywhere in the crop (random
-crop-and-resize) and is stained and lit differently from lab to lab (brightness, contrast,
-saturation and a per-channel stain gain). The result is normalised with the shared spec.
+A cell has no orientation (flips, 90-degree turns) and sits anywhere in the crop (random
+crop-and-resize). Labs differ in stain, camera and light, so a recipe also varies colour:
+
+* ``mild`` (the original): brightness, contrast, saturation and a per-channel gain of 5-10%;
+* ``lab``: what other labs look like, chosen by leave-one-lab-out measurement
+  (benchmarks/bench_crosslab.py): stain jitter in the colour-deconvolution (HED) space of
+  scikit-image (Tellez et al., 2018), hue turns, stronger light and saturation changes, zoom
+  in and out, and blur.
+
+The result is normalised with the shared spec.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..preprocess import PreprocessSpec
+
+
+@dataclass(frozen=True)
+class Recipe:
+    crop_scale: tuple[float, float] = (0.7, 1.0)  # area share kept by the random crop
+    zoom_out: float = 1.0  # at most this much smaller, on the image's median colour
+    colour: float = 0.1  # brightness, contrast and saturation: 1 +- this
+    stain_gain: float = 0.05  # per-channel gain: 1 +- this
+    hed: float = 0.0  # HED stain jitter: scale 1 +- this, shift +- this
+    hue: float = 0.0  # hue turn, in radians: +- this
+    blur: float = 0.0  # probability of a slight blur (another focus or optics)
+
+
+RECIPES = {
+    "mild": Recipe(),
+    "lab": Recipe(
+        crop_scale=(0.6, 1.0),
+        zoom_out=1.3,
+        colour=0.2,
+        stain_gain=0.08,
+        hed=0.1,
+        hue=0.15,
+        blur=0.3,
+    ),
+}
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, *shape) -> torch.Tensor:
@@ -40,17 +73,74 @@ def random_resized_crop(
     return out
 
 
-def augment_batch(
-    batch_uint8: torch.Tensor,
-    spec: PreprocessSpec,
-    gen: torch.Generator,
-    colour: float = 0.1,
-    stain: float = 0.05,
-) -> torch.Tensor:
-    """NHWC uint8 -> augmented, normalised NCHW float32 (on the CPU)."""
-    x = batch_uint8.permute(0, 3, 1, 2).float() / 255.0
+def random_zoom_out(x: torch.Tensor, gen: torch.Generator, most: float) -> torch.Tensor:
+    """Each image shrunk by up to ``most`` and placed anywhere on its own median colour."""
+    n, _, h, w = x.shape
+    factors = _uniform(gen, n, 1.0, most)
+    out = x.median(dim=3, keepdim=True).values.median(dim=2, keepdim=True).values.expand_as(x)
+    out = out.clone()
+    for i in range(n):
+        sh, sw = max(8, round(h / factors[i].item())), max(8, round(w / factors[i].item()))
+        small = F.interpolate(x[i : i + 1], size=(sh, sw), mode="bilinear", align_corners=False)
+        top = int(torch.randint(0, h - sh + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - sw + 1, (1,), generator=gen))
+        out[i, :, top : top + sh, left : left + sw] = small[0]
+    return out
+
+
+def _hed_matrices():
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    return (
+        torch.tensor(hed_from_rgb, dtype=torch.float32),
+        torch.tensor(rgb_from_hed, dtype=torch.float32),
+    )
+
+
+def hed_jitter(x: torch.Tensor, gen: torch.Generator, amount: float) -> torch.Tensor:
+    """Scale and shift each stain's amount in the haematoxylin-eosin-DAB space (as
+    scikit-image's rgb2hed / hed2rgb), a stain and a staining time of another lab."""
+    to_hed, to_rgb = _hed_matrices()
     n = x.shape[0]
-    x = random_resized_crop(x, gen)
+    log_adjust = math.log(1e-6)
+    rgb = x.permute(0, 2, 3, 1).clamp(min=1e-6)
+    stains = ((torch.log(rgb) / log_adjust) @ to_hed).clamp(min=0)
+    stains = stains * _uniform(gen, n, 1 - amount, 1 + amount, 1, 1, 3)
+    # shifts are small beside the stain amounts of a blood smear (about 0 to 0.15)
+    stains = stains + _uniform(gen, n, -amount / 5, amount / 5, 1, 1, 3)
+    rgb = torch.exp(-(stains * -log_adjust) @ to_rgb)
+    return rgb.clamp(0, 1).permute(0, 3, 1, 2)
+
+
+def hue_turn(x: torch.Tensor, gen: torch.Generator, most: float) -> torch.Tensor:
+    """Turn the hue by up to ``most`` radians: a rotation of the chroma plane in YIQ."""
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    angles = _uniform(gen, x.shape[0], -most, most)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    rotation = torch.zeros(x.shape[0], 3, 3)
+    rotation[:, 0, 0] = 1
+    rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
+    rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
+    transform = torch.linalg.inv(yiq) @ rotation @ yiq  # n x 3 x 3
+    return torch.einsum("nij,njhw->nihw", transform, x).clamp(0, 1)
+
+
+def _light(x: torch.Tensor, gen: torch.Generator, colour: float) -> torch.Tensor:
+    n = x.shape[0]
+    x = x * _uniform(gen, n, 1 - colour, 1 + colour, 1, 1, 1)  # brightness
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * _uniform(gen, n, 1 - colour, 1 + colour, 1, 1, 1) + mean  # contrast
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    return (x - gray) * _uniform(gen, n, 1 - colour, 1 + colour, 1, 1, 1) + gray  # saturation
+
+
+def _geometry(x: torch.Tensor, gen: torch.Generator, recipe: Recipe) -> torch.Tensor:
+    n = x.shape[0]
+    if recipe.zoom_out > 1:
+        shrink = torch.rand(n, generator=gen) < 0.5
+        if shrink.any():
+            x[shrink] = random_zoom_out(x[shrink], gen, recipe.zoom_out)
+    x = random_resized_crop(x, gen, recipe.crop_scale)
     flip_h = torch.rand(n, generator=gen) < 0.5
     x[flip_h] = x[flip_h].flip(3)
     flip_v = torch.rand(n, generator=gen) < 0.5
@@ -58,14 +148,32 @@ def augment_batch(
     turns = torch.randint(0, 4, (n,), generator=gen)
     for k in (1, 2, 3):
         x[turns == k] = torch.rot90(x[turns == k], k, dims=(2, 3))
-    if colour > 0:
-        x = x * _uniform(gen, n, 1 - colour, 1 + colour, 1, 1, 1)  # brightness
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * _uniform(gen, n, 1 - colour, 1 + colour, 1, 1, 1) + mean  # contrast
-        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-        x = (x - gray) * _uniform(gen, n, 1 - colour, 1 + colour, 1, 1, 1) + gray  # saturation
-    if stain > 0:
-        x = x * _uniform(gen, n, 1 - stain, 1 + stain, 3, 1, 1)  # stain balance
+    return x
+
+
+def _blur(x: torch.Tensor, gen: torch.Generator, probability: float) -> torch.Tensor:
+    chosen = torch.rand(x.shape[0], generator=gen) < probability
+    if chosen.any():
+        kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
+        kernel = (kernel[:, None] * kernel[None, :]).expand(3, 1, 3, 3)
+        x[chosen] = F.conv2d(F.pad(x[chosen], (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    return x
+
+
+def augment_batch(
+    batch_uint8: torch.Tensor, spec: PreprocessSpec, gen: torch.Generator, recipe: str = "mild"
+) -> torch.Tensor:
+    """NHWC uint8 -> augmented, normalised NCHW float32 (on the CPU)."""
+    r = RECIPES[recipe]
+    x = _geometry(batch_uint8.permute(0, 3, 1, 2).float() / 255.0, gen, r)
+    if r.hed:
+        x = hed_jitter(x, gen, r.hed)
+    if r.hue:
+        x = hue_turn(x, gen, r.hue)
+    x = _light(x, gen, r.colour)
+    x = x * _uniform(gen, x.shape[0], 1 - r.stain_gain, 1 + r.stain_gain, 3, 1, 1)  # stain balance
+    if r.blur:
+        x = _blur(x, gen, r.blur)
     x = x.clamp_(0, 1)
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1)

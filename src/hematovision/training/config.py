@@ -50,7 +50,34 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata=_opt("cross-entropy label smoothing"))
     patience: int = field(default=5, metadata=_opt("early stopping on val macro-F1"))
     augment: bool = field(default=True, metadata=_opt("no training-time augmentation"))
-    max_per_class: int | None = field(default=None, metadata=_opt("use at most N images per class"))
+    recipe: str = field(
+        default="mild",
+        metadata=_opt(
+            "augmentation recipe: mild (light and colour by 5-10%%), or lab (other labs' stains, "
+            "light, zoom and focus: see training/augment.py)",
+            choices=["mild", "lab"],
+        ),
+    )
+    framing: str = field(
+        default="none",
+        metadata=_opt(
+            "cell: frame each image on its white cell (zoom-independent; serving does the same)",
+            choices=["none", "cell"],
+        ),
+    )
+    balance: str = field(
+        default="none",
+        metadata=_opt(
+            "lab-class: draw every lab and class equally often (labs from the data's meta.csv)",
+            choices=["none", "lab-class"],
+        ),
+    )
+    max_per_class: int | None = field(
+        default=None,
+        metadata=_opt(
+            "use at most N images per class (per lab and class when the data names labs)"
+        ),
+    )
     init: str | None = field(
         default=None, metadata=_opt("start from this run's best weights and keep its split")
     )
@@ -80,6 +107,13 @@ class TrainConfig:
             raise HematoVisionError("--val-fraction must be above 0: early stopping needs it")
         if self.extra_repeat < 1:
             raise HematoVisionError("--extra-repeat must be at least 1")
+        for name, allowed in (
+            ("recipe", ("mild", "lab")),
+            ("framing", ("none", "cell")),
+            ("balance", ("none", "lab-class")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise HematoVisionError(f"--{name} must be one of {', '.join(allowed)}")
 
 
 # Settings that must not change between a run and its --resume.
@@ -96,4 +130,7 @@ RESUME_KEYS = (
     "extra_train",
     "extra_repeat",
     "init",
+    "framing",
+    "balance",
+    "recipe",
 )

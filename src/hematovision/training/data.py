@@ -38,6 +38,8 @@ class TrainingData:
     extra_files: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     decode_seconds: float = 0.0
+    labs: np.ndarray | None = None  # lab of every image (positions as ``images``)
+    weights: np.ndarray | None = None  # sampling probability of each training image
 
     def split_images(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         idx = self.split[split]
@@ -48,13 +50,21 @@ def scan_training_folder(cfg: TrainConfig) -> ImageFolder:
     """The data folder's images, limited per class for a new run; at least two classes."""
     folder = scan_folder(cfg.data)
     if not cfg.init:  # continuing a run keeps its split: --max-per-class thins only its train
-        folder = folder.subset(limit_per_class(folder.labels, cfg.max_per_class, cfg.seed))
+        folder = folder.subset(limit_per_class(_lab_class(folder), cfg.max_per_class, cfg.seed))
     if len(folder.classes) < 2:
         raise HematoVisionError(
             f"only one class ({folder.classes[0]}) in {cfg.data}; "
             f"a classifier needs at least two class folders"
         )
     return folder
+
+
+def _lab_class(folder: ImageFolder) -> np.ndarray:
+    """Each image's class, or its lab and class when the folder names labs (limits count per
+    lab, so that a large lab does not crowd out a small one)."""
+    if folder.labs is None:
+        return folder.labels
+    return np.array([f"{lab}/{y}" for lab, y in zip(folder.labs, folder.labels)])
 
 
 def load_training_data(
@@ -71,11 +81,17 @@ def load_training_data(
         train = split["train"]
         split["train"] = np.sort(train[limit_per_class(labels[train], cfg.max_per_class, cfg.seed)])
     x_train, y_train = decoded.arrays[split["train"]], labels[split["train"]]
+    labs = decoded.folder.lab_names()
+    train_labs = labs[split["train"]]
     extra_files = []
     if cfg.extra_train:
         extra_x, extra_y, extra_files = _extra_training_images(cfg, classes, spec)
         x_train = np.concatenate([x_train] + [extra_x] * cfg.extra_repeat)
         y_train = np.concatenate([y_train] + [extra_y] * cfg.extra_repeat)
+        train_labs = np.concatenate(
+            [train_labs] + [np.full(len(extra_y), "extra")] * cfg.extra_repeat
+        )
+    weights = balanced_weights(train_labs, y_train) if cfg.balance == "lab-class" else None
     return TrainingData(
         classes,
         spec,
@@ -88,7 +104,17 @@ def load_training_data(
         extra_files,
         [str(p) for p, _ in decoded.folder.skipped],
         seconds,
+        labs,
+        weights,
     )
+
+
+def balanced_weights(labs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Sampling probabilities under which every (lab, class) pair is drawn equally often."""
+    keys = np.array([f"{lab}/{y}" for lab, y in zip(labs, labels)])
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse]
+    return weights / weights.sum()
 
 
 def _split_manifest(cfg: TrainConfig, run: RunDir, decoded) -> SplitManifest:

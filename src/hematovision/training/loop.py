@@ -49,7 +49,8 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> RunDir:
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg, len(folder.classes))  # before the run folder: bad --arch leaves none
     run = _prepare_run_dir(cfg)
-    data = load_training_data(cfg, run, folder, preprocess_spec(cfg.arch, cfg.image_size))
+    spec = preprocess_spec(cfg.arch, cfg.image_size, cfg.framing)
+    data = load_training_data(cfg, run, folder, spec)
     device = pick_device(cfg.device)
     model.to(device)
     optimizer, scheduler = build_optimizer(
@@ -106,7 +107,10 @@ def train_one_epoch(
     model.train()
     # seeded per epoch, so that a resumed run sees the same batches and augmentations
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(data.x_train))
+    rng = np.random.default_rng([cfg.seed, epoch])
+    n = len(data.x_train)
+    # balanced: as many draws as images, each lab and class drawn equally often
+    order = rng.permutation(n) if data.weights is None else rng.choice(n, n, p=data.weights)
     steps = math.ceil(len(order) / cfg.batch_size)
     seen, loss_sum, correct, start = 0, 0.0, 0, time.perf_counter()
     with progress_bar(f"epoch {epoch}/{cfg.epochs}", steps, enabled=cfg.show_progress) as bar:
@@ -114,7 +118,7 @@ def train_one_epoch(
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             batch = data.x_train[idx]
             x = (
-                augment_batch(torch.from_numpy(batch), data.spec, gen)
+                augment_batch(torch.from_numpy(batch), data.spec, gen, cfg.recipe)
                 if cfg.augment
                 else torch.from_numpy(normalize(batch, data.spec))
             )
@@ -255,7 +259,12 @@ def restore(cfg: TrainConfig, run: RunDir, model, optimizer, scheduler, device) 
     """Continue a checkpoint (--resume, same settings) or start from a run's weights (--init)."""
     if cfg.resume:
         saved = torch.load(run.checkpoint, map_location=device, weights_only=True)
-        changed = [k for k in RESUME_KEYS if saved["config"].get(k) != getattr(cfg, k)]
+        # a key an older checkpoint lacks had its default then
+        changed = [
+            k
+            for k in RESUME_KEYS
+            if saved["config"].get(k, getattr(TrainConfig, k, None)) != getattr(cfg, k)
+        ]
         if changed:
             raise HematoVisionError(f"cannot resume with different settings: {', '.join(changed)}")
         model.load_state_dict(saved["model"])
@@ -316,6 +325,9 @@ def finish_run(
             images, labels = data.split_images(split)
             probs[split] = predict_proba(model, images, data.spec)
             results[split] = classification_metrics(labels, probs[split], data.classes)
+            labs = data.labs[data.split[split]]
+            if len(set(labs)) > 1:
+                results[split]["per_lab"] = per_lab_metrics(labels, probs[split], labs)
             np.save(run.probs_file(split), probs[split])
     run.write_metrics(results)
     run.write_info(_run_info(cfg, data, results))
@@ -338,6 +350,15 @@ def finish_run(
         },
     )
     return run
+
+
+def per_lab_metrics(labels: np.ndarray, probs: np.ndarray, labs: np.ndarray) -> dict:
+    """Accuracy and count of each lab's images (a run over several labs)."""
+    correct = probs.argmax(1) == labels
+    return {
+        str(lab): {"n": int((labs == lab).sum()), "accuracy": float(correct[labs == lab].mean())}
+        for lab in sorted(set(labs))
+    }
 
 
 def _run_info(cfg: TrainConfig, data: TrainingData, results: dict) -> RunInfo:

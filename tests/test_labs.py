@@ -1,0 +1,177 @@
+"""Generalising across labs (issue 11): canonical framing, several labs in one data set with
+near-duplicates grouped, balanced sampling, other-lab augmentation, test-time augmentation."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hematovision.data import scan_folder
+from hematovision.data.labs import combine_labs, near_duplicate_groups
+from hematovision.data.splits import SplitManifest, grouped_split
+from hematovision.inference import DEFAULT_MODEL, Classifier
+from hematovision.preprocess import PreprocessSpec, frame_cell, load_resized, locate_nucleus
+from hematovision.training.augment import RECIPES, augment_batch
+from hematovision.training.data import balanced_weights
+
+from conftest import LISC, require
+
+
+@pytest.fixture(scope="module")
+def lisc_dir():
+    require((LISC / "neutrophil").is_dir(), f"the LISC data set is not at {LISC}")
+    return LISC
+
+
+def _zoomed(img: Image.Image, z: float) -> Image.Image:
+    size = img.size
+    scaled = img.resize((round(img.width * z), round(img.height * z)), Image.BILINEAR)
+    if z >= 1:
+        left, top = (scaled.width - size[0]) // 2, (scaled.height - size[1]) // 2
+        return scaled.crop((left, top, left + size[0], top + size[1]))
+    canvas = Image.new("RGB", size, tuple(int(v) for v in np.median(np.asarray(img), (0, 1))))
+    canvas.paste(scaled, ((size[0] - scaled.width) // 2, (size[1] - scaled.height) // 2))
+    return canvas
+
+
+def test_framing_shows_a_cell_alike_at_half_to_twice_the_zoom(pbc_dir):
+    """The framed cell at 0.5x-2x zoom matches the framed cell at 1x (cell size in frame)."""
+    paths = [
+        sorted((pbc_dir / c).glob("*.jpg"))[7] for c in ("neutrophil", "lymphocyte", "monocyte")
+    ]
+    for path in paths:
+        img = Image.open(path).convert("RGB")
+        x, y, size = locate_nucleus(img)
+        assert abs(x - img.width / 2) < img.width / 4 and abs(y - img.height / 2) < img.height / 4
+        base = np.asarray(frame_cell(img)[0].convert("L").resize((64, 64)), np.float32)
+        for z in (0.5, 0.75, 1.5, 2.0):
+            framed, (_, _, side) = frame_cell(_zoomed(img, z))
+            assert side == pytest.approx(frame_cell(img)[1][2] * z, rel=0.25)
+            other = np.asarray(framed.convert("L").resize((64, 64)), np.float32)
+            assert np.corrcoef(base.ravel(), other.ravel())[0, 1] > 0.6, (path.name, z)
+
+
+def test_an_image_without_a_nucleus_is_left_whole():
+    blank = Image.new("RGB", (200, 150), (235, 220, 225))
+    assert locate_nucleus(blank) is None
+    framed, box = frame_cell(blank)
+    assert framed.size == (200, 200) and box == (0, -25, 200)
+
+
+def test_framing_is_part_of_the_spec_and_of_the_decode(pbc_dir):
+    path = sorted((pbc_dir / "lymphocyte").glob("*.jpg"))[0]
+    framed = PreprocessSpec(64, framing="cell")
+    assert PreprocessSpec.from_dict(framed.to_dict()) == framed
+    assert (
+        PreprocessSpec.from_dict({"input_size": 64, "mean": [0] * 3, "std": [1] * 3}).framing
+        == "none"
+    )
+    a, b = load_resized(path, framed), load_resized(path, PreprocessSpec(64))
+    assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)
+
+
+def test_lisc_copies_of_one_cell_are_grouped(lisc_dir):
+    """LISC numbers a cell's shifted copies consecutively: most neighbours share a group."""
+    paths = sorted((lisc_dir / "neutrophil").glob("*.jpg"), key=lambda p: int(p.stem))[:40]
+    groups = near_duplicate_groups(paths)
+    assert 5 <= len(set(groups)) <= 20  # about 5 copies a cell
+    assert np.mean(groups[1:] == groups[:-1]) > 0.6
+
+
+def test_combined_labs_keep_their_names_and_split_by_group(tmp_path, pbc_dir, lisc_dir):
+    small = {}
+    for lab, root, n in (("pbc", pbc_dir, 12), ("lisc", lisc_dir, 20)):
+        for c in ("neutrophil", "lymphocyte"):
+            (tmp_path / lab / c).mkdir(parents=True)
+            for p in sorted((root / c).glob("*.jpg"), key=lambda p: p.stem)[:n]:
+                (tmp_path / lab / c / p.name).symlink_to(p)
+        small[lab] = tmp_path / lab
+    out = combine_labs(tmp_path / "combined", small, {"lisc"}, show_progress=False)
+    folder = scan_folder(out)
+    assert folder.classes == ["lymphocyte", "neutrophil"] and len(folder) == 64
+    assert sorted(set(folder.labs)) == ["lisc", "pbc"]
+    with open(out / "meta.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len({r["group"] for r in rows if r["lab"] == "lisc"}) < 40  # copies grouped
+    manifest = SplitManifest.build(folder, ["x"] * len(folder), 0.25, 0.25, seed=0)
+    split_of = {f["path"]: f["split"] for f in manifest.files}
+    for group in set(folder.groups):
+        members = {
+            split_of[folder.relative(p)] for p, g in zip(folder.paths, folder.groups) if g == group
+        }
+        assert len(members) == 1, group
+    assert {f["lab"] for f in manifest.files} == {"pbc", "lisc"}
+
+
+def test_grouped_split_is_stratified_and_keeps_groups_whole():
+    labels = np.repeat([0, 1], 50)
+    groups = np.array([f"g{i // 5}" for i in range(100)])
+    split = grouped_split(labels, groups, 0.2, 0.2, seed=1)
+    for g in set(groups):
+        assert len(set(split[groups == g])) == 1
+    for y in (0, 1):
+        assert 0.1 <= (split[labels == y] == "test").mean() <= 0.3
+
+
+def test_balance_draws_every_lab_and_class_equally():
+    labs = np.array(["pbc"] * 90 + ["lisc"] * 10)
+    labels = np.array([0] * 60 + [1] * 30 + [0] * 5 + [1] * 5)
+    w = balanced_weights(labs, labels)
+    draws = np.random.default_rng(0).choice(100, 40_000, p=w)
+    shares = [
+        np.mean((labs[draws] == lab) & (labels[draws] == y))
+        for lab in ("pbc", "lisc")
+        for y in (0, 1)
+    ]
+    assert np.allclose(shares, 0.25, atol=0.02)
+
+
+def test_the_lab_recipe_changes_colour_within_bounds_and_mild_is_unchanged():
+    batch = torch.from_numpy(
+        np.random.default_rng(0).integers(60, 230, (8, 32, 32, 3), dtype=np.uint8)
+    )
+    spec = PreprocessSpec(32)
+    mild = augment_batch(batch, spec, torch.Generator().manual_seed(0))
+    again = augment_batch(batch, spec, torch.Generator().manual_seed(0), "mild")
+    assert torch.equal(mild, again)
+    lab = augment_batch(batch, spec, torch.Generator().manual_seed(0), "lab")
+    assert lab.shape == mild.shape and lab.min() >= 0 and lab.max() <= 1
+    shift = (lab.mean((2, 3)) - batch.permute(0, 3, 1, 2).float().mean((2, 3)) / 255).abs()
+    assert shift.max() > 0.02 and RECIPES["lab"].hed > 0
+
+
+def test_tta_averages_eight_views_and_flags_disagreement():
+    samples = sorted((DEFAULT_MODEL.parent / "samples").glob("*.jpg"))[:6]
+    plain, tta = Classifier.load(), Classifier.load(tta=True)
+    for a, b in zip(plain.predict(samples), tta.predict(samples)):
+        assert a.label == b.label and sum(b.probabilities.values()) == pytest.approx(1, abs=1e-4)
+    noise = Image.fromarray(
+        np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    )
+    assert tta.predict(noise)[0].uncertain
+
+
+def test_a_framed_model_puts_its_heatmap_where_it_looked(pbc_dir):
+    """The heatmap of a framed view is placed back over the source image."""
+    clf = Classifier.load()
+    clf.spec = PreprocessSpec(clf.spec.input_size, clf.spec.mean, clf.spec.std, framing="cell")
+    img = _zoomed(Image.open(sorted((pbc_dir / "basophil").glob("*.jpg"))[0]).convert("RGB"), 0.5)
+    heat = clf.predict(img, heatmaps=True)[0].heatmap
+    assert heat.shape == (img.height, img.width)
+    w = img.width
+    assert heat[: w // 6].mean() < heat[w // 3 : 2 * w // 3, w // 3 : 2 * w // 3].mean()
+
+
+def test_bccd_white_cells_are_cut_from_labelled_fields(tmp_path, bccd_dir):
+    from hematovision.cli import main
+
+    assert (
+        main(["-q", "data", "crops", str(bccd_dir), str(tmp_path / "crops"), "--parity", "odd"])
+        == 0
+    )
+    folder = scan_folder(tmp_path / "crops")
+    assert set(folder.classes) <= {"neutrophil", "eosinophil", "lymphocyte", "monocyte"}
+    assert len(folder) >= 100
+    assert all(int(p.stem.split("_")[1]) % 2 == 1 for p in folder.paths)
