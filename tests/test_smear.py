@@ -187,3 +187,34 @@ def test_smear_out_writes_one_csv_per_table(bccd, tmp_path, capsys):
         rows
     )
     assert len(list(out.glob("*_annotated.png"))) == 2
+
+
+def test_each_field_finds_its_own_scale_from_its_red_cells(bccd):
+    """A field at 0.5x or 1.5x the magnification gives the same white cells, with no
+    --cell-size: the size of its red cells tells the scale."""
+    from hematovision.smear.detect import BCCD_RED_CELL_PX, estimate_red_cell_diameter
+
+    for image in _fields(bccd, 4):
+        picture = Image.open(image).convert("RGB")
+        truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
+        diameter = estimate_red_cell_diameter(np.asarray(picture))
+        assert 0.6 < diameter / BCCD_RED_CELL_PX < 1.8  # fields of one microscope vary
+        for z in (0.5, 1.5):
+            scaled = picture.resize((round(640 * z), round(480 * z)), Image.BILINEAR)
+            assert estimate_red_cell_diameter(np.asarray(scaled)) / diameter == pytest.approx(
+                z, rel=0.2
+            )
+            boxes = locate_cells(np.asarray(scaled)).white_cells
+            assert len(match(boxes, [[v * z for v in b] for b in truth])) == len(truth), (
+                image.name,
+                z,
+            )
+
+
+def test_touching_white_cells_give_two_boxes_and_pale_fields_count_red_cells(bccd):
+    two = bccd / "JPEGImages" / "BloodImage_00313.jpg"  # two labelled white cells, touching
+    found = locate_cells(np.asarray(Image.open(two).convert("RGB")))
+    truth = voc_boxes(bccd / "Annotations" / "BloodImage_00313.xml")["WBC"]
+    assert len(found.white_cells) == 2 and len(match(found.white_cells, truth)) == 2
+    pale = bccd / "JPEGImages" / "BloodImage_00291.jpg"  # round 1 counted 1 red cell of ~15
+    assert len(locate_cells(np.asarray(Image.open(pale).convert("RGB"))).red_cells) >= 12

@@ -332,7 +332,7 @@ def print_differential(d) -> None:
 def cmd_smear(args) -> int:
     from .smear import SmearParams, field_differential, load_smear_classifier
 
-    params = SmearParams.for_cell_size(args.cell_size)
+    params = None if args.cell_size is None else SmearParams.for_cell_size(args.cell_size)
     classifier = load_smear_classifier(args.model)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = _analyse_paths(classifier, paths, params, out_dir, args)
@@ -613,8 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--cell-size",
         type=float,
-        default=200,
-        help="width of a white cell in pixels (200 in BCCD fields, 640x480 at 100x)",
+        help="width of a white cell in pixels (default: each field's own, from the size of its "
+        "red cells; BCCD's 640x480 fields at 100x: 200)",
     )
     m.set_defaults(func=cmd_smear)
 

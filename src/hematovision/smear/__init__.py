@@ -25,6 +25,7 @@ from .detect import (
     Detections,
     Point,
     SmearParams,
+    field_params,
     locate_cells,
 )
 
@@ -147,11 +148,12 @@ def crop_cell(
 
 
 def analyze_smear(
-    image: ImageInput, classifier=None, params: SmearParams = DEFAULT_PARAMS, classify: bool = True
+    image: ImageInput, classifier=None, params: SmearParams | None = None, classify: bool = True
 ) -> SmearField:
     """Find and classify every white cell in one smear field; count red cells and platelets.
 
-    ``classifier``: an ``inference.Classifier`` (default: the bundled smear model)."""
+    ``classifier``: an ``inference.Classifier`` (default: the bundled smear model);
+    ``params``: the detector's (default: the field's own, from the size of its red cells)."""
     picture = to_rgb(image)
     name = image if isinstance(image, (str, Path)) else "image"
     if picture.width * picture.height > MAX_FIELD_PIXELS:
@@ -163,6 +165,7 @@ def analyze_smear(
     warnings = []
     if np.ptp(rgb.astype(np.int16)[..., [0, 2]] - rgb[..., 1:2].astype(np.int16)) < 8:
         warnings.append("grayscale image: cells are found by their stain colour, so none can be")
+    params = params or field_params(rgb)
     found = locate_cells(rgb, params)
     cells = [WhiteCell(box) for box in found.white_cells]
     if classify and cells:

@@ -18,6 +18,14 @@ from scipy import ndimage as ndi
 from ..errors import HematoVisionError
 
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
+BCCD_RED_CELL_PX = 90.6  # estimate_red_cell_diameter's median on BCCD's even fields
+BCCD_MEDIAN_STAIN = -4.0  # the stain score's median over a BCCD field (thresholds are relative)
+VIOLET_ABOVE_MEDIAN = 30.0  # stain score above the field's median: violet (nucleus, platelet)
+# the spread of the estimate over one microscope's fields (BCCD: 0.86-1.40 of its median): a field
+# inside it is taken at the tuned scale, so the estimate's noise costs nothing there
+SAME_SCALE = (0.8, 1.3)
+SPLIT_NUCLEUS_DISTANCE = 0.6  # blobs further apart than this x cell size: different nuclei
+SPLIT_MIN_AREA = 0.5  # ... each at least this x the smallest nucleus area
 MIN_CELL_PX = 20  # below this, a white cell is a few pixels of stain: nothing to classify
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the field
@@ -33,10 +41,10 @@ class SmearParams:
     min_nucleus_area: int = 2000  # px; smaller blue-violet objects are platelets
     min_platelet_area: int = 40  # px; smaller ones are stain debris
     box_growth: float = 1.35  # cell box side / nucleus box side
-    red_margin: float = 15.0  # R - B above this: red-cell pixel
     red_min_radius: float = 15.0  # px, distance-transform peak height of one red cell
     red_peak_window: int = 61  # px, one peak per window
     crop_factor: float = 1.8  # classifier crop side / cell box side (PBC framing)
+    cell_px: float = BCCD_CELL_PX  # a white cell's width in the field
 
     @classmethod
     def for_cell_size(cls, cell_px: float) -> SmearParams:
@@ -52,14 +60,14 @@ class SmearParams:
             min_nucleus_area=max(1, round(base.min_nucleus_area * k * k)),
             min_platelet_area=max(1, round(base.min_platelet_area * k * k)),
             box_growth=base.box_growth,
-            red_margin=base.red_margin,
             red_min_radius=base.red_min_radius * k,
             red_peak_window=max(3, round(base.red_peak_window * k) | 1),
             crop_factor=base.crop_factor,
+            cell_px=cell_px,
         )
 
 
-DEFAULT_PARAMS = SmearParams()
+DEFAULT_PARAMS = SmearParams()  # BCCD's magnification
 
 
 @dataclass
@@ -75,43 +83,131 @@ def stain_score(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
 
 
-def locate_cells(rgb: np.ndarray, params: SmearParams = DEFAULT_PARAMS) -> Detections:
-    """White-cell boxes and red-cell and platelet centres in an H x W x 3 array."""
+def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
+    """A field's red-cell diameter in pixels (about 7.5 um in every lab: the field's scale).
+
+    Cells are what is darker than the background (Otsu's threshold on brightness), red cells
+    what of them is not violet; in each clump of touching red cells the distance transform
+    peaks at about one red cell's radius, so the area-weighted median peak gives the size."""
     rgb = rgb.astype(np.float32)
+    red = _red_mask(rgb, stain_score(rgb))
+    labels, n = ndi.label(red)
+    if n < 3:
+        return None
+    peaks = np.asarray(ndi.maximum(ndi.distance_transform_edt(red), labels, range(1, n + 1)))
+    areas = np.asarray(ndi.sum(red, labels, range(1, n + 1)))
+    keep = peaks > 3
+    if keep.sum() < 3:
+        return None
+    order = np.argsort(peaks[keep])
+    share = np.cumsum(areas[keep][order]) / areas[keep].sum()
+    return 2 * float(peaks[keep][order][np.searchsorted(share, 0.5)])
+
+
+def field_params(rgb: np.ndarray) -> SmearParams:
+    """Parameters for this field's magnification, from the size of its red cells (the
+    defaults when it shows too few to tell)."""
+    diameter = estimate_red_cell_diameter(rgb)
+    if diameter is None:
+        return DEFAULT_PARAMS
+    scale = diameter / BCCD_RED_CELL_PX
+    if SAME_SCALE[0] <= scale <= SAME_SCALE[1]:  # within one microscope's field-to-field spread
+        return DEFAULT_PARAMS
+    return SmearParams.for_cell_size(float(np.clip(BCCD_CELL_PX * scale, MIN_CELL_PX, 4000)))
+
+
+def _red_mask(rgb: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Red-cell pixels: darker than the field's background, and not violet (nor next to it)."""
+    from skimage.filters import threshold_otsu
+
+    lum = rgb.mean(-1)
+    cells = lum < threshold_otsu(lum)
+    violet = ndi.binary_dilation(score > np.median(score) + VIOLET_ABOVE_MEDIAN, iterations=2)
+    return ndi.binary_fill_holes(ndi.binary_opening(cells & ~violet))
+
+
+def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detections:
+    """White-cell boxes and red-cell and platelet centres in an H x W x 3 array; ``params``
+    default to ``field_params`` (the field's own scale)."""
+    rgb = rgb.astype(np.float32)
+    params = params or field_params(rgb)
     score = stain_score(rgb)
+    # the stain threshold is relative to the field's own median colour: a colour cast or a
+    # paler stain moves both
+    threshold = params.stain_threshold + float(np.median(score)) - BCCD_MEDIAN_STAIN
     found = Detections()
-    _violet_objects(score, params, rgb.shape[:2], found)
+    _violet_objects(score > threshold, params, rgb.shape[:2], found)
     found.red_cells = _red_cells(rgb, score, params)
     return found
 
 
-def _violet_objects(score, params: SmearParams, shape, found: Detections) -> None:
+def _violet_objects(violet, params: SmearParams, shape, found: Detections) -> None:
     height, width = shape
-    blue = ndi.binary_opening(score > params.stain_threshold)
-    blue = ndi.binary_closing(blue, structure=np.ones((3, 3)), iterations=params.merge_iterations)
+    cores = ndi.binary_opening(violet)
+    blue = ndi.binary_closing(cores, structure=np.ones((3, 3)), iterations=params.merge_iterations)
     labels, _ = ndi.label(ndi.binary_fill_holes(blue))
     for i, region in enumerate(ndi.find_objects(labels), start=1):
-        area = int((labels[region] == i).sum())
-        y0, y1, x0, x1 = region[0].start, region[0].stop, region[1].start, region[1].stop
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        component = labels[region] == i
+        area = int(component.sum())
+        y0, x0 = region[0].start, region[1].start
         if area < params.min_nucleus_area:
             if area >= params.min_platelet_area:
-                found.platelets.append((int(cx), int(cy)))
+                cy, cx = ndi.center_of_mass(component)
+                found.platelets.append((int(x0 + cx), int(y0 + cy)))
             continue
-        half = max(x1 - x0, y1 - y0) * params.box_growth / 2
-        found.white_cells.append(
-            (
-                int(max(0, cx - half)),
-                int(max(0, cy - half)),
-                int(min(width, cx + half)),
-                int(min(height, cy + half)),
+        for ys, xs in _cells_of(component, cores[region] & component, params):
+            cx, cy = x0 + (xs.start + xs.stop) / 2, y0 + (ys.start + ys.stop) / 2
+            half = max(xs.stop - xs.start, ys.stop - ys.start) * params.box_growth / 2
+            found.white_cells.append(
+                (
+                    int(max(0, cx - half)),
+                    int(max(0, cy - half)),
+                    int(min(width, cx + half)),
+                    int(min(height, cy + half)),
+                )
             )
-        )
+
+
+def _cells_of(component: np.ndarray, cores: np.ndarray, params: SmearParams):
+    """The bounding slices of the white cells in one closed violet component.
+
+    The closing that joins one nucleus's lobes can also join two touching cells. Before it,
+    a nucleus is a few blobs close together; blobs further apart than half a cell belong to
+    different nuclei. Two or more such nuclei, each large enough: split by watershed."""
+    whole = [ndi.find_objects(component.astype(np.int32))[0]]
+    blobs, n = ndi.label(cores)
+    if n < 2:
+        return whole
+    centres = np.array(ndi.center_of_mass(cores, blobs, range(1, n + 1)))
+    areas = np.asarray(ndi.sum(cores, blobs, range(1, n + 1)))
+    nuclei = _nearby_groups(centres, SPLIT_NUCLEUS_DISTANCE * params.cell_px)
+    big = [
+        g
+        for g in set(nuclei)
+        if areas[nuclei == g].sum() >= SPLIT_MIN_AREA * params.min_nucleus_area
+    ]
+    if len(big) < 2:
+        return whole
+    from skimage.segmentation import watershed
+
+    markers = np.zeros(component.shape, np.int32)
+    for k, g in enumerate(big, start=1):
+        markers[np.isin(blobs, np.flatnonzero(nuclei == g) + 1)] = k
+    parts = watershed(-ndi.distance_transform_edt(component), markers, mask=component)
+    return [s for s in ndi.find_objects(parts) if s is not None]
+
+
+def _nearby_groups(points: np.ndarray, distance: float) -> np.ndarray:
+    """Single-linkage groups of points closer than ``distance`` (scipy)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if len(points) < 2:
+        return np.ones(len(points), dtype=int)
+    return fcluster(linkage(points, method="single"), t=distance, criterion="distance")
 
 
 def _red_cells(rgb, score, params: SmearParams) -> list[Point]:
-    red = ((rgb[..., 0] - rgb[..., 2]) > params.red_margin) & (score < params.stain_threshold)
-    red = ndi.binary_fill_holes(ndi.binary_opening(red, iterations=2))
+    red = _red_mask(rgb, score)
     distance = ndi.distance_transform_edt(red)
     peaks = (distance == ndi.maximum_filter(distance, size=params.red_peak_window)) & (
         distance > params.red_min_radius

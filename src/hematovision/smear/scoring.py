@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from ..data.bccd import WBC_TYPES, annotation, field_labels, fields, match
 from . import analyze_smear
@@ -66,3 +68,77 @@ def _score_field(h: dict, image: Path, truth: dict, kind: str | None, classifier
             h["correct"] += predicted == kind
             h["confusion"].setdefault(kind, {}).setdefault(predicted, 0)
             h["confusion"][kind][predicted] += 1
+
+
+def _scaled(z: float):
+    def shift(img):
+        return img.resize((round(img.width * z), round(img.height * z)), Image.BILINEAR), z
+
+    return shift
+
+
+def _cast(gains):
+    def shift(img):
+        arr = np.asarray(img, np.float32) * np.asarray(gains, np.float32)
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), 1.0
+
+    return shift
+
+
+def _pale(img):
+    return Image.blend(img, Image.new("RGB", img.size, (250, 250, 250)), 0.35), 1.0
+
+
+def _blur(img):
+    return img.filter(ImageFilter.GaussianBlur(1.5)), 1.0
+
+
+def _jpeg(img):
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=30)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), 1.0
+
+
+# how other labs' fields differ from BCCD's: magnification, stain colour, focus, compression
+SHIFTS = {
+    "as recorded": lambda img: (img, 1.0),
+    "0.5x": _scaled(0.5),
+    "0.75x": _scaled(0.75),
+    "1.5x": _scaled(1.5),
+    "bluish cast": _cast((0.88, 0.95, 1.1)),
+    "yellowish cast": _cast((1.08, 1.04, 0.82)),
+    "pale stain": _pale,
+    "blur": _blur,
+    "JPEG quality 30": _jpeg,
+}
+
+
+def detection_under_shifts(data: Path, parity: str = "odd", params=None) -> dict:
+    """White-cell recall and precision (IoU >= 0.5) and the red-cell count's ratio to the
+    annotated one, on BCCD fields shifted as ``SHIFTS`` (the boxes scaled with them).
+    ``params``: fixed detector parameters (None: each field's own, ``field_params``)."""
+    from .detect import locate_cells
+
+    out = {}
+    for name, shift in SHIFTS.items():
+        tp = fp = fn = 0
+        ratios = []
+        for image in fields(data, parity):
+            picture, z = shift(Image.open(image).convert("RGB"))
+            truth = annotation(data, image)
+            found = locate_cells(np.asarray(picture), params)
+            wbc = [[v * z for v in box] for box in truth["WBC"]]
+            pairs = match(found.white_cells, wbc)
+            tp, fp, fn = (
+                tp + len(pairs),
+                fp + len(found.white_cells) - len(pairs),
+                fn + len(wbc) - len(pairs),
+            )
+            if truth["RBC"]:
+                ratios.append(len(found.red_cells) / len(truth["RBC"]))
+        out[name] = {
+            "recall": tp / max(1, tp + fn),
+            "precision": tp / max(1, tp + fp),
+            "red_cells_found_per_annotated": float(np.median(ratios)),
+        }
+    return out
