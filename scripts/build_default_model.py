@@ -1,13 +1,21 @@
 """Rebuild the bundled default model and its sample images, in one command:
 
-    .venv/bin/python scripts/build_default_model.py [--data ../shared/data/pbc] [--run runs/default]
+    .venv/bin/python scripts/build_default_model.py [--shared ../shared/data] [--run runs/default]
 
-1. trains EfficientNet-Lite0 (ImageNet weights) on PBC at 128 px: AdamW + cosine, label smoothing
-   0.1, 10 epochs, batch 32, stratified 80/10/10 split with seed 0 (skipped with --skip-train);
-2. exports it with calibration, out-of-distribution score and int8 (``hematovision export``);
-3. copies the artifact into src/hematovision/assets/default_model/ and picks 3 test-split images
-   per class as samples (the first, by a seeded shuffle, that the model classifies correctly and
-   with confidence: they are demo images, not a benchmark).
+One model for single cells and the white cells of smear fields, trained on three labs:
+
+1. cuts the white cells of BCCD's even-numbered smear fields (the odd ones stay held out for
+   benchmarks/bench_smear.py) and links PBC, LISC (near-duplicate copies grouped) and those
+   cells into one data set (``hematovision data combine``);
+2. trains EfficientNet-Lite0 (ImageNet weights) at 128 px on it: canonical framing of the cell,
+   the other-lab augmentation recipe, every lab and class drawn equally often, AdamW + cosine,
+   label smoothing 0.1, batch 32, a stratified 80/10/10 split by group with seed 0 (the recipe
+   was chosen by leave-one-lab-out measurement: benchmarks/bench_crosslab.py);
+3. exports it with calibration, out-of-distribution score and int8;
+4. copies the artifact into src/hematovision/assets/default_model/ and picks 3 PBC test-split
+   images per class as samples (the first, by a seeded shuffle, that the model classifies
+   correctly and with confidence: they are demo images, not a benchmark).
+Steps 1-2 are skipped with --skip-train (export an existing --run).
 """
 
 from __future__ import annotations
@@ -19,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.artifact import RunDir
+from hematovision.data.labs import combine_labs
 from hematovision.export import export_run
 from hematovision.inference import Classifier
+from hematovision.smear.crops import bccd_white_cells
 from hematovision.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +38,7 @@ ASSETS = ROOT / "src" / "hematovision" / "assets"
 RECIPE = dict(
     arch="efficientnet_lite0",
     pretrained=True,
-    epochs=10,
+    epochs=8,
     batch_size=32,
     image_size=128,
     lr=1e-3,
@@ -36,52 +46,41 @@ RECIPE = dict(
     val_fraction=0.1,
     test_fraction=0.1,
     seed=0,
+    framing="cell",
+    recipe="lab",
+    balance="lab-class",
 )
 
 
-def pick_samples(run: Path, data: Path, classifier: Classifier, per_class: int = 3) -> list[dict]:
+def pick_samples(run: Path, classifier: Classifier, per_class: int = 3) -> list[dict]:
+    """Test-split PBC images the model classifies right and with confidence, per class."""
     manifest = RunDir(run).manifest()
+    root = Path(manifest.data_root)
     rng = np.random.default_rng(0)
     chosen = []
     for cls in manifest.classes:
-        files = [f for f in manifest.entries("test") if f["label"] == cls]
+        files = [f for f in manifest.entries("test") if f["label"] == cls and f.get("lab") == "pbc"]
         picked = 0
         for i in rng.permutation(len(files)):
-            path = data / files[i]["path"]
+            path = (root / files[i]["path"]).resolve()  # the PBC file behind the link
             pred = classifier.predict(path)[0]
             if pred.label == cls and not pred.uncertain:
-                chosen.append({"class": cls, "source": files[i]["path"], "path": path})
+                chosen.append({"class": cls, "source": f"{cls}/{path.name}", "path": path})
                 picked += 1
                 if picked == per_class:
                     break
     return chosen
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "pbc")
-    ap.add_argument("--run", type=Path, default=ROOT / "runs" / "default")
-    ap.add_argument("--skip-train", action="store_true", help="export an existing --run")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-int8", action="store_true", help="ship only the fp32 model")
-    ap.add_argument("--provenance", help="a note on how the run was made, kept in model.json")
-    args = ap.parse_args()
-    if not args.skip_train:
-        train(
-            TrainConfig(
-                data=str(args.data), out=str(args.run), device=args.device, overwrite=True, **RECIPE
-            )
-        )
-    artifact = export_run(
-        args.run,
-        int8=not args.no_int8,
-        data_dir=args.data,
-        overwrite=True,
-        provenance=args.provenance,
-    )
-    target = ASSETS / "default_model"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(artifact.path, target)
+def prepare_data(shared: Path, work: Path) -> Path:
+    crops = work / "bccd-white-cells-even"
+    if not crops.is_dir():
+        bccd_white_cells(shared / "bccd", crops, parity="even")
+    sources = {"pbc": shared / "pbc", "lisc": shared / "lisc", "bccd": crops}
+    return combine_labs(work / "three-labs", sources, {"lisc"}, overwrite=True)
+
+
+def write_samples(run: Path, classifier: Classifier) -> int:
     samples = ASSETS / "samples"
     shutil.rmtree(samples, ignore_errors=True)
     samples.mkdir(parents=True)
@@ -96,12 +95,42 @@ def main() -> None:
         "| file | class | original file |",
         "|---|---|---|",
     ]
-    for s in pick_samples(args.run, args.data, Classifier.load(target)):
-        name = f"{s['class']}_{Path(s['source']).name}"
+    chosen = pick_samples(run, classifier)
+    for s in chosen:
+        name = f"{s['class']}_{s['path'].name}"
         shutil.copy(s["path"], samples / name)
         lines.append(f"| {name} | {s['class']} | {s['source']} |")
     (samples / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")
-    print(f"default model in {target}; {len(lines) - 6} samples in {samples}")
+    return len(chosen)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--run", type=Path, default=ROOT / "runs" / "default")
+    ap.add_argument("--skip-train", action="store_true", help="export an existing --run")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted --run")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--provenance", help="a note on how the run was made, kept in model.json")
+    args = ap.parse_args()
+    if not args.skip_train:
+        data = prepare_data(args.shared, args.run.parent)
+        train(
+            TrainConfig(
+                data=str(data),
+                out=str(args.run),
+                device=args.device,
+                overwrite=not args.resume,
+                resume=args.resume,
+                **RECIPE,
+            )
+        )
+    artifact = export_run(args.run, int8=True, overwrite=True, provenance=args.provenance)
+    target = ASSETS / "default_model"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(artifact.path, target)
+    count = write_samples(args.run, Classifier.load(target))
+    print(f"default model in {target}; {count} samples in {ASSETS / 'samples'}")
 
 
 if __name__ == "__main__":

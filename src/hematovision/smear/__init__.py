@@ -60,12 +60,14 @@ class FieldTooLarge(HematoVisionError):
 def load_smear_classifier(
     path: str | Path | None = None, precision: str | None = None, threads: int | None = None
 ):
-    """The classifier for cells cropped from fields: the bundled smear model (the default model
-    fine-tuned with white cells cropped from BCCD fields; int8 only, to keep the package
-    small), or the artifact at ``path``."""
+    """The classifier for cells cropped from fields: the artifact at ``path``, else a bundled
+    smear model where the package ships one, else the bundled default model (trained on
+    single cells and on white cells of smear fields alike)."""
     from ..inference import Classifier
+    from ..inference.classifier import DEFAULT_MODEL
 
-    return Classifier.load(path or SMEAR_MODEL, precision=precision, threads=threads)
+    default = SMEAR_MODEL if (SMEAR_MODEL / "model.json").is_file() else DEFAULT_MODEL
+    return Classifier.load(path or default, precision=precision, threads=threads)
 
 
 @dataclass

@@ -121,8 +121,9 @@ def check_port(host: str, port: int) -> None:
 def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrides) -> None:
     """Check the models, the port and the database once, then run ``workers`` processes."""
     settings = WebSettings.from_env(**overrides)
-    for path in (settings.model, settings.smear_model or SMEAR_MODEL):
-        artifact = ModelArtifact.load(path or DEFAULT_MODEL)
+    smear_default = SMEAR_MODEL if (SMEAR_MODEL / "model.json").is_file() else DEFAULT_MODEL
+    for path in (settings.model or DEFAULT_MODEL, settings.smear_model or smear_default):
+        artifact = ModelArtifact.load(path)
         artifact.model_bytes(artifact.choose_precision())  # a bad --model fails here, in one line
     check_port(host, port)
     Storage(settings.database_url, settings.data_dir, settings.store_images).migrate()
