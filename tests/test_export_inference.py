@@ -168,3 +168,32 @@ def test_serving_never_imports_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_static_padding_keeps_the_outputs_and_removes_the_shape_arithmetic(tmp_path):
+    import onnx
+    import torch
+
+    from hematovision.export.graph import with_static_padding
+    from hematovision.models import create_model
+
+    model = create_model("efficientnet_lite0", 3, pretrained=False).eval()  # timm Conv2dSame
+    static = with_static_padding(model, 96)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(model(x), static(x), atol=1e-5)
+    ops = {}
+    for name, net in (("dynamic", model), ("static", static)):
+        path = tmp_path / f"{name}.onnx"
+        torch.onnx.export(
+            net,
+            (x,),
+            str(path),
+            opset_version=17,
+            dynamo=False,
+            input_names=["input"],
+            dynamic_axes={"input": {0: "batch"}},
+        )
+        ops[name] = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Shape" in ops["dynamic"] and "Shape" not in ops["static"]
+    assert len(ops["static"]) < len(ops["dynamic"])

@@ -26,7 +26,7 @@ from ..evaluation import classification_metrics, expected_calibration_error, plo
 from ..files import sha256_file
 from ..models import load_trained
 from .calibration import calibrate, choose_confidence_threshold, fit_ood, fit_temperature, softmax
-from .graph import ServingGraph, pooled_features, run_graph
+from .graph import ServingGraph, pooled_features, run_graph, with_static_padding
 from .onnx_export import export_fp32, export_int8, onnx_logits
 
 __all__ = [
@@ -70,9 +70,8 @@ def export_run(
     spec, classes = info.preprocess, info.classes
     images = _export_images(run, info, data_dir, show_progress)
     train_x, train_y = images.train
-    graph = ServingGraph(
-        model, *fit_ood(pooled_features(model, train_x, spec), train_y, len(classes))
-    ).eval()
+    ood = fit_ood(pooled_features(model, train_x, spec), train_y, len(classes))
+    graph = ServingGraph(with_static_padding(model, spec.input_size), *ood).eval()
     val_x, val_y = images.val
     calibration, val_logits = calibrate(graph, val_x, val_y, spec, images.known_extra)
     files, checks = _write_onnx(graph, out, val_x, spec, val_logits, int8)

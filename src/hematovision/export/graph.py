@@ -39,6 +39,56 @@ class ServingGraph(nn.Module):
         return logits, cam, ood
 
 
+def with_static_padding(model: nn.Module, input_size: int) -> nn.Module:
+    """A copy of ``model`` whose "same"-padded convolutions (timm's Conv2dSame, which computes
+    its padding from the input's size at run time) have the padding of ``input_size`` fixed.
+
+    The exported graph then holds no shape arithmetic, so ONNX Runtime can fuse it: serving
+    always feeds ``input_size``, and the export's parity check covers the rewrite."""
+    import copy
+
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
+    model = copy.deepcopy(model).eval()
+    sizes = {}
+
+    def record(name):
+        def hook(module, inputs, output):  # returns None: the output stays as it is
+            sizes.setdefault(name, inputs[0].shape[-2:])
+
+        return hook
+
+    hooks = [
+        module.register_forward_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, Conv2dSame)
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size))
+    for hook in hooks:
+        hook.remove()
+    for name, (height, width) in sizes.items():
+        conv = model.get_submodule(name)
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        ph, pw = get_same_padding(height, kh, sh, dh), get_same_padding(width, kw, sw, dw)
+        static = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            0,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+        )
+        static.weight, static.bias = conv.weight, conv.bias
+        padded = nn.Sequential(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), static)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, padded)
+    return model
+
+
 def _batches(images: np.ndarray, spec: PreprocessSpec, size: int = 128):
     for i in range(0, len(images), size):
         yield torch.from_numpy(normalize(images[i : i + size], spec))
