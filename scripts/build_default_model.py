@@ -21,6 +21,7 @@ Steps 1-2 are skipped with --skip-train (export an existing --run).
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--provenance", help="a note on how the run was made, kept in model.json")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # epochs, export
     if not args.skip_train:
         data = prepare_data(args.shared, args.run.parent)
         train(

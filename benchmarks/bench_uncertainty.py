@@ -1,0 +1,98 @@
+"""Which uncertainty rule keeps wrong answers from passing unflagged on a lab never seen (issue 11)?
+
+For each leave-one-lab-out fold of bench_crosslab.py (its last recipe's model), every left-out
+image's confidence, out-of-distribution distance and TTA agreement are recorded once; then each
+rule is scored: the share of cells wrong and not flagged (target <= 3%) and the share flagged
+(the review work it costs). The rule is a confidence floor (at least the model's own threshold,
+fitted on its validation images), a distance threshold as a multiple of the model's own (its
+99th validation percentile), and, optionally, TTA disagreement.
+
+    python benchmarks/bench_uncertainty.py      (after bench_crosslab.py)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench_crosslab import OUT, VARIANTS, labs, left_out_images
+from hematovision.inference import Classifier
+from hematovision.inference.classifier import DIHEDRAL
+from hematovision.preprocess import model_view, resize, to_rgb
+
+from _common import machine, write_section
+
+FLOORS = (None, 0.9, 0.97, 0.99)  # None: the model's own threshold
+OOD_SCALES = (1.0, 0.8, 0.6)
+TTA = (False, True)
+
+
+def record(clf: Classifier, paths: list[Path]) -> dict[str, np.ndarray]:
+    """Per image: calibrated probabilities (plain and TTA-averaged), distance, TTA agreement."""
+    batch = np.stack([resize(model_view(to_rgb(p), clf.spec)[0], clf.spec) for p in paths])
+    runs = [clf.predict_arrays(np.ascontiguousarray(view(batch))) for view in DIHEDRAL]
+    plain, tta = runs[0][0], np.mean([r[0] for r in runs], axis=0)
+    votes = np.stack([r[0].argmax(1) for r in runs])
+    return {
+        "plain": plain,
+        "tta": tta,
+        "ood": runs[0][2],
+        "agreement": (votes == tta.argmax(1)).mean(0),
+    }
+
+
+def score(rec: dict, labels: np.ndarray, clf: Classifier, floor, scale, tta) -> dict:
+    probs = rec["tta"] if tta else rec["plain"]
+    threshold = max(clf.confidence_threshold, floor or 0)
+    flagged = (probs.max(1) < threshold) | (rec["ood"] > scale * clf.ood_threshold)
+    if tta:
+        flagged |= rec["agreement"] < 0.75
+    wrong = probs.argmax(1) != labels
+    return {"wrong_unflagged": float((wrong & ~flagged).mean()), "flagged": float(flagged.mean())}
+
+
+def main() -> None:
+    sources = labs()
+    last = list(VARIANTS)[-1]
+    rows = {}
+    for left_out in ("lisc", "bccd", "pbc"):
+        artifact = OUT / "runs" / f"{left_out} | {last}".replace(" ", "_") / "artifact"
+        clf = Classifier.load(artifact)
+        paths, labels = left_out_images(sources[left_out], clf.classes)
+        rec = record(clf, paths)
+        for floor, scale, tta in itertools.product(FLOORS, OOD_SCALES, TTA):
+            rows.setdefault((floor, scale, tta), {})[left_out] = score(
+                rec, labels, clf, floor, scale, tta
+            )
+    (OUT / "uncertainty.json").write_text(
+        json.dumps({str(k): v for k, v in rows.items()}, indent=1)
+    )
+    lines = [
+        "## Uncertainty rules on left-out labs (issue 11)\n",
+        f"Machine: {machine()}. Models of bench_crosslab.py's last recipe, each scored on the "
+        "lab it never saw: wrong and not flagged / flagged. Confidence floor: the least "
+        "confidence not flagged (model's own: fitted on validation); distance: the "
+        "out-of-distribution threshold times this.\n",
+        "| confidence floor | distance x | TTA | LISC | BCCD | PBC | worst wrong and not flagged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (floor, scale, tta), r in rows.items():
+        cells = [
+            f"{100 * r[lab]['wrong_unflagged']:.1f}% / {100 * r[lab]['flagged']:.0f}%"
+            for lab in ("lisc", "bccd", "pbc")
+        ]
+        worst = max(v["wrong_unflagged"] for v in r.values())
+        lines.append(
+            f"| {floor or 'own'} | {scale} | {'yes' if tta else 'no'} | "
+            + " | ".join(cells)
+            + f" | {100 * worst:.1f}% |"
+        )
+    write_section("uncertainty", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
