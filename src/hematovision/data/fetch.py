@@ -54,6 +54,15 @@ SOURCES = {
     ),
 }
 
+# every public data set a model may learn from: (licence, citation), by lab name
+CITATIONS = {s.name: (s.licence, s.citation) for s in SOURCES.values()} | {
+    "lisc": (
+        "research use, cite the paper (crops: MIT)",
+        "Rezatofighi & Soltanian-Zadeh, Automatic recognition of five types of white blood "
+        "cells in peripheral blood, Computerized Medical Imaging and Graphics 35 (2011) 333-343",
+    ),
+}
+
 
 def download(url: str, dest: Path, show_progress: bool = True, timeout: float = 60) -> Path:
     """Download ``url`` to ``dest``, resuming from ``dest.part`` when the server allows it."""

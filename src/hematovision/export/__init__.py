@@ -20,7 +20,7 @@ import numpy as np
 from .._version import __version__
 from ..artifact import ArtifactFile, ModelArtifact, Provenance, RunDir, RunInfo
 from ..data import decode_folder, decode_labelled, scan_folder
-from ..data.fetch import SOURCES
+from ..data.fetch import CITATIONS
 from ..errors import HematoVisionError
 from ..evaluation import classification_metrics, expected_calibration_error, plot_confusion
 from ..files import sha256_file
@@ -50,6 +50,7 @@ class ExportImages:
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray] | None
     known_extra: np.ndarray
+    test_labs: np.ndarray | None = None  # each test image's lab
 
 
 def export_run(
@@ -85,7 +86,7 @@ def export_run(
         files=files,
         checks=checks,
         metrics=_metrics(graph, images, calibration, val_logits, info, out, int8),
-        provenance=_provenance(info, images.root, provenance),
+        provenance=_provenance(info, images.root, run.manifest(), provenance),
         path=out,
     )
     _add_confusion_plot(artifact)
@@ -144,16 +145,18 @@ def _export_images(run: RunDir, info: RunInfo, data_dir, show_progress: bool) ->
                 np.random.default_rng(0).choice(len(chosen), limit, replace=False)
             )
         decoded = decode_folder(chosen, info.preprocess, show_progress=show_progress)
-        return decoded.arrays, decoded.folder.labels
+        return decoded.arrays, decoded.folder.labels, decoded.folder.lab_names()
 
-    train_x, train_y = decode("train", OOD_FIT_IMAGES)
+    train_x, train_y, _ = decode("train", OOD_FIT_IMAGES)
     extra_x, extra_y = _known_extra(info, show_progress)
+    test = decode("test") if manifest.entries("test") else None
     return ExportImages(
         root,
         (np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])),
-        decode("val"),
-        decode("test") if manifest.entries("test") else None,
+        decode("val")[:2],
+        test[:2] if test else None,
         extra_x,
+        test[2] if test else None,
     )
 
 
@@ -200,6 +203,16 @@ def _metrics(
         ece_after=m["ece"],
         flagged_uncertain=float(flagged.mean()),
     )
+    if len(set(images.test_labs)) > 1:  # each lab's own figures, as a lab reads them
+        correct = probs.argmax(1) == test_y
+        metrics["test"]["per_lab"] = {
+            str(lab): {
+                "n": int((images.test_labs == lab).sum()),
+                "accuracy": float(correct[images.test_labs == lab].mean()),
+                "flagged_uncertain": float(flagged[images.test_labs == lab].mean()),
+            }
+            for lab in sorted(set(images.test_labs))
+        }
     if int8:
         q = onnx_logits(out / "model.int8.onnx", test_x, info.preprocess).argmax(1)
         metrics["test_int8"] = {
@@ -209,16 +222,20 @@ def _metrics(
     return metrics
 
 
-def _provenance(info: RunInfo, root: Path, note: str | None) -> Provenance:
-    source = next((s for s in SOURCES.values() if s.name in str(root).lower()), None)
+def _provenance(info: RunInfo, root: Path, manifest, note: str | None) -> Provenance:
+    """The run's provenance, with the licence and citation of every data set it learnt from
+    (the labs its split names, or the one its data folder's name shows)."""
+    names = {f["lab"] for f in manifest.files if f.get("lab") in CITATIONS}
+    names = names or {n for n in CITATIONS if n in str(root).lower()}
+    known = [CITATIONS[n] for n in sorted(names)]
     p = info.provenance
     return Provenance(
         p.training,
         {
             **p.data,
             "root": str(root),
-            "citation": source.citation if source else None,
-            "licence": source.licence if source else None,
+            "citation": "; ".join(c for _, c in known) or None,
+            "licence": "; ".join(lic for lic, _ in known) or None,
         },
         p.licence,
         datetime.now(UTC).isoformat(timespec="seconds"),
