@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hematovision.inference import Classifier
-from hematovision.smear import load_smear_classifier
+from hematovision.smear import SMEAR_MODEL, load_smear_classifier
 from hematovision.smear.detect import DEFAULT_PARAMS
 from hematovision.smear.scoring import SHIFTS, detection_under_shifts, score_fields
 
@@ -32,10 +32,12 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="default: the bundled smear model")
     ap.add_argument("--precision", choices=["fp32", "int8"], default=None)
     args = ap.parse_args()
-    smear_model = load_smear_classifier(args.model, args.precision)
-    pbc_only = Classifier.load()  # the default single-cell model, trained on PBC alone: "before"
+    candidates = {"bundled default model": Classifier.load()}
+    if args.model or (SMEAR_MODEL / "model.json").is_file():  # a separate smear model, compared
+        other = load_smear_classifier(args.model, args.precision)
+        candidates[f"{other.name} {other.version}"] = other
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "models": {}}
-    for name, classifier in (("before", pbc_only), ("after", smear_model)):
+    for name, classifier in candidates.items():
         results["models"][name] = {
             "model": f"{classifier.name} {classifier.version} ({classifier.precision})",
             "halves": score_fields(args.data, classifier),
@@ -43,7 +45,7 @@ def main() -> None:
     out = Path(__file__).with_name("out")
     out.mkdir(exist_ok=True)
     (out / "smear.json").write_text(json.dumps(results, indent=1))
-    after = results["models"]["after"]["halves"]
+    after = results["models"]["bundled default model"]["halves"]
     lines = [
         "## Smear analysis on BCCD (issue 5)\n",
         f"Machine: {results['machine']}. Measured {results['date']}. Parameters of the detector "

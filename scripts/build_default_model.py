@@ -112,6 +112,11 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true", help="export an existing --run")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted --run")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--no-int8",
+        action="store_true",
+        help="ship fp32 only (when int8 misses its agreement check)",
+    )
     ap.add_argument("--provenance", help="a note on how the run was made, kept in model.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # epochs, export
@@ -127,7 +132,9 @@ def main() -> None:
                 **RECIPE,
             )
         )
-    artifact = export_run(args.run, int8=True, overwrite=True, provenance=args.provenance)
+    artifact = export_run(
+        args.run, int8=not args.no_int8, overwrite=True, provenance=args.provenance
+    )
     target = ASSETS / "default_model"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(artifact.path, target)

@@ -1,9 +1,14 @@
 """Rebuild the bundled smear model, in one command:
 
-    .venv/bin/python scripts/build_smear_model.py [--base runs/default] [--run runs/smear]
+    .venv/bin/python scripts/build_smear_model.py --base runs/pbc [--run runs/smear]
 
-1. crops the white cells of the even-numbered BCCD fields (scripts/make_bccd_crops.py);
-2. continues the default model's run (`--init`, same PBC split) for 3 epochs on 150 PBC images
+``--base``: a PBC-only run, round 1's recipe (hematovision train --data ../shared/data/pbc
+--arch efficientnet_lite0 --pretrained --epochs 10 --label-smoothing 0.1 --val-fraction 0.1
+--test-fraction 0.1 --out runs/pbc); the bundled default model is now trained on three labs.
+
+1. cuts the white cells of the even-numbered BCCD fields as analyze_smear cuts them for an
+   unframed classifier (``hematovision data crops``);
+2. continues the base run (`--init`, same PBC split) for 3 epochs on 150 PBC images
    per class plus the crops (8 times each), lr 3e-4, label smoothing 0.1;
 3. exports it (calibration, OOD score, int8) and ships the int8 model and its model.json in
    src/hematovision/assets/smear_model/, with its accuracy on the held-out odd BCCD fields.
@@ -13,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from hematovision.export import export_run
 from hematovision.inference import Classifier
+from hematovision.smear.crops import bccd_white_cells
+from hematovision.smear.detect import DEFAULT_PARAMS
 from hematovision.smear.scoring import score_fields
 from hematovision.training import TrainConfig, train
 
@@ -45,8 +50,8 @@ def main() -> None:
     ap.add_argument(
         "--base",
         type=Path,
-        default=ROOT / "runs" / "default",
-        help="the default model's training run (scripts/build_default_model.py)",
+        default=ROOT / "runs" / "pbc",
+        help="a PBC-only run of round 1's recipe (see above)",
     )
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "smear")
     ap.add_argument("--skip-train", action="store_true", help="export an existing --run")
@@ -55,16 +60,7 @@ def main() -> None:
     crops = args.run.parent / "bccd-crops-even"
     if not args.skip_train:
         shutil.rmtree(crops, ignore_errors=True)
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "make_bccd_crops.py"),
-                str(crops),
-                "--data",
-                str(args.bccd),
-            ],
-            check=True,
-        )
+        bccd_white_cells(args.bccd, crops, parity="even", crop_factor=DEFAULT_PARAMS.crop_factor)
         train(
             TrainConfig(
                 data=str(args.pbc),

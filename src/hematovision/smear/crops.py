@@ -14,15 +14,20 @@ from . import DEFAULT_PARAMS, FRAMED_CROP_FACTOR, crop_cell, locate_cells
 
 
 def bccd_white_cells(
-    bccd: str | Path, out: str | Path, parity: str = "even", show_progress: bool = True
+    bccd: str | Path,
+    out: str | Path,
+    parity: str = "even",
+    show_progress: bool = True,
+    crop_factor: float = FRAMED_CROP_FACTOR,
 ) -> dict[str, int]:
     """Cut each white cell the detector finds (and an annotated WBC box confirms, IoU >= 0.5)
     in the BCCD fields whose labels.csv row names one type, as ``analyze_smear`` cuts it for a
-    classifier that frames cells itself; full resolution, PNG. ``parity``: even (the fields the
+    classifier that frames cells itself (``crop_factor``: 1.8 for one that does not); full
+    resolution, PNG. ``parity``: even (the fields the
     detector was tuned on; the odd ones stay held out), odd or all. Returns counts per class."""
     bccd, out = Path(bccd), Path(out)
     labels = field_labels(bccd / "labels.csv")
-    params = replace(DEFAULT_PARAMS, crop_factor=FRAMED_CROP_FACTOR)
+    params = replace(DEFAULT_PARAMS, crop_factor=crop_factor)
     chosen = [f for f in fields(bccd, parity) if labels.get(f.stem) in WBC_TYPES]
     counts: dict[str, int] = {}
     with progress_bar("cutting white cells", len(chosen), enabled=show_progress) as bar:
