@@ -89,6 +89,16 @@ def database_url(request):
     if request.param == "sqlite":
         yield None
         return
+    yield from _fresh_postgres()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database (for what only a database server has)."""
+    yield from _fresh_postgres()
+
+
+def _fresh_postgres():
     base = os.environ.get("HEMATOVISION_TEST_POSTGRES_URL")
     require(
         bool(base), "PostgreSQL: export HEMATOVISION_TEST_POSTGRES_URL=$(scripts/test_postgres.sh)"

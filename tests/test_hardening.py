@@ -262,10 +262,11 @@ def test_nul_bytes_in_names_and_queries_are_handled(client, settings):
     assert client.get("/history?label=%00").status_code == 400
 
 
-def test_the_first_request_after_the_database_restarts_succeeds(client, database_url):
+def test_the_first_request_after_the_database_restarts_succeeds(tmp_path, classifier, postgres_url):
     """PostgreSQL drops every connection when it restarts; pre-ping reconnects."""
-    if database_url is None:
-        pytest.skip("SQLite has no server to restart")
+    settings = WebSettings(data_dir=str(tmp_path / "data"), database_url=postgres_url)
+    client = create_app(settings, classifier=classifier).test_client()
+    database_url = postgres_url
     from sqlalchemy import create_engine, text
 
     assert client.get("/api/v1/predictions").status_code == 200
