@@ -266,11 +266,10 @@ def test_the_first_request_after_the_database_restarts_succeeds(tmp_path, classi
     """PostgreSQL drops every connection when it restarts; pre-ping reconnects."""
     settings = WebSettings(data_dir=str(tmp_path / "data"), database_url=postgres_url)
     client = create_app(settings, classifier=classifier).test_client()
-    database_url = postgres_url
     from sqlalchemy import create_engine, text
 
     assert client.get("/api/v1/predictions").status_code == 200
-    with create_engine(database_url).connect() as c:
+    with create_engine(postgres_url).connect() as c:
         c.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
