@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from hematovision.inference import Classifier
-from hematovision.smear import SMEAR_MODEL, load_smear_classifier
+from hematovision.inference.classifier import DEFAULT_MODEL
+from hematovision.smear import bundled_smear_model, load_smear_classifier
 from hematovision.smear.detect import DEFAULT_PARAMS
 from hematovision.smear.scoring import SHIFTS, detection_under_shifts, score_fields
 
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp32", "int8"], default=None)
     args = ap.parse_args()
     candidates = {"bundled default model": Classifier.load()}
-    if args.model or (SMEAR_MODEL / "model.json").is_file():  # a separate smear model, compared
+    if args.model or bundled_smear_model() != DEFAULT_MODEL:  # a separate smear model, compared
         other = load_smear_classifier(args.model, args.precision)
         candidates[f"{other.name} {other.version}"] = other
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "models": {}}

@@ -192,10 +192,21 @@ FRAME_ANALYSIS_SIDE = 160  # px: the nucleus is found on a copy this large (fast
 Box = tuple[int, int, int]  # left, top, side: a square in the source image's pixels
 
 
+def stain_score(rgb: np.ndarray) -> np.ndarray:
+    """How blue-violet each pixel is, ``B - (R + G) / 2``: Romanowsky-stained nuclei and
+    platelets score high, red cells and background low."""
+    return rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
+
+
+def median_colour(img: Image.Image) -> tuple[int, int, int]:
+    """The image's median colour: in a smear, mostly the background between cells."""
+    return tuple(int(v) for v in np.median(np.asarray(img).reshape(-1, 3), axis=0))
+
+
 def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     """How nucleus-like each pixel is: bluer and darker than the image's own median. Relative to
     the image, so a stain's overall cast or a camera's brightness does not matter."""
-    blue = rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
+    blue = stain_score(rgb)
     lum = rgb.mean(-1)
     return (blue - np.median(blue)) + (np.median(lum) - lum)
 
@@ -248,8 +259,7 @@ def frame_cell(img: Image.Image, k: float = CELL_FRAME) -> tuple[Image.Image, Bo
     left, top = round(x - side / 2), round(y - side / 2)
     if (left, top, side) == (0, 0, img.width) and img.width == img.height:
         return img, (0, 0, side)
-    fill = tuple(int(v) for v in np.median(np.asarray(img).reshape(-1, 3), axis=0))
-    framed = Image.new("RGB", (side, side), fill)
+    framed = Image.new("RGB", (side, side), median_colour(img))
     inside = (max(0, left), max(0, top), min(img.width, left + side), min(img.height, top + side))
     framed.paste(img.crop(inside), (inside[0] - left, inside[1] - top))
     return framed, (left, top, side)

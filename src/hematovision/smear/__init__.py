@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..differential import Differential, count_differential
 from ..errors import HematoVisionError
-from ..preprocess import ImageInput, to_rgb
+from ..preprocess import ImageInput, median_colour, to_rgb
 from .annotate import PALETTE, annotate
 from .detect import (
     BCCD_CELL_PX,
@@ -38,9 +38,11 @@ __all__ = [
     "SmearParams",
     "WhiteCell",
     "analyze_smear",
+    "bundled_smear_model",
     "annotate",
     "crop_cell",
     "field_differential",
+    "field_params",
     "load_smear_classifier",
     "locate_cells",
 ]
@@ -64,10 +66,15 @@ def load_smear_classifier(
     smear model where the package ships one, else the bundled default model (trained on
     single cells and on white cells of smear fields alike)."""
     from ..inference import Classifier
+
+    return Classifier.load(path or bundled_smear_model(), precision=precision, threads=threads)
+
+
+def bundled_smear_model() -> Path:
+    """The bundled smear model's folder where the package ships one, else the default model's."""
     from ..inference.classifier import DEFAULT_MODEL
 
-    default = SMEAR_MODEL if (SMEAR_MODEL / "model.json").is_file() else DEFAULT_MODEL
-    return Classifier.load(path or default, precision=precision, threads=threads)
+    return SMEAR_MODEL if (SMEAR_MODEL / "model.json").is_file() else DEFAULT_MODEL
 
 
 @dataclass
@@ -121,11 +128,6 @@ class SmearField:
         }
 
 
-def background_colour(picture: Image.Image) -> tuple[int, int, int]:
-    """The field's median colour: mostly the bright background between cells."""
-    return tuple(int(v) for v in np.median(np.asarray(picture).reshape(-1, 3), axis=0))
-
-
 def crop_cell(
     picture: Image.Image,
     box,
@@ -137,7 +139,7 @@ def crop_cell(
     x1, y1, x2, y2 = box
     side = int(max(x2 - x1, y2 - y1) * params.crop_factor)
     cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
-    crop = Image.new("RGB", (side, side), fill or background_colour(picture))
+    crop = Image.new("RGB", (side, side), fill or median_colour(picture))
     left, top = cx - side // 2, cy - side // 2
     inside = (
         max(0, left),
@@ -167,15 +169,15 @@ def analyze_smear(
     warnings = []
     if np.ptp(rgb.astype(np.int16)[..., [0, 2]] - rgb[..., 1:2].astype(np.int16)) < 8:
         warnings.append("grayscale image: cells are found by their stain colour, so none can be")
-    params = params or field_params(rgb)
-    found = locate_cells(rgb, params)
+    found = locate_cells(rgb, params)  # params None: the field's own scale
     cells = [WhiteCell(box) for box in found.white_cells]
     if classify and cells:
         classifier = classifier or load_smear_classifier()
-        fill = background_colour(picture)  # once per field, not once per cell
+        fill = median_colour(picture)  # once per field, not once per cell
+        crop = params or DEFAULT_PARAMS  # the crop factor is the same at every scale
         if classifier.spec.framing == "cell":
-            params = replace(params, crop_factor=FRAMED_CROP_FACTOR)
-        crops = [crop_cell(picture, c.box, params, fill) for c in cells]
+            crop = replace(crop, crop_factor=FRAMED_CROP_FACTOR)
+        crops = [crop_cell(picture, c.box, crop, fill) for c in cells]
         for cell, pred in zip(cells, classifier.predict(crops)):
             cell.label, cell.confidence = pred.label, pred.confidence
             cell.uncertain, cell.probabilities = pred.uncertain, pred.probabilities

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import HematoVisionError
+from ..preprocess import stain_score
 
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
 BCCD_RED_CELL_PX = 90.6  # estimate_red_cell_diameter's median on BCCD's even fields
@@ -79,10 +80,6 @@ class Detections:
     platelets: list[Point] = field(default_factory=list)  # centres
 
 
-def stain_score(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
-
-
 def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
     """A field's red-cell diameter in pixels (about 7.5 um in every lab: the field's scale).
 
@@ -90,7 +87,10 @@ def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
     what of them is not violet; in each clump of touching red cells the distance transform
     peaks at about one red cell's radius, so the area-weighted median peak gives the size."""
     rgb = rgb.astype(np.float32)
-    red = _red_mask(rgb, stain_score(rgb))
+    return _red_cell_diameter(_red_mask(rgb, stain_score(rgb)))
+
+
+def _red_cell_diameter(red: np.ndarray) -> float | None:
     labels, n = ndi.label(red)
     if n < 3:
         return None
@@ -107,7 +107,10 @@ def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
 def field_params(rgb: np.ndarray) -> SmearParams:
     """Parameters for this field's magnification, from the size of its red cells (the
     defaults when it shows too few to tell)."""
-    diameter = estimate_red_cell_diameter(rgb)
+    return _params_for(estimate_red_cell_diameter(rgb))
+
+
+def _params_for(diameter: float | None) -> SmearParams:
     if diameter is None:
         return DEFAULT_PARAMS
     scale = diameter / BCCD_RED_CELL_PX
@@ -130,14 +133,15 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
     """White-cell boxes and red-cell and platelet centres in an H x W x 3 array; ``params``
     default to ``field_params`` (the field's own scale)."""
     rgb = rgb.astype(np.float32)
-    params = params or field_params(rgb)
     score = stain_score(rgb)
+    red = _red_mask(rgb, score)  # once: the field's scale and its red cells both come from it
+    params = params or _params_for(_red_cell_diameter(red))
     # the stain threshold is relative to the field's own median colour: a colour cast or a
     # paler stain moves both
     threshold = params.stain_threshold + float(np.median(score)) - BCCD_MEDIAN_STAIN
     found = Detections()
     _violet_objects(score > threshold, params, rgb.shape[:2], found)
-    found.red_cells = _red_cells(rgb, score, params)
+    found.red_cells = _red_cells(red, params)
     return found
 
 
@@ -206,8 +210,7 @@ def _nearby_groups(points: np.ndarray, distance: float) -> np.ndarray:
     return fcluster(linkage(points, method="single"), t=distance, criterion="distance")
 
 
-def _red_cells(rgb, score, params: SmearParams) -> list[Point]:
-    red = _red_mask(rgb, score)
+def _red_cells(red: np.ndarray, params: SmearParams) -> list[Point]:
     distance = ndi.distance_transform_edt(red)
     peaks = (distance == ndi.maximum_filter(distance, size=params.red_peak_window)) & (
         distance > params.red_min_radius

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy import and_, create_engine, delete, event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -295,20 +295,14 @@ class Storage:
     def _delete(
         self, record_type: str, record_id: int, remove: Callable[[Session], object]
     ) -> bool:
-        refs = select(ImageRef.image_sha256).where(
-            ImageRef.record_type == record_type, ImageRef.record_id == record_id
-        )
+        mine = _uses(record_type, record_id)
         for attempt in (1, 2):
             try:
                 with self.session.begin() as s:
-                    shas = list(s.scalars(refs))
+                    shas = list(s.scalars(select(ImageRef.image_sha256).where(mine)))
                     if remove(s) is None:
                         return False
-                    s.execute(
-                        delete(ImageRef).where(
-                            ImageRef.record_type == record_type, ImageRef.record_id == record_id
-                        )
-                    )
+                    s.execute(delete(ImageRef).where(mine))
                 break
             except OperationalError as exc:
                 if attempt == 2 or not _is_disk_full(exc):
@@ -320,22 +314,11 @@ class Storage:
         return True
 
     def _remove_images_only_used_by(self, record_type: str, record_id: int) -> None:
+        uses = _uses(record_type, record_id)
         with self.session() as s:
-            mine = set(
-                s.scalars(
-                    select(ImageRef.image_sha256).where(
-                        ImageRef.record_type == record_type, ImageRef.record_id == record_id
-                    )
-                )
-            )
-            shared = set(
-                s.scalars(
-                    select(ImageRef.image_sha256).where(
-                        ImageRef.image_sha256.in_(mine),
-                        (ImageRef.record_type != record_type) | (ImageRef.record_id != record_id),
-                    )
-                )
-            )
+            mine = set(s.scalars(select(ImageRef.image_sha256).where(uses)))
+            query = select(ImageRef.image_sha256).where(ImageRef.image_sha256.in_(mine), ~uses)
+            shared = set(s.scalars(query))
         for sha in mine - shared:
             self._image_path(sha).unlink(missing_ok=True)
 
@@ -378,6 +361,11 @@ class Storage:
                 ):
                     record.image_stored = False
         report.repaired = True
+
+
+def _uses(record_type: str, record_id: int):
+    """The image references of one record (a SQL condition)."""
+    return and_(ImageRef.record_type == record_type, ImageRef.record_id == record_id)
 
 
 def _engine(url: str):

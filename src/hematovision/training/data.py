@@ -62,9 +62,12 @@ def scan_training_folder(cfg: TrainConfig) -> ImageFolder:
 def _lab_class(folder: ImageFolder) -> np.ndarray:
     """Each image's class, or its lab and class when the folder names labs (limits count per
     lab, so that a large lab does not crowd out a small one)."""
-    if folder.labs is None:
-        return folder.labels
-    return np.array([f"{lab}/{y}" for lab, y in zip(folder.labs, folder.labels)])
+    return folder.labels if folder.labs is None else lab_class_keys(folder.labs, folder.labels)
+
+
+def lab_class_keys(labs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One key per (lab, class) pair: what limits and balance count by."""
+    return np.array([f"{lab}/{y}" for lab, y in zip(labs, labels)])
 
 
 def load_training_data(
@@ -111,8 +114,9 @@ def load_training_data(
 
 def balanced_weights(labs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Sampling probabilities under which every (lab, class) pair is drawn equally often."""
-    keys = np.array([f"{lab}/{y}" for lab, y in zip(labs, labels)])
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(
+        lab_class_keys(labs, labels), return_inverse=True, return_counts=True
+    )
     weights = 1.0 / counts[inverse]
     return weights / weights.sum()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from flask import Flask, jsonify, render_template, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
@@ -151,10 +151,6 @@ def _too_large_message(settings: WebSettings) -> str:
     if length is not None and length <= settings.max_upload_mb * 2**20:
         return f"too many parts in the form: at most {settings.max_files} files in one request"
     return f"the upload is larger than {settings.max_upload_mb:g} MB"
-
-
-def not_found(what: str) -> NotFound:
-    return NotFound(description=what)
 
 
 def static_vendor_dir() -> Path:

@@ -7,6 +7,7 @@ import hmac
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest
 
+from ..smear import field_differential
 from . import MAX_ID, error_response
 from .openapi import openapi_document
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
@@ -56,8 +57,6 @@ def _prediction_json(record) -> dict:
 
 def smear_json(record) -> dict:
     """A smear analysis as the API shows it, with its differential under the lab's rule."""
-    from ..smear import field_differential
-
     data = record.to_dict()
     data["differential"] = field_differential(
         record.fields, get_smear_classifier().classes

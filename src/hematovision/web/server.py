@@ -21,7 +21,7 @@ from werkzeug.exceptions import RequestTimeout
 from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
 from ..inference.classifier import DEFAULT_MODEL
-from ..smear import SMEAR_MODEL
+from ..smear import bundled_smear_model
 from ..storage import Storage
 from .config import WebSettings
 
@@ -121,8 +121,7 @@ def check_port(host: str, port: int) -> None:
 def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrides) -> None:
     """Check the models, the port and the database once, then run ``workers`` processes."""
     settings = WebSettings.from_env(**overrides)
-    smear_default = SMEAR_MODEL if (SMEAR_MODEL / "model.json").is_file() else DEFAULT_MODEL
-    for path in (settings.model or DEFAULT_MODEL, settings.smear_model or smear_default):
+    for path in (settings.model or DEFAULT_MODEL, settings.smear_model or bundled_smear_model()):
         artifact = ModelArtifact.load(path)
         artifact.model_bytes(artifact.choose_precision())  # a bad --model fails here, in one line
     check_port(host, port)

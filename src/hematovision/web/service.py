@@ -13,10 +13,10 @@ import io
 from dataclasses import dataclass
 
 from ..differential import count_differential
-from ..errors import HematoVisionError, ImageTooLarge
+from ..errors import HematoVisionError
 from ..inference import Classifier, heatmap_overlay
 from ..preprocess import to_rgb, upright_size
-from ..smear import MAX_FIELD_PIXELS, FieldTooLarge, analyze_smear, annotate, field_differential
+from ..smear import MAX_FIELD_PIXELS, analyze_smear, annotate, field_differential
 from ..storage import SmearAnalysis, Storage, Upload
 from .config import WebSettings
 
@@ -182,7 +182,7 @@ def analyze_files(
     for upload in usable:
         try:
             result = analyze_smear(upload.data, classifier)
-        except (FieldTooLarge, ImageTooLarge, HematoVisionError) as exc:
+        except HematoVisionError as exc:  # FieldTooLarge, ImageTooLarge, unreadable: its code
             rejected.append(rejection(upload.name, exc.code, str(exc).removeprefix("image: ")))
             continue
         sha = hashlib.sha256(upload.data).hexdigest()
