@@ -13,11 +13,11 @@ $(BIN)/python:
 
 # one stamp per dependency set, redone when pyproject.toml or constraints.txt change
 $(VENV)/.web: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e '.[web]'
+	$(PIP) -e '.[web,openvino]'
 	touch $@
 
 $(VENV)/.all: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e '.[train,web,test]'
+	$(PIP) -e '.[train,web,test,openvino]'
 	touch $@ $(VENV)/.web
 
 install: $(VENV)/.all

@@ -47,14 +47,25 @@ def test_classifier_accepts_paths_pil_and_arrays_alike(artifact, synth_dir):
     assert set(a.to_dict()) == {"label", "confidence", "uncertain", "reasons", "probabilities"}
 
 
-def test_temperature_is_applied_to_the_probabilities(artifact, synth_dir):
-    clf = Classifier.load(artifact)
-    path = sorted((synth_dir / "lymphocyte").iterdir())[0]
-    from hematovision.preprocess import load_resized, normalize
+def test_the_exported_graph_takes_pixels_and_normalises_them_itself(artifact):
+    import onnx
 
-    logits = clf.session.run(
-        ["logits"], {"input": normalize(load_resized(path, clf.spec), clf.spec)}
-    )[0]
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    (tensor,) = graph.input
+    assert tensor.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in tensor.type.tensor_type.shape.dim][1:] == [64, 64, 3]
+    assert json.loads((artifact / "model.json").read_text())["preprocess"]["input"] == "uint8"
+
+
+def test_temperature_is_applied_to_the_probabilities(artifact, synth_dir):
+    import onnxruntime as ort
+
+    from hematovision.preprocess import load_resized
+
+    clf = Classifier.load(artifact, engine="onnxruntime")
+    path = sorted((synth_dir / "lymphocyte").iterdir())[0]
+    session = ort.InferenceSession(str(artifact / "model.onnx"))
+    logits = session.run(["logits"], {"input": load_resized(path, clf.spec)[None]})[0]
     expected = softmax(logits, clf.temperature)[0]
     got = clf.predict(path)[0]
     assert [got.probabilities[c] for c in clf.classes] == pytest.approx(expected.tolist(), abs=1e-6)

@@ -242,7 +242,9 @@ def _report_failures(failures: list[str], total: int) -> None:
 def cmd_predict(args) -> int:
     from .inference import Classifier
 
-    classifier = Classifier.load(args.model, precision=args.precision, tta=args.tta)
+    classifier = Classifier.load(
+        args.model, precision=args.precision, tta=args.tta, engine=args.engine
+    )
     paths, heat_dir = _inputs_and_folder(args.paths, args.heatmaps)
     results, failures = _classify_paths(classifier, paths, heat_dir, args)
     _report_failures(failures, len(paths))
@@ -296,7 +298,11 @@ def _print_predictions_csv(results, classifier, args) -> None:
 def _print_predictions_table(results, classifier, args) -> None:
     from .differential import count_differential, display_name
 
-    table = Table(title=f"{classifier.name} {classifier.version} ({classifier.precision})")
+    engine = classifier.engine_info()
+    table = Table(
+        title=f"{classifier.name} {classifier.version} ({classifier.precision}) "
+        f"on {engine['name']} ({engine['precision']})"
+    )
     for col in ("file", "class", "confidence", f"top {args.top_k}"):
         table.add_column(col)
     for p, pred in results:
@@ -333,7 +339,7 @@ def cmd_smear(args) -> int:
     from .smear import SmearParams, field_differential, load_smear_classifier
 
     params = None if args.cell_size is None else SmearParams.for_cell_size(args.cell_size)
-    classifier = load_smear_classifier(args.model)
+    classifier = load_smear_classifier(args.model, engine=args.engine)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = _analyse_paths(classifier, paths, params, out_dir, args)
     _report_failures(failures, len(paths))
@@ -428,6 +434,7 @@ def cmd_serve(args) -> int:
         max_upload_mb=args.max_upload_mb,
         store_images=False if args.no_store_images else None,
         threads=args.threads,
+        engine=args.engine,
     )
     return 0
 
@@ -600,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="test-time augmentation: average the 8 flips and turns of each cell (8x slower) "
         "and flag cells on which they disagree",
     )
+    _engine_option(r)
     r.set_defaults(func=cmd_predict)
 
     m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")
@@ -616,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="width of a white cell in pixels (default: each field's own, from the size of its "
         "red cells; BCCD's 640x480 fields at 100x: 200)",
     )
+    _engine_option(m)
     m.set_defaults(func=cmd_smear)
 
     w = sub.add_parser("serve", help="run the web application (production server)")
@@ -628,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-upload-mb", type=float, help="env HEMATOVISION_MAX_UPLOAD_MB")
     w.add_argument("--no-store-images", action="store_true", help="keep results, not images")
     w.add_argument("--threads", type=int, help="threads per worker (env HEMATOVISION_THREADS)")
+    _engine_option(w, default=None, env=" (env HEMATOVISION_ENGINE)")
     w.set_defaults(func=cmd_serve)
 
     st = sub.add_parser("storage", help="the web app's database and image store")
@@ -645,6 +655,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_storage_check)
     return p
+
+
+def _engine_option(parser, default: str | None = "auto", env: str = "") -> None:
+    parser.add_argument(
+        "--engine",
+        choices=["auto", "onnxruntime", "openvino"],
+        default=default,
+        help="inference engine; auto: OpenVINO where it is installed and the CPU has bf16 or "
+        f"VNNI, else ONNX Runtime{env}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

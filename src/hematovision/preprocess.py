@@ -8,7 +8,8 @@ An image goes through four steps:
   3. ``resize``: square resize to the model's input size, kept as uint8 (this is what the
      decode cache stores);
   4. ``normalize``: scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel,
-     channels first.
+     channels first. Exported models take step 3's uint8 pixels and do step 4 in their graph
+     (the spec's ``input`` is then "uint8"); ``model_input`` feeds either kind.
 The spec is serialised into ``model.json`` so that serving reproduces it exactly, with no torch.
 """
 
@@ -35,13 +36,16 @@ MIN_IMAGE_SIDE = 16
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How pixels become a model input (NCHW float32)."""
+    """How pixels become a model input."""
 
     input_size: int = 128
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     resample: str = "bilinear"
     framing: str = "none"  # "cell": canonical framing of the white cell (frame_cell)
+    # "float": the model takes normalised NCHW float32; "uint8": NHWC pixels, the model's
+    # graph normalises them (exported models: one less pass over the batch in numpy)
+    input: str = "float"
 
     def to_dict(self) -> dict:
         return {
@@ -50,17 +54,21 @@ class PreprocessSpec:
             "std": list(self.std),
             "resample": self.resample,
             "framing": self.framing,
+            "input": self.input,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
         """Read a spec; keys written by older versions (layout, extra) are ignored."""
+        if d.get("input", "float") not in ("float", "uint8"):
+            raise HematoVisionError(f"unknown model input {d['input']!r} (float or uint8)")
         return cls(
             input_size=int(d["input_size"]),
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             resample=d.get("resample", "bilinear"),
             framing=d.get("framing", "none"),
+            input=d.get("input", "float"),
         )
 
 
@@ -294,6 +302,14 @@ def normalize(batch_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def model_input(batch_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """What a model of this spec is fed for NHWC uint8 images: the pixels themselves when its
+    graph normalises them (``spec.input == "uint8"``), else ``normalize``'s output."""
+    if spec.input == "uint8":
+        return np.ascontiguousarray(batch_uint8, dtype=np.uint8)
+    return normalize(batch_uint8, spec)
+
+
 def prepare(images: list[ImageInput], spec: PreprocessSpec) -> np.ndarray:
-    """Everything at once: inputs -> model-ready NCHW float32 batch."""
-    return normalize(np.stack([load_resized(im, spec) for im in images]), spec)
+    """Everything at once: inputs -> the batch a model of this spec is fed."""
+    return model_input(np.stack([load_resized(im, spec) for im in images]), spec)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,13 +68,15 @@ def export_run(
     run = RunDir(run_dir).require()
     out = _prepare_out(Path(out_dir) if out_dir else run.artifact, overwrite)
     model, info = load_trained(run)
-    spec, classes = info.preprocess, info.classes
+    classes = info.classes
+    # the exported graph takes uint8 pixels and normalises them itself
+    spec = replace(info.preprocess, input="uint8")
     images = _export_images(run, info, data_dir, show_progress)
     train_x, train_y = images.train
-    ood = fit_ood(pooled_features(model, train_x, spec), train_y, len(classes))
-    graph = ServingGraph(with_static_padding(model, spec.input_size), *ood).eval()
+    ood = fit_ood(pooled_features(model, train_x, info.preprocess), train_y, len(classes))
+    graph = ServingGraph(with_static_padding(model, spec.input_size), *ood, spec).eval()
     val_x, val_y = images.val
-    calibration, val_logits = calibrate(graph, val_x, val_y, spec, images.known_extra)
+    calibration, val_logits = calibrate(graph, val_x, val_y, images.known_extra)
     files, checks = _write_onnx(graph, out, val_x, spec, val_logits, int8)
     artifact = ModelArtifact(
         name=f"hematovision-{info.architecture}",
@@ -191,7 +193,7 @@ def _metrics(
     if images.test is None:
         return metrics
     test_x, test_y = images.test
-    logits, _, ood = run_graph(graph, test_x, info.preprocess)
+    logits, _, ood = run_graph(graph, test_x)
     probs = softmax(logits, t)
     m = classification_metrics(test_y, probs, info.classes)
     flagged = (probs.max(1) < threshold) | (ood > calibration.ood_threshold)
@@ -214,7 +216,7 @@ def _metrics(
             for lab in sorted(set(images.test_labs))
         }
     if int8:
-        q = onnx_logits(out / "model.int8.onnx", test_x, info.preprocess).argmax(1)
+        q = onnx_logits(out / "model.int8.onnx", test_x, graph.spec).argmax(1)
         metrics["test_int8"] = {
             "accuracy": float((q == test_y).mean()),
             "top1_agreement_with_fp32": float((q == logits.argmax(1)).mean()),

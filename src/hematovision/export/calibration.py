@@ -9,7 +9,6 @@ from scipy.special import log_softmax
 from scipy.special import softmax as scipy_softmax
 
 from ..artifact import Calibration
-from ..preprocess import PreprocessSpec
 from .graph import ServingGraph, run_graph
 
 OOD_PERCENTILE = 99  # of known images' distances ...
@@ -62,7 +61,6 @@ def calibrate(
     graph: ServingGraph,
     val_x: np.ndarray,
     val_y: np.ndarray,
-    spec: PreprocessSpec,
     known_x: np.ndarray,
 ) -> tuple[Calibration, np.ndarray]:
     """Fit the calibration on the validation images; returns it and the val logits.
@@ -70,10 +68,10 @@ def calibrate(
     ``known_x``: images added to the training split only (--extra-train, e.g. cells from
     another lab's smears) are part of what the model knows: the distance score must not
     call them strange."""
-    val_logits, _, val_ood = run_graph(graph, val_x, spec)
+    val_logits, _, val_ood = run_graph(graph, val_x)
     temperature = fit_temperature(val_logits, val_y)
     threshold = choose_confidence_threshold(softmax(val_logits, temperature), val_y)
-    known_ood = run_graph(graph, known_x, spec)[2] if len(known_x) else np.zeros(0)
+    known_ood = run_graph(graph, known_x)[2] if len(known_x) else np.zeros(0)
     known = np.concatenate([val_ood, known_ood])
     ood_threshold = OOD_SCALE * float(np.percentile(known, OOD_PERCENTILE))
     return Calibration(temperature, threshold, ood_threshold), val_logits

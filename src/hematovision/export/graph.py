@@ -12,20 +12,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..preprocess import PreprocessSpec, normalize
+from ..preprocess import PreprocessSpec, model_input
 
 
 class ServingGraph(nn.Module):
-    """(logits, cam, ood) for a normalised NCHW batch."""
+    """(logits, cam, ood) for a batch fed as ``spec`` says: NHWC uint8 pixels, normalised in
+    the graph, when ``spec.input`` is "uint8"; else the normalised NCHW float batch."""
 
-    def __init__(self, model: nn.Module, pca_mean, projection, centres):
+    def __init__(self, model: nn.Module, pca_mean, projection, centres, spec: PreprocessSpec):
         super().__init__()
-        self.model = model
+        self.model, self.spec = model, spec
         self.register_buffer("pca_mean", torch.as_tensor(pca_mean, dtype=torch.float32))
         self.register_buffer("projection", torch.as_tensor(projection, dtype=torch.float32))
         self.register_buffer("centres", torch.as_tensor(centres, dtype=torch.float32))
+        # (x / 255 - mean) / std as one multiply-add per channel
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1 / (255 * std))
+        self.register_buffer("shift", -mean / std)
 
     def forward(self, x):
+        if self.spec.input == "uint8":
+            x = x.permute(0, 3, 1, 2).float() * self.scale + self.shift
         fmap = self.model.forward_features(x)
         logits = self.model.forward_head(fmap)
         head = self.model.get_classifier()
@@ -91,12 +99,13 @@ def with_static_padding(model: nn.Module, input_size: int) -> nn.Module:
 
 def _batches(images: np.ndarray, spec: PreprocessSpec, size: int = 128):
     for i in range(0, len(images), size):
-        yield torch.from_numpy(normalize(images[i : i + size], spec))
+        yield torch.from_numpy(model_input(images[i : i + size], spec))
 
 
 @torch.no_grad()
 def pooled_features(model: nn.Module, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Globally pooled last feature maps of NHWC uint8 images (N x C)."""
+    """Globally pooled last feature maps of NHWC uint8 images (N x C); ``spec`` is the
+    training spec (float input)."""
     model.eval()
     return np.concatenate(
         [model.forward_features(x).mean((2, 3)).numpy() for x in _batches(images, spec)]
@@ -104,7 +113,7 @@ def pooled_features(model: nn.Module, images: np.ndarray, spec: PreprocessSpec) 
 
 
 @torch.no_grad()
-def run_graph(graph: ServingGraph, images: np.ndarray, spec: PreprocessSpec):
+def run_graph(graph: ServingGraph, images: np.ndarray):
     """(logits, cam, ood) of the graph in PyTorch, for NHWC uint8 images."""
-    outputs = [graph(x) for x in _batches(images, spec)]
+    outputs = [graph(x) for x in _batches(images, graph.spec)]
     return [np.concatenate([o[k].numpy() for o in outputs]) for k in range(3)]

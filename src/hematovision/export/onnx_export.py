@@ -11,7 +11,7 @@ import torch
 
 from ..artifact import OUTPUTS
 from ..errors import HematoVisionError
-from ..preprocess import PreprocessSpec, normalize
+from ..preprocess import PreprocessSpec, model_input
 from .calibration import softmax
 from .graph import ServingGraph
 
@@ -28,11 +28,11 @@ def _session(path: Path):
 def onnx_logits(
     path: Path, images: np.ndarray, spec: PreprocessSpec, batch: int = 64
 ) -> np.ndarray:
-    """The logits ONNX Runtime computes for NHWC uint8 images."""
+    """The logits ONNX Runtime computes for NHWC uint8 images (fed as ``spec`` says)."""
     session = _session(path)
     return np.concatenate(
         [
-            session.run(["logits"], {"input": normalize(images[i : i + batch], spec)})[0]
+            session.run(["logits"], {"input": model_input(images[i : i + batch], spec)})[0]
             for i in range(0, len(images), batch)
         ]
     )
@@ -47,7 +47,7 @@ def export_fp32(
 ) -> float:
     """Write the graph as ONNX (dynamic batch) and check ONNX Runtime against PyTorch on
     ``images``; returns the largest probability difference, or raises above the tolerance."""
-    example = torch.from_numpy(normalize(images[:2], spec))
+    example = torch.from_numpy(model_input(images[:2], spec))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow
         torch.onnx.export(
@@ -101,7 +101,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, spec: Preproce
         def __init__(self):
             self.batches = iter(
                 [
-                    {"input": normalize(calibration[i : i + 16], spec)}
+                    {"input": model_input(calibration[i : i + 16], spec)}
                     for i in range(0, len(calibration), 16)
                 ]
             )

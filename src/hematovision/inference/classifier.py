@@ -1,7 +1,8 @@
-"""The Classifier: a model artifact (ONNX + model.json) on ONNX Runtime -> Prediction per image."""
+"""The Classifier: a model artifact (ONNX + model.json) on an engine -> Prediction per image."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +13,15 @@ from scipy.special import softmax
 
 from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
-from ..preprocess import ImageInput, model_view, normalize, resize, to_rgb
+from ..preprocess import ImageInput, load_resized, model_input, model_view, resize, to_rgb
+from .engines import OnnxRuntimeEngine, open_engine
+
+log = logging.getLogger("hematovision")
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model"
+SAMPLES = DEFAULT_MODEL.parent / "samples"  # one real image per class and more
+# top-1 agreement with ONNX Runtime another engine must reach on the samples
+PARITY_MIN_AGREEMENT = 0.995
 TTA_MIN_AGREEMENT = 0.75  # with test-time augmentation: fewer views agreeing is "uncertain"
 # the 8 flips and quarter turns of an NHWC batch (a cell has no orientation)
 DIHEDRAL = [
@@ -75,10 +82,10 @@ def heatmap_overlay(image: ImageInput, heatmap: np.ndarray, alpha: float = 0.45)
 
 
 class Classifier:
-    """Classify blood-cell images with a model artifact on ONNX Runtime (CPU)."""
+    """Classify blood-cell images with a model artifact on a CPU engine (``engines``)."""
 
-    def __init__(self, artifact: ModelArtifact, session, precision: str, tta: bool = False):
-        self.artifact, self.session, self.precision, self.tta = artifact, session, precision, tta
+    def __init__(self, artifact: ModelArtifact, engine, precision: str, tta: bool = False):
+        self.artifact, self.engine, self.precision, self.tta = artifact, engine, precision, tta
         self.classes: list[str] = artifact.classes
         self.spec = artifact.preprocess
         self.calibration = artifact.calibration
@@ -91,26 +98,48 @@ class Classifier:
         threads: int | None = None,
         verify: bool = True,
         tta: bool = False,
+        engine: str = "auto",
     ) -> Classifier:
         """Load an artifact folder (default: the bundled model); ``precision`` fp32 or int8
         (default: fp32 where the artifact has it); ``tta``: average the 8 flips and turns of
-        each cell (8x the compute) and flag cells on which they disagree."""
-        import onnxruntime as ort
+        each cell (8x the compute) and flag cells on which they disagree; ``engine``:
+        onnxruntime, openvino, or auto (``engines.resolve_engine``).
 
+        An engine other than ONNX Runtime must agree with it on the bundled samples (top-1,
+        ``PARITY_MIN_AGREEMENT``) or it is refused; ``auto`` then falls back to ONNX Runtime."""
         artifact = ModelArtifact.load(path or DEFAULT_MODEL)
         precision = artifact.choose_precision(precision)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         model = artifact.model_bytes(precision, verify)
         try:
-            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types
-            raise HematoVisionError(
-                f"{artifact.path}: ONNX Runtime cannot load the "
-                f"{precision} model: {str(exc).splitlines()[0]}"
-            ) from None
-        return cls(artifact, session, precision, tta)
+            chosen = open_engine(engine, model, threads)
+        except HematoVisionError as exc:
+            raise HematoVisionError(f"{artifact.path} ({precision}): {exc}") from None
+        classifier = cls(artifact, chosen, precision, tta)
+        if chosen.name != "onnxruntime":
+            classifier._check_parity(OnnxRuntimeEngine(model, threads), fall_back=engine == "auto")
+        return classifier
+
+    def _check_parity(self, reference: OnnxRuntimeEngine, fall_back: bool) -> None:
+        """Compare the engine's top-1 with ONNX Runtime's on the bundled samples."""
+        batch = np.stack([load_resized(p, self.spec) for p in sorted(SAMPLES.glob("*.jpg"))])
+        x = model_input(batch, self.spec)
+        ours, theirs = self.engine.run(x)[0], reference.run(x)[0]
+        agreement = float((ours.argmax(1) == theirs.argmax(1)).mean())
+        if agreement >= PARITY_MIN_AGREEMENT:
+            return
+        message = (
+            f"{self.engine.name} agrees with ONNX Runtime on {agreement:.1%} of "
+            f"{len(x)} samples ({PARITY_MIN_AGREEMENT:.1%} needed)"
+        )
+        if not fall_back:
+            raise HematoVisionError(f"{message}: use --engine onnxruntime")
+        log.warning("%s: using ONNX Runtime instead", message)
+        self.engine = reference
+
+    def engine_info(self) -> dict:
+        """Which engine runs the model, and the precision it computes in."""
+        precision = getattr(self.engine, "compute_precision", self.precision)
+        return {"name": self.engine.name, "precision": precision}
 
     name = property(lambda self: self.artifact.name)
     version = property(lambda self: self.artifact.version)
@@ -121,7 +150,7 @@ class Classifier:
 
     def predict_arrays(self, images_uint8: np.ndarray):
         """Raw outputs for resized NHWC uint8 images: (calibrated probabilities, cam, ood)."""
-        logits, cam, ood = self.session.run(None, {"input": normalize(images_uint8, self.spec)})
+        logits, cam, ood = self.engine.run(model_input(images_uint8, self.spec))
         return softmax(logits / self.temperature, axis=1), cam, ood
 
     def predict(self, images: ImageInput | list[ImageInput], **options) -> list[Prediction]:

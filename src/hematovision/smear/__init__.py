@@ -59,15 +59,13 @@ class FieldTooLarge(HematoVisionError):
     code = "field_too_large"
 
 
-def load_smear_classifier(
-    path: str | Path | None = None, precision: str | None = None, threads: int | None = None
-):
+def load_smear_classifier(path: str | Path | None = None, **options):
     """The classifier for cells cropped from fields: the artifact at ``path``, else a bundled
     smear model where the package ships one, else the bundled default model (trained on
-    single cells and on white cells of smear fields alike)."""
+    single cells and on white cells of smear fields alike). ``options``: Classifier.load's."""
     from ..inference import Classifier
 
-    return Classifier.load(path or bundled_smear_model(), precision=precision, threads=threads)
+    return Classifier.load(path or bundled_smear_model(), **options)
 
 
 def bundled_smear_model() -> Path:

@@ -76,11 +76,12 @@ def create_app(
     if migrate:
         storage.migrate()
     app.extensions["hematovision.storage"] = storage
+    engine = {"engine": settings.engine, "threads": settings.model_threads}
     app.extensions["hematovision.classifier"] = classifier or Classifier.load(
-        settings.model, threads=settings.ort_threads
+        settings.model, **engine
     )
     app.extensions["hematovision.smear_classifier"] = smear_classifier or load_smear_classifier(
-        settings.smear_model, threads=settings.ort_threads
+        settings.smear_model, **engine
     )
     csrf.init_app(app)
 

@@ -154,7 +154,8 @@ def delete_smear(smear_id: int):
 
 @api.get("/api/v1/model")
 def model_card():
-    return jsonify(get_classifier().artifact.card())
+    classifier = get_classifier()
+    return jsonify({**classifier.artifact.card(), "engine": classifier.engine_info()})
 
 
 @api.get("/healthz")

@@ -28,7 +28,8 @@ class WebSettings:
     store_images: bool = True
     trusted_proxies: int = 0  # proxies in front that set X-Forwarded-For/-Proto (TLS there)
     threads: int = 4  # threads per worker process (gthread): a slow client holds one thread
-    ort_threads: int = 1  # ONNX Runtime threads per worker process
+    engine: str = "auto"  # onnxruntime, openvino, or auto (see inference/engines.py)
+    model_threads: int = 1  # inference threads per worker process
     request_timeout: float = 30.0  # seconds a client may take to send one request body
 
     def __post_init__(self):

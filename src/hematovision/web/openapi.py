@@ -139,6 +139,11 @@ SCHEMAS = {
         data=ANY_OBJECT,
         licence=NULLABLE_STR,
         provenance=NULLABLE_STR,
+        engine=_obj(
+            ("name", "precision"),
+            name={"type": "string", "enum": ["onnxruntime", "openvino"]},
+            precision=STR,
+        ),
     ),
     "Health": _obj(
         ("status", "database", "disk", "model"),

@@ -20,7 +20,7 @@ from flask import (
 from werkzeug.exceptions import BadRequest
 
 from ..differential import display_name
-from ..inference.classifier import DEFAULT_MODEL
+from ..inference.classifier import SAMPLES
 from ..smear import field_differential
 from ..tables import write_differential_csv, write_predictions_csv, write_smear_cells_csv
 from . import MAX_ID, static_vendor_dir
@@ -38,7 +38,6 @@ from .service import (
 )
 
 pages = Blueprint("pages", __name__)
-SAMPLES = DEFAULT_MODEL.parent / "samples"
 PAGE_SIZE = 20
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}  # content-addressed
 

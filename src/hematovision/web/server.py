@@ -21,6 +21,7 @@ from werkzeug.exceptions import RequestTimeout
 from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
 from ..inference.classifier import DEFAULT_MODEL
+from ..inference.engines import resolve_engine
 from ..smear import bundled_smear_model
 from ..storage import Storage
 from .config import WebSettings
@@ -124,14 +125,16 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrid
     for path in (settings.model or DEFAULT_MODEL, settings.smear_model or bundled_smear_model()):
         artifact = ModelArtifact.load(path)
         artifact.model_bytes(artifact.choose_precision())  # a bad --model fails here, in one line
+    engine = resolve_engine(settings.engine)  # so does an engine that is not installed
     check_port(host, port)
     Storage(settings.database_url, settings.data_dir, settings.store_images).migrate()
     settings.secret_key()  # created before the workers start, shared by all of them
     log.info(
-        "serving on http://%s:%d with %d workers; data in %s",
+        "serving on http://%s:%d with %d workers (%s); data in %s",
         host,
         port,
         workers,
+        engine,
         settings.data_dir,
     )
     options = {
