@@ -90,3 +90,20 @@ def test_an_engine_that_is_not_installed_is_one_line_and_exit_2(monkeypatch, cap
     assert main(["-q", "predict", sample, "--engine", "openvino"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'hematovision[openvino]'" in err and "Traceback" not in err
+
+
+def test_batches_prepared_ahead_keep_order_and_failures_in_place(tmp_path):
+    from hematovision.inference.classifier import SAMPLES
+
+    samples = sorted(SAMPLES.glob("*.jpg"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    images = [*samples[:7], broken, *samples[7:15], broken, *samples[15:]]
+    clf = Classifier.load(engine="onnxruntime")
+    batched = clf.predict(images, batch_size=4, errors="report")  # 7 batches, 2 failures
+    alone = [clf.predict(image, errors="report")[0] for image in images]
+    assert [p.label for p in batched] == [p.label for p in alone]
+    assert [p.confidence for p in batched] == pytest.approx([p.confidence for p in alone])
+    assert [i for i, p in enumerate(batched) if not p.ok] == [7, 16]
+    with pytest.raises(HematoVisionError, match="broken.jpg"):
+        clf.predict(images, batch_size=4)

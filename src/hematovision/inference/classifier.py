@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,38 +172,50 @@ class Classifier:
         ``errors="raise"`` raises HematoVisionError naming the first image that cannot be
         read; ``errors="report"`` yields a failed Prediction (with ``error``) in its place.
         ``max_side``: decode large files reduced (see ``preprocess.to_rgb``); heatmaps then
-        have the reduced size."""
+        have the reduced size. While a batch runs on the engine, a thread prepares the next
+        (decoding and resizing release the GIL), so the two overlap."""
         if errors not in ("raise", "report"):
             raise ValueError("errors must be 'raise' or 'report'")
         if not isinstance(images, (list, tuple)):
             images = [images]
-        for start in range(0, len(images), batch_size):
-            chunk = [
-                self._decode(im, errors, max_side) for im in images[start : start + batch_size]
-            ]
-            pictures = [p for p in chunk if isinstance(p, Image.Image)]
-            done = iter(self._classify(pictures, heatmaps) if pictures else [])
-            yield from (next(done) if isinstance(p, Image.Image) else p for p in chunk)
+        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        if len(chunks) == 1:
+            yield from self._classify(self._prepare(chunks[0], errors, max_side), heatmaps)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="hematovision-decode") as pool:
+            pending = pool.submit(self._prepare, chunks[0], errors, max_side)
+            for following in [*chunks[1:], None]:
+                prepared = pending.result()
+                if following is not None:
+                    pending = pool.submit(self._prepare, following, errors, max_side)
+                yield from self._classify(prepared, heatmaps)
 
-    @staticmethod
-    def _decode(image: ImageInput, errors: str, max_side: int | None) -> Image.Image | Prediction:
-        try:
-            return to_rgb(image, max_side)
-        except HematoVisionError as exc:
-            if errors == "raise":
-                raise
-            return Prediction.failed(exc)
+    def _prepare(self, chunk: list[ImageInput], errors: str, max_side: int | None) -> list:
+        """Each image as (picture, box in it, model-sized pixels), or a failed Prediction."""
+        prepared = []
+        for image in chunk:
+            try:
+                picture = to_rgb(image, max_side)
+            except HematoVisionError as exc:
+                if errors == "raise":
+                    raise
+                prepared.append(Prediction.failed(exc))
+                continue
+            view, box = model_view(picture, self.spec)
+            prepared.append((picture, box, resize(view, self.spec)))
+        return prepared
 
-    def _classify(self, pictures: list[Image.Image], heatmaps: bool) -> list[Prediction]:
-        views = [model_view(p, self.spec) for p in pictures]
-        batch = np.stack([resize(view, self.spec) for view, _ in views])
-        probs, cams, oods, agreement = self._outputs(batch)
-        return [
+    def _classify(self, prepared: list, heatmaps: bool) -> list[Prediction]:
+        """Predictions for ``_prepare``'s output, failures kept in their places."""
+        cells = [item for item in prepared if not isinstance(item, Prediction)]
+        if not cells:
+            return prepared
+        probs, cams, oods, agreement = self._outputs(np.stack([pixels for *_, pixels in cells]))
+        done = iter(
             self._prediction(picture, box, p, cam, float(ood), a, heatmaps)
-            for picture, (_, box), p, cam, ood, a in zip(
-                pictures, views, probs, cams, oods, agreement
-            )
-        ]
+            for (picture, box, _), p, cam, ood, a in zip(cells, probs, cams, oods, agreement)
+        )
+        return [item if isinstance(item, Prediction) else next(done) for item in prepared]
 
     def _outputs(self, batch: np.ndarray):
         """(probabilities, cam, ood, view agreement); with TTA, over the 8 flips and turns."""
