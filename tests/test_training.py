@@ -116,7 +116,12 @@ def test_same_seed_same_split_and_same_result(synth_dir, synth_run, tmp_path):
 
 @pytest.mark.pbc
 def test_transfer_learning_on_real_pbc_beats_chance(pbc_dir, tmp_path):
-    """A short EfficientNet-Lite0 run on a small subset of the real PBC images."""
+    """A short EfficientNet-Lite0 run on a small subset of the real PBC images, with the stem
+    and the first two blocks frozen: they keep their ImageNet weights and statistics."""
+    import torch
+
+    from hematovision.models import create_model
+
     run = train(
         data=str(pbc_dir),
         out=str(tmp_path / "pbc"),
@@ -128,12 +133,28 @@ def test_transfer_learning_on_real_pbc_beats_chance(pbc_dir, tmp_path):
         test_fraction=0.25,
         lr=2e-3,
         image_size=96,
+        freeze_blocks=2,
         seed=0,
         show_progress=False,
     )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == 80
     assert metrics["test"]["accuracy"] >= 0.5  # 8 classes: chance is 0.125
+    trained = torch.load(run.best, weights_only=True)["model"]
+    start = create_model("efficientnet_lite0", 8, True, 96).state_dict()
+    frozen = [k for k in start if k.startswith(("conv_stem.", "bn1.", "blocks.0.", "blocks.1."))]
+    assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)
+    assert not torch.equal(trained["blocks.2.0.conv_pw.weight"], start["blocks.2.0.conv_pw.weight"])
+    assert not torch.equal(trained["bn2.running_mean"], start["bn2.running_mean"])
+
+
+def test_freeze_blocks_is_checked_at_the_edge(synth_dir, tmp_path):
+    for arch, blocks, message in (
+        ("seed-cnn", 1, "needs a model with a stem and blocks"),
+        ("efficientnet_lite0", 9, "between 0 and 7"),
+    ):
+        with pytest.raises(HematoVisionError, match=message):
+            train(data=str(synth_dir), out=str(tmp_path / arch), arch=arch, freeze_blocks=blocks)
 
 
 def test_init_keeps_the_split_and_extra_images_only_train(synth_dir, synth_run, tmp_path):

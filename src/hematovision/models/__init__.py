@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..artifact import RunDir, RunInfo
+from ..errors import HematoVisionError
 from ..preprocess import PreprocessSpec, normalize
 from . import efficientnet_lite, seed_cnn  # noqa: F401 - they register themselves
 from .registry import (
@@ -45,6 +46,25 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def freeze_early_layers(model: nn.Module, blocks: int) -> None:
+    """Keep the stem and the first ``blocks`` blocks of a timm EfficientNet/MobileNet-style
+    model (``conv_stem``, ``bn1``, ``blocks``) as they are: no gradients, no BatchNorm updates.
+
+    The early, high-resolution layers cost most of a backward pass and hold generic features.
+    """
+    if not blocks:
+        return
+    if not all(hasattr(model, name) for name in ("conv_stem", "bn1", "blocks")):
+        raise HematoVisionError(
+            f"--freeze-blocks needs a model with a stem and blocks (e.g. efficientnet_lite0), "
+            f"not {type(model).__name__}"
+        )
+    if not 0 < blocks <= len(model.blocks):
+        raise HematoVisionError(f"--freeze-blocks must be between 0 and {len(model.blocks)}")
+    for module in (model.conv_stem, model.bn1, *model.blocks[:blocks]):
+        module.requires_grad_(False)
 
 
 @torch.no_grad()

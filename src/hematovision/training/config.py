@@ -46,6 +46,13 @@ class TrainConfig:
         default=None,
         metadata=_opt("pretrained weights from this URL or file (implies --pretrained)"),
     )
+    freeze_blocks: int = field(
+        default=0,
+        metadata=_opt(
+            "keep the stem and the first N blocks at their pretrained weights (a cheaper "
+            "backward pass; EfficientNet-style models)"
+        ),
+    )
     class_weights: bool = field(default=False, metadata=_opt("weight the loss by 1/frequency"))
     label_smoothing: float = field(default=0.0, metadata=_opt("cross-entropy label smoothing"))
     patience: int = field(default=5, metadata=_opt("early stopping on val macro-F1"))
@@ -105,6 +112,8 @@ class TrainConfig:
             raise HematoVisionError("--lr must be positive")
         if self.val_fraction <= 0:
             raise HematoVisionError("--val-fraction must be above 0: early stopping needs it")
+        if self.freeze_blocks < 0:
+            raise HematoVisionError("--freeze-blocks must be at least 0")
         if self.extra_repeat < 1:
             raise HematoVisionError("--extra-repeat must be at least 1")
         for name, allowed in (

@@ -28,7 +28,14 @@ from ..artifact import Provenance, RunDir, RunInfo
 from ..errors import HematoVisionError, TrainingInterrupted
 from ..evaluation import classification_metrics, write_report
 from ..files import write_atomic
-from ..models import create_model, model_info, pick_device, predict_proba, preprocess_spec
+from ..models import (
+    create_model,
+    freeze_early_layers,
+    model_info,
+    pick_device,
+    predict_proba,
+    preprocess_spec,
+)
 from ..preprocess import normalize
 from ..progress import progress_bar
 from .augment import augment_batch
@@ -48,6 +55,7 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> RunDir:
     folder = scan_training_folder(cfg)
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg, len(folder.classes))  # before the run folder: bad --arch leaves none
+    freeze_early_layers(model, cfg.freeze_blocks)
     run = _prepare_run_dir(cfg)
     spec = preprocess_spec(cfg.arch, cfg.image_size, cfg.framing)
     data = load_training_data(cfg, run, folder, spec)
@@ -104,7 +112,7 @@ def train_one_epoch(
     weight: torch.Tensor | None = None,
 ) -> dict:
     """One pass over the training images in a seeded order; returns loss, accuracy and speed."""
-    model.train()
+    _train_mode(model)
     # seeded per epoch, so that a resumed run sees the same batches and augmentations
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     rng = np.random.default_rng([cfg.seed, epoch])
@@ -143,6 +151,16 @@ def train_one_epoch(
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, data: TrainingData) -> dict:
     """Metrics of ``model`` on decoded images: eval mode, no augmentation."""
     return classification_metrics(labels, predict_proba(model, images, data.spec), data.classes)
+
+
+def _train_mode(model: nn.Module) -> None:
+    """Training mode, except that frozen BatchNorm layers keep their statistics as loaded."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
 
 
 # ---------------------------------------------------------------- set-up
