@@ -107,3 +107,7 @@ def test_batches_prepared_ahead_keep_order_and_failures_in_place(tmp_path):
     assert [i for i, p in enumerate(batched) if not p.ok] == [7, 16]
     with pytest.raises(HematoVisionError, match="broken.jpg"):
         clf.predict(images, batch_size=4)
+
+
+def test_no_images_no_predictions():
+    assert Classifier.load(engine="onnxruntime").predict([]) == []

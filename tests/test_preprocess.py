@@ -94,3 +94,13 @@ def test_resize_and_prepare_follow_the_spec():
 def test_spec_round_trips_through_json_dict():
     spec = PreprocessSpec(input_size=96, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (17, 19), (16, 16), (363, 360)])
+def test_median_colour_is_numpys_median_per_channel(shape):
+    from hematovision.preprocess import median_colour
+
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    expected = tuple(int(v) for v in np.median(pixels.reshape(-1, 3), axis=0))
+    assert median_colour(Image.fromarray(pixels)) == expected

@@ -207,8 +207,16 @@ def stain_score(rgb: np.ndarray) -> np.ndarray:
 
 
 def median_colour(img: Image.Image) -> tuple[int, int, int]:
-    """The image's median colour: in a smear, mostly the background between cells."""
-    return tuple(int(v) for v in np.median(np.asarray(img).reshape(-1, 3), axis=0))
+    """The image's median colour (per channel, as ``np.median`` then ``int``): in a smear,
+    mostly the background between cells. Read off Pillow's histogram, without sorting."""
+    n = img.width * img.height
+    middle = ((n - 1) // 2, n // 2)  # the one or two middle ranks
+    counts = np.asarray(img.convert("RGB").histogram()).reshape(3, 256)
+    colour = []
+    for below in np.cumsum(counts, axis=1):
+        low, high = (int(np.searchsorted(below, rank, side="right")) for rank in middle)
+        colour.append(int((low + high) / 2))
+    return tuple(colour)
 
 
 def nucleus_score(rgb: np.ndarray) -> np.ndarray:
@@ -267,8 +275,10 @@ def frame_cell(img: Image.Image, k: float = CELL_FRAME) -> tuple[Image.Image, Bo
     left, top = round(x - side / 2), round(y - side / 2)
     if (left, top, side) == (0, 0, img.width) and img.width == img.height:
         return img, (0, 0, side)
-    framed = Image.new("RGB", (side, side), median_colour(img))
     inside = (max(0, left), max(0, top), min(img.width, left + side), min(img.height, top + side))
+    if inside == (left, top, left + side, top + side):  # all within the image: nothing to fill
+        return img.crop(inside), (left, top, side)
+    framed = Image.new("RGB", (side, side), median_colour(img))
     framed.paste(img.crop(inside), (inside[0] - left, inside[1] - top))
     return framed, (left, top, side)
 

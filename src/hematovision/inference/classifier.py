@@ -179,8 +179,9 @@ class Classifier:
         if not isinstance(images, (list, tuple)):
             images = [images]
         chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-        if len(chunks) == 1:
-            yield from self._classify(self._prepare(chunks[0], errors, max_side), heatmaps)
+        if len(chunks) < 2:  # nothing to overlap
+            for chunk in chunks:
+                yield from self._classify(self._prepare(chunk, errors, max_side), heatmaps)
             return
         with ThreadPoolExecutor(1, thread_name_prefix="hematovision-decode") as pool:
             pending = pool.submit(self._prepare, chunks[0], errors, max_side)

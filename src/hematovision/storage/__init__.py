@@ -199,7 +199,7 @@ class Storage:
                 )
             return upload
 
-        return self.get_upload(self._store(images, build).id)
+        return self._store(images, build)  # expire_on_commit=False: no need to read it back
 
     def add_smear(
         self,
