@@ -1,10 +1,11 @@
 """Load test of the real server (issue: web application).
 
-Starts `hematovision serve --workers 2` on 127.0.0.1, then 8 concurrent clients post real PBC
-images (one per request) for 60 s. Reports requests/s, latency p50/p99, errors (must be 0) and
-the server's resident memory (master + workers) at start and end.
+For each inference engine (ONNX Runtime, OpenVINO), side by side: starts `hematovision serve
+--workers 2 --engine E` on 127.0.0.1, then 8 concurrent clients post real PBC images (one per
+request) for 30 s. Reports requests/s, latency p50/p99, errors (must be 0), records stored (must
+be every request) and the server's resident memory (master + workers) at start and end.
 
-    python benchmarks/bench_web.py [--seconds 60] [--clients 8] [--workers 2]
+    python benchmarks/bench_web.py [--seconds 30] [--clients 8] [--workers 2]
 """
 
 from __future__ import annotations
@@ -70,111 +71,126 @@ def post(base: str, path: Path) -> int:
         return exc.code
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--data", type=Path, default=DEFAULT_PBC)
-    args = ap.parse_args()
-    images = sorted(args.data.rglob("[!.]*.jpg"))[::7]
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    data_dir = tempfile.mkdtemp(prefix="hv-bench-")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hematovision",
-            "-q",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--data-dir",
-            data_dir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        return s.getsockname()[1]
+
+
+def start_server(port: int, workers: int, engine: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "hematovision", "-q", "serve", "--port", str(port)]
+    command += ["--workers", str(workers), "--engine", engine]
+    command += ["--data-dir", tempfile.mkdtemp(prefix="hv-bench-")]
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+
+
+def wait_healthy(base: str) -> None:
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+
+
+def hammer(base: str, images: list[Path], clients: int, seconds: float):
+    """``clients`` threads posting images for ``seconds``: (latencies in s, statuses, wall)."""
+    latencies, statuses, lock = [], [], threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def client(k: int):
+        i = k
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            status = post(base, images[i % len(images)])
+            with lock:
+                latencies.append(time.perf_counter() - t)
+                statuses.append(status)
+            i += clients
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, statuses, time.perf_counter() - start
+
+
+def load_test(engine: str, images: list[Path], args) -> dict:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(port, args.workers, engine)
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.3)
+        wait_healthy(base)
         post(base, images[0])  # both workers warm: a request each
         post(base, images[1])
         mem_start = rss_mb(server.pid)
-        latencies, statuses, lock = [], [], threading.Lock()
-        stop_at = time.perf_counter() + args.seconds
-
-        def client(k: int):
-            i = k
-            while time.perf_counter() < stop_at:
-                t = time.perf_counter()
-                status = post(base, images[i % len(images)])
-                with lock:
-                    latencies.append(time.perf_counter() - t)
-                    statuses.append(status)
-                i += args.clients
-
-        start = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        latencies, statuses, wall = hammer(base, images, args.clients, args.seconds)
         mem_end = rss_mb(server.pid)
-        stored = json.loads(urllib.request.urlopen(base + "/api/v1/predictions?limit=1").read())[
-            "total"
-        ]
+        stored = json.loads(urllib.request.urlopen(base + "/api/v1/predictions?limit=1").read())
+        model = json.loads(urllib.request.urlopen(base + "/api/v1/model").read())
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    errors = sum(1 for s in statuses if s != 201)
     lat = np.array(latencies) * 1000
-    result = {
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
-        "clients": args.clients,
-        "workers": args.workers,
+    return {
+        "engine": model["engine"],
         "seconds": wall,
         "requests": len(statuses),
         "requests_per_s": len(statuses) / wall,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
-        "errors": errors,
-        "records_stored": stored,
+        "errors": sum(1 for s in statuses if s != 201),
+        "records_stored": stored["total"],
         "rss_mb_start": mem_start,
         "rss_mb_end": mem_end,
     }
+
+
+def render(results: dict, args) -> str:
+    lines = [
+        "## Web server load (issues 4 and 10)\n",
+        f"Machine: {results['machine']}. `hematovision serve --workers {args.workers} --engine "
+        f"E` (gunicorn, 1 inference thread per worker) on 127.0.0.1, bundled model; "
+        f"{args.clients} concurrent clients on the same cores, each posting one real PBC image "
+        f"per request for {args.seconds:.0f} s. Measured {results['date']}.\n",
+        "| engine (compute precision) | requests/s | latency p50 | latency p99 | errors "
+        "| records stored | server memory start → end |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['engine']['name']} ({r['engine']['precision']}) | {r['requests_per_s']:.1f} "
+            f"| {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['errors']} of {r['requests']} "
+            f"| {r['records_stored']} (= {r['requests']} + 2 warm-up) "
+            f"| {r['rss_mb_start']:.0f} MB → {r['rss_mb_end']:.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--engines", default="onnxruntime,openvino")
+    ap.add_argument("--data", type=Path, default=DEFAULT_PBC)
+    args = ap.parse_args()
+    print(machine(), flush=True)
+    images = sorted(args.data.rglob("[!.]*.jpg"))[::7]
+    runs = []
+    for engine in args.engines.split(","):
+        runs.append(load_test(engine, images, args))
+        print(json.dumps(runs[-1]), flush=True)
+    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": runs}
     OUT.mkdir(exist_ok=True)
-    (OUT / "web.json").write_text(json.dumps(result, indent=1))
-    write_section(
-        "web",
-        "\n".join(
-            [
-                "## Web server load (issue 4)\n",
-                f"Machine: {result['machine']}. `hematovision serve --workers {args.workers}` (gunicorn) on "
-                f"127.0.0.1, bundled model; {args.clients} concurrent clients each posting one real PBC "
-                f"image per request for {wall:.0f} s. Measured {result['date']}.\n",
-                "| requests/s | latency p50 | latency p99 | errors | records stored | server memory start → end |",
-                "|---|---|---|---|---|---|",
-                f"| {result['requests_per_s']:.1f} | {result['p50_ms']:.0f} ms | {result['p99_ms']:.0f} ms | "
-                f"{errors} of {len(statuses)} | {stored} (= {len(statuses)} + 2 warm-up) | "
-                f"{mem_start:.0f} MB → {mem_end:.0f} MB |",
-            ]
-        ),
-    )
-    print(json.dumps(result, indent=1))
-    if errors or stored != len(statuses) + 2:
+    (OUT / "web.json").write_text(json.dumps(results, indent=1))
+    write_section("web", render(results, args))
+    print(render(results, args))
+    if any(r["errors"] or r["records_stored"] != r["requests"] + 2 for r in runs):
         sys.exit("errors or lost records")
 
 

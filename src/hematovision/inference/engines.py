@@ -72,17 +72,20 @@ class OnnxRuntimeEngine:
 
 class OpenVinoEngine:
     """OpenVINO on the CPU at its default precision (bf16 where the CPU has it), tuned for
-    latency; one infer request per thread, as a request must not be shared between threads."""
+    latency; one infer request per thread, as a request must not be shared between threads.
+    ``precision``: "f32" or "bf16" to choose instead (benchmarks compare them)."""
 
     name = "openvino"
 
-    def __init__(self, model: bytes, threads: int | None = None):
+    def __init__(self, model: bytes, threads: int | None = None, precision: str | None = None):
         import openvino as ov
 
         core = ov.Core()
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = core.compile_model(core.read_model(model), "CPU", config)
         # the precision it computes in: bf16 on CPUs that have it, whatever the model's
         self.compute_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import HematoVisionError
-from ..preprocess import stain_score
+from ..preprocess import fill_holes, stain_score
 
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
 BCCD_RED_CELL_PX = 90.6  # estimate_red_cell_diameter's median on BCCD's even fields
@@ -87,15 +87,19 @@ def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
     what of them is not violet; in each clump of touching red cells the distance transform
     peaks at about one red cell's radius, so the area-weighted median peak gives the size."""
     rgb = rgb.astype(np.float32)
-    return _red_cell_diameter(_red_mask(rgb, stain_score(rgb)))
+    red = _red_mask(rgb, stain_score(rgb))
+    return _red_cell_diameter(red, ndi.distance_transform_edt(red))
 
 
-def _red_cell_diameter(red: np.ndarray) -> float | None:
+def _red_cell_diameter(red: np.ndarray, distance: np.ndarray) -> float | None:
+    """From the red-cell mask and its distance transform."""
     labels, n = ndi.label(red)
     if n < 3:
         return None
-    peaks = np.asarray(ndi.maximum(ndi.distance_transform_edt(red), labels, range(1, n + 1)))
-    areas = np.asarray(ndi.sum(red, labels, range(1, n + 1)))
+    # per-clump maximum and area in one pass each (ndi.maximum sorts every pixel: 10x slower)
+    peaks = np.zeros(n + 1)
+    np.maximum.at(peaks, labels.ravel(), distance.ravel())
+    peaks, areas = peaks[1:], np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keep = peaks > 3
     if keep.sum() < 3:
         return None
@@ -126,7 +130,7 @@ def _red_mask(rgb: np.ndarray, score: np.ndarray) -> np.ndarray:
     lum = rgb.mean(-1)
     cells = lum < threshold_otsu(lum)
     violet = ndi.binary_dilation(score > np.median(score) + VIOLET_ABOVE_MEDIAN, iterations=2)
-    return ndi.binary_fill_holes(ndi.binary_opening(cells & ~violet))
+    return fill_holes(ndi.binary_opening(cells & ~violet))
 
 
 def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detections:
@@ -135,21 +139,21 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
     rgb = rgb.astype(np.float32)
     score = stain_score(rgb)
     red = _red_mask(rgb, score)  # once: the field's scale and its red cells both come from it
-    params = params or _params_for(_red_cell_diameter(red))
+    distance = ndi.distance_transform_edt(red)
+    params = params or _params_for(_red_cell_diameter(red, distance))
     # the stain threshold is relative to the field's own median colour: a colour cast or a
     # paler stain moves both
     threshold = params.stain_threshold + float(np.median(score)) - BCCD_MEDIAN_STAIN
     found = Detections()
     _violet_objects(score > threshold, params, rgb.shape[:2], found)
-    found.red_cells = _red_cells(red, params)
+    found.red_cells = _red_cells(distance, params)
     return found
 
 
 def _violet_objects(violet, params: SmearParams, shape, found: Detections) -> None:
     height, width = shape
     cores = ndi.binary_opening(violet)
-    blue = ndi.binary_closing(cores, structure=np.ones((3, 3)), iterations=params.merge_iterations)
-    labels, _ = ndi.label(ndi.binary_fill_holes(blue))
+    labels, _ = ndi.label(fill_holes(_close_square(cores, params.merge_iterations)))
     for i, region in enumerate(ndi.find_objects(labels), start=1):
         component = labels[region] == i
         area = int(component.sum())
@@ -210,8 +214,16 @@ def _nearby_groups(points: np.ndarray, distance: float) -> np.ndarray:
     return fcluster(linkage(points, method="single"), t=distance, criterion="distance")
 
 
-def _red_cells(red: np.ndarray, params: SmearParams) -> list[Point]:
-    distance = ndi.distance_transform_edt(red)
+def _close_square(mask: np.ndarray, k: int) -> np.ndarray:
+    """``binary_closing`` with a 3x3 square ``k`` times (the same as one (2k+1) square), as a
+    separable maximum then minimum filter: linear in k instead of k x 9 passes."""
+    size = 2 * k + 1
+    grown = ndi.maximum_filter(mask.view(np.uint8), size=size, mode="constant", cval=0)
+    return ndi.minimum_filter(grown, size=size, mode="constant", cval=0).astype(bool)
+
+
+def _red_cells(distance: np.ndarray, params: SmearParams) -> list[Point]:
+    """Red-cell centres: the peaks of the red mask's distance transform."""
     peaks = (distance == ndi.maximum_filter(distance, size=params.red_peak_window)) & (
         distance > params.red_min_radius
     )
