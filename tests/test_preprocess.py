@@ -104,3 +104,15 @@ def test_median_colour_is_numpys_median_per_channel(shape):
     pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     expected = tuple(int(v) for v in np.median(pixels.reshape(-1, 3), axis=0))
     assert median_colour(Image.fromarray(pixels)) == expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fill_holes_is_scipys_binary_fill_holes(seed):
+    from scipy import ndimage as ndi
+
+    from hematovision.preprocess import fill_holes
+
+    rng = np.random.default_rng(seed)
+    mask = ndi.binary_dilation(rng.random((90, 120)) > 0.93, iterations=2)  # rings and holes
+    assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
+    assert np.array_equal(fill_holes(np.ones((5, 5), bool)), np.ones((5, 5), bool))

@@ -218,3 +218,14 @@ def test_touching_white_cells_give_two_boxes_and_pale_fields_count_red_cells(bcc
     assert len(found.white_cells) == 2 and len(match(found.white_cells, truth)) == 2
     pale = bccd / "JPEGImages" / "BloodImage_00291.jpg"  # round 1 counted 1 red cell of ~15
     assert len(locate_cells(np.asarray(Image.open(pale).convert("RGB"))).red_cells) >= 12
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_the_merge_closing_is_scipys_closing_with_a_square(k):
+    from scipy import ndimage as ndi
+
+    from hematovision.smear.detect import _close_square
+
+    mask = np.random.default_rng(k).random((80, 100)) > 0.8
+    expected = ndi.binary_closing(mask, structure=np.ones((3, 3)), iterations=k)
+    assert np.array_equal(_close_square(mask, k), expected)
