@@ -111,3 +111,9 @@ def test_batches_prepared_ahead_keep_order_and_failures_in_place(tmp_path):
 
 def test_no_images_no_predictions():
     assert Classifier.load(engine="onnxruntime").predict([]) == []
+
+
+def test_serve_refuses_an_engine_that_is_not_installed_before_starting(monkeypatch, capsys):
+    monkeypatch.setattr(engines, "openvino_installed", lambda: False)
+    assert main(["-q", "serve", "--engine", "openvino", "--port", "1"]) == 2
+    assert "pip install 'hematovision[openvino]'" in capsys.readouterr().err

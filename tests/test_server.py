@@ -19,6 +19,7 @@ import pytest
 
 from hematovision.differential import display_name
 from hematovision.inference import DEFAULT_MODEL
+from hematovision.inference.engines import resolve_engine
 
 from conftest import BCCD, require
 
@@ -162,7 +163,19 @@ def test_serve_answers_on_the_bundled_model(server):
     assert [p["label"] for p in body["predictions"]] == [
         p.name.rsplit("_", 2)[0] for p in SAMPLES[:2]
     ]
-    assert get_json(server.base, "/api/v1/model")["classes"][0] == "basophil"
+    card = get_json(server.base, "/api/v1/model")
+    assert card["classes"][0] == "basophil"
+    assert card["engine"]["name"] == resolve_engine("auto")  # what auto picks on this machine
+
+
+def test_the_engine_is_a_setting_of_serve(tmp_path):
+    server = Server(tmp_path / "data", workers=1, env={"HEMATOVISION_ENGINE": "onnxruntime"})
+    try:
+        assert post(server.base, SAMPLES[:1])[0] == 201
+        card = get_json(server.base, "/api/v1/model")
+        assert card["engine"] == {"name": "onnxruntime", "precision": "fp32"}
+    finally:
+        server.stop()
 
 
 def test_a_kill_mid_request_loses_nothing_and_storage_check_repairs_the_rest(tmp_path):
