@@ -55,20 +55,9 @@ RECIPES = {
         label_smoothing=0.1,
         patience=5,
     ),
-    "c": dict(
-        arch="efficientnet_lite0",
-        pretrained=True,
-        epochs=4,
-        batch_size=32,
-        image_size=128,
-        freeze_blocks=3,
-        optimizer="adamw",
-        lr=2e-3,
-        warmup_epochs=0.3,
-        label_smoothing=0.1,
-        patience=5,
-    ),
 }
+# (c): (b) made fast: the high-resolution early layers frozen, a higher rate, fewer epochs
+RECIPES["c"] = {**RECIPES["b"], "epochs": 4, "freeze_blocks": 3, "lr": 2e-3, "warmup_epochs": 0.3}
 
 
 def bench_pipeline(data: Path, n: int = 600, repeats: int = 3) -> dict:
