@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 SAMPLES = DEFAULT_MODEL.parent / "samples"  # one real image per class and more
 # top-1 agreement with ONNX Runtime another engine must reach on the samples
 PARITY_MIN_AGREEMENT = 0.995
+PREPARE_THREADS = 4  # at most; decoding and framing a batch, one image per thread
 TTA_MIN_AGREEMENT = 0.75  # with test-time augmentation: fewer views agreeing is "uncertain"
 # the 8 flips and quarter turns of an NHWC batch (a cell has no orientation)
 DIHEDRAL = [
@@ -172,39 +174,40 @@ class Classifier:
         ``errors="raise"`` raises HematoVisionError naming the first image that cannot be
         read; ``errors="report"`` yields a failed Prediction (with ``error``) in its place.
         ``max_side``: decode large files reduced (see ``preprocess.to_rgb``); heatmaps then
-        have the reduced size. While a batch runs on the engine, a thread prepares the next
-        (decoding and resizing release the GIL), so the two overlap."""
+        have the reduced size. Several images are decoded and framed at once, in threads (the
+        work releases the GIL), and the next batch while the engine runs this one."""
         if errors not in ("raise", "report"):
             raise ValueError("errors must be 'raise' or 'report'")
         if not isinstance(images, (list, tuple)):
             images = [images]
-        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-        if len(chunks) < 2:  # nothing to overlap
-            for chunk in chunks:
-                yield from self._classify(self._prepare(chunk, errors, max_side), heatmaps)
+        if len(images) < 2:  # one image: threads would only add their cost
+            yield from self._classify(
+                [self._prepare(im, errors, max_side) for im in images], heatmaps
+            )
             return
-        with ThreadPoolExecutor(1, thread_name_prefix="hematovision-decode") as pool:
-            pending = pool.submit(self._prepare, chunks[0], errors, max_side)
+        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        workers = min(PREPARE_THREADS, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="hematovision-prepare") as pool:
+
+            def submit(chunk):
+                return [pool.submit(self._prepare, im, errors, max_side) for im in chunk]
+
+            pending = submit(chunks[0])
             for following in [*chunks[1:], None]:
-                prepared = pending.result()
-                if following is not None:
-                    pending = pool.submit(self._prepare, following, errors, max_side)
+                prepared = [future.result() for future in pending]  # raises in image order
+                pending = submit(following) if following else []
                 yield from self._classify(prepared, heatmaps)
 
-    def _prepare(self, chunk: list[ImageInput], errors: str, max_side: int | None) -> list:
-        """Each image as (picture, box in it, model-sized pixels), or a failed Prediction."""
-        prepared = []
-        for image in chunk:
-            try:
-                picture = to_rgb(image, max_side)
-            except HematoVisionError as exc:
-                if errors == "raise":
-                    raise
-                prepared.append(Prediction.failed(exc))
-                continue
-            view, box = model_view(picture, self.spec)
-            prepared.append((picture, box, resize(view, self.spec)))
-        return prepared
+    def _prepare(self, image: ImageInput, errors: str, max_side: int | None):
+        """(picture, box in it, model-sized pixels), or a failed Prediction."""
+        try:
+            picture = to_rgb(image, max_side)
+        except HematoVisionError as exc:
+            if errors == "raise":
+                raise
+            return Prediction.failed(exc)
+        view, box = model_view(picture, self.spec)
+        return picture, box, resize(view, self.spec)
 
     def _classify(self, prepared: list, heatmaps: bool) -> list[Prediction]:
         """Predictions for ``_prepare``'s output, failures kept in their places."""
