@@ -88,7 +88,7 @@ class OpenVinoEngine:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = core.compile_model(core.read_model(model), "CPU", config)
         # the precision it computes in: bf16 on CPUs that have it, whatever the model's
-        self.compute_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.compute_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self._local = threading.local()
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
