@@ -35,12 +35,13 @@ def main() -> None:
     args = ap.parse_args()
     candidates = {"bundled default model": Classifier.load()}
     if args.model or bundled_smear_model() != DEFAULT_MODEL:  # a separate smear model, compared
-        other = load_smear_classifier(args.model, args.precision)
+        other = load_smear_classifier(args.model, precision=args.precision)
         candidates[f"{other.name} {other.version}"] = other
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "models": {}}
     for name, classifier in candidates.items():
         results["models"][name] = {
-            "model": f"{classifier.name} {classifier.version} ({classifier.precision})",
+            "model": f"{classifier.name} {classifier.version} ({classifier.precision}, "
+            f"{classifier.engine_info()['name']})",
             "halves": score_fields(args.data, classifier),
         }
     out = Path(__file__).with_name("out")
@@ -48,18 +49,18 @@ def main() -> None:
     (out / "smear.json").write_text(json.dumps(results, indent=1))
     after = results["models"]["bundled default model"]["halves"]
     lines = [
-        "## Smear analysis on BCCD (issue 5)\n",
+        "## Smear analysis on BCCD (issues 5 and 10)\n",
         f"Machine: {results['machine']}. Measured {results['date']}. Parameters of the detector "
         f"were chosen on the even-numbered fields; the odd-numbered ones are held out.\n",
         "| fields | white-cell recall | precision (IoU ≥ 0.5) | red cells: MAE (bias) per field "
-        "| platelets: MAE | seconds per field (detect + classify) |",
+        "| platelets: MAE | ms per field, median (decode, detect, classify) |",
         "|---|---|---|---|---|---|",
     ]
     for half, r in after.items():
         lines.append(
             f"| {half}: {r['fields']} | {r['recall']:.3f} | {r['precision']:.3f} | "
             f"{r['red_cell_mae']:.1f} ({r['red_cell_bias']:+.1f}) | {r['platelet_mae']:.2f} | "
-            f"{r['seconds_per_field']:.2f} |"
+            f"{1000 * r['seconds_per_field']:.0f} |"
         )
     lines += [
         "\nWhite-cell type on the cells found (fields whose labels.csv row names one of "
