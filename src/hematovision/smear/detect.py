@@ -87,7 +87,8 @@ def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
     what of them is not violet; in each clump of touching red cells the distance transform
     peaks at about one red cell's radius, so the area-weighted median peak gives the size."""
     rgb = rgb.astype(np.float32)
-    red = _red_mask(rgb, stain_score(rgb))
+    score = stain_score(rgb)
+    red = _red_mask(rgb, score, np.median(score))
     return _red_cell_diameter(red, ndi.distance_transform_edt(red))
 
 
@@ -123,13 +124,13 @@ def _params_for(diameter: float | None) -> SmearParams:
     return SmearParams.for_cell_size(float(np.clip(BCCD_CELL_PX * scale, MIN_CELL_PX, 4000)))
 
 
-def _red_mask(rgb: np.ndarray, score: np.ndarray) -> np.ndarray:
+def _red_mask(rgb: np.ndarray, score: np.ndarray, score_median) -> np.ndarray:
     """Red-cell pixels: darker than the field's background, and not violet (nor next to it)."""
     from skimage.filters import threshold_otsu
 
     lum = rgb.mean(-1)
     cells = lum < threshold_otsu(lum)
-    violet = ndi.binary_dilation(score > np.median(score) + VIOLET_ABOVE_MEDIAN, iterations=2)
+    violet = ndi.binary_dilation(score > score_median + VIOLET_ABOVE_MEDIAN, iterations=2)
     return fill_holes(ndi.binary_opening(cells & ~violet))
 
 
@@ -138,12 +139,13 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
     default to ``field_params`` (the field's own scale)."""
     rgb = rgb.astype(np.float32)
     score = stain_score(rgb)
-    red = _red_mask(rgb, score)  # once: the field's scale and its red cells both come from it
+    median = np.median(score)
+    red = _red_mask(rgb, score, median)  # once: the scale and the red cells come from it
     distance = ndi.distance_transform_edt(red)
     params = params or _params_for(_red_cell_diameter(red, distance))
     # the stain threshold is relative to the field's own median colour: a colour cast or a
     # paler stain moves both
-    threshold = params.stain_threshold + float(np.median(score)) - BCCD_MEDIAN_STAIN
+    threshold = params.stain_threshold + float(median) - BCCD_MEDIAN_STAIN
     found = Detections()
     _violet_objects(score > threshold, params, rgb.shape[:2], found)
     found.red_cells = _red_cells(distance, params)
