@@ -2,8 +2,9 @@
 
 For each inference engine (ONNX Runtime, OpenVINO), side by side: starts `hematovision serve
 --workers 2 --engine E` on 127.0.0.1, then 8 concurrent clients post real PBC images (one per
-request) for 30 s. Reports requests/s, latency p50/p99, errors (must be 0), records stored (must
-be every request) and the server's resident memory (master + workers) at start and end.
+request) for 30 s, first on a new connection per request, then on connections kept open.
+Reports requests/s, latency p50/p99, errors (must be 0), records stored (must be every
+request) and the server's resident memory (master + workers) at start and end.
 
     python benchmarks/bench_web.py [--seconds 30] [--clients 8] [--workers 2]
 """
@@ -11,6 +12,7 @@ be every request) and the server's resident memory (master + workers) at start a
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -47,21 +49,25 @@ def rss_mb(pgid: int) -> float:
     return total / 1024
 
 
-def post(base: str, path: Path) -> int:
-    boundary = "----hv-bench"
-    body = (
+BOUNDARY = "----hv-bench"
+HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def upload_body(path: Path) -> bytes:
+    return (
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
             f"Content-Type: image/jpeg\r\n\r\n"
         ).encode()
         + path.read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
+
+
+def post(base: str, path: Path) -> int:
+    """One upload on a new connection (urllib closes it after the answer)."""
     request = urllib.request.Request(
-        f"{base}/api/v1/predictions",
-        data=body,
-        method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        f"{base}/api/v1/predictions", data=upload_body(path), method="POST", headers=HEADERS
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -69,6 +75,30 @@ def post(base: str, path: Path) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+class KeptConnection:
+    """Uploads over one HTTP/1.1 connection kept open, as browsers and requests.Session do."""
+
+    def __init__(self, base: str):
+        self.host, self.port = base.removeprefix("http://").split(":")
+        self.connection = None
+
+    def post(self, base: str, path: Path) -> int:
+        for attempt in range(2):  # the server may close an idle connection: open a new one
+            try:
+                if self.connection is None:
+                    self.connection = http.client.HTTPConnection(self.host, int(self.port), 60)
+                self.connection.request("POST", "/api/v1/predictions", upload_body(path), HEADERS)
+                response = self.connection.getresponse()
+                response.read()
+                return response.status
+            except (http.client.HTTPException, OSError):
+                self.connection.close()
+                self.connection = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def free_port() -> int:
@@ -95,16 +125,17 @@ def wait_healthy(base: str) -> None:
             time.sleep(0.3)
 
 
-def hammer(base: str, images: list[Path], clients: int, seconds: float):
+def hammer(base: str, images: list[Path], clients: int, seconds: float, keep_alive: bool):
     """``clients`` threads posting images for ``seconds``: (latencies in s, statuses, wall)."""
     latencies, statuses, lock = [], [], threading.Lock()
     stop_at = time.perf_counter() + seconds
 
     def client(k: int):
+        send = KeptConnection(base).post if keep_alive else post
         i = k
         while time.perf_counter() < stop_at:
             t = time.perf_counter()
-            status = post(base, images[i % len(images)])
+            status = send(base, images[i % len(images)])
             with lock:
                 latencies.append(time.perf_counter() - t)
                 statuses.append(status)
@@ -119,7 +150,7 @@ def hammer(base: str, images: list[Path], clients: int, seconds: float):
     return latencies, statuses, time.perf_counter() - start
 
 
-def load_test(engine: str, images: list[Path], args) -> dict:
+def load_test(engine: str, images: list[Path], args, keep_alive: bool) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(port, args.workers, engine)
@@ -128,7 +159,7 @@ def load_test(engine: str, images: list[Path], args) -> dict:
         post(base, images[0])  # both workers warm: a request each
         post(base, images[1])
         mem_start = rss_mb(server.pid)
-        latencies, statuses, wall = hammer(base, images, args.clients, args.seconds)
+        latencies, statuses, wall = hammer(base, images, args.clients, args.seconds, keep_alive)
         mem_end = rss_mb(server.pid)
         stored = json.loads(urllib.request.urlopen(base + "/api/v1/predictions?limit=1").read())
         model = json.loads(urllib.request.urlopen(base + "/api/v1/model").read())
@@ -138,6 +169,7 @@ def load_test(engine: str, images: list[Path], args) -> dict:
     lat = np.array(latencies) * 1000
     return {
         "engine": model["engine"],
+        "keep_alive": keep_alive,
         "seconds": wall,
         "requests": len(statuses),
         "requests_per_s": len(statuses) / wall,
@@ -157,13 +189,14 @@ def render(results: dict, args) -> str:
         f"E` (gunicorn, 1 inference thread per worker) on 127.0.0.1, bundled model; "
         f"{args.clients} concurrent clients on the same cores, each posting one real PBC image "
         f"per request for {args.seconds:.0f} s. Measured {results['date']}.\n",
-        "| engine (compute precision) | requests/s | latency p50 | latency p99 | errors "
-        "| records stored | server memory start → end |",
-        "|---|---|---|---|---|---|---|",
+        "| engine (compute precision) | client connections | requests/s | latency p50 "
+        "| latency p99 | errors | records stored | server memory start → end |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
         lines.append(
-            f"| {r['engine']['name']} ({r['engine']['precision']}) | {r['requests_per_s']:.1f} "
+            f"| {r['engine']['name']} ({r['engine']['precision']}) "
+            f"| {'kept open' if r['keep_alive'] else 'one per request'} | {r['requests_per_s']:.1f} "
             f"| {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['errors']} of {r['requests']} "
             f"| {r['records_stored']} (= {r['requests']} + 2 warm-up) "
             f"| {r['rss_mb_start']:.0f} MB → {r['rss_mb_end']:.0f} MB |"
@@ -183,8 +216,9 @@ def main() -> None:
     images = sorted(args.data.rglob("[!.]*.jpg"))[::7]
     runs = []
     for engine in args.engines.split(","):
-        runs.append(load_test(engine, images, args))
-        print(json.dumps(runs[-1]), flush=True)
+        for keep_alive in (False, True):
+            runs.append(load_test(engine, images, args, keep_alive))
+            print(json.dumps(runs[-1]), flush=True)
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": runs}
     OUT.mkdir(exist_ok=True)
     (OUT / "web.json").write_text(json.dumps(results, indent=1))
