@@ -17,7 +17,7 @@ $(VENV)/.web: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.all: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e '.[train,web,test,openvino]'
+	$(PIP) -e '.[train,web,test,openvino,ray]'
 	touch $@ $(VENV)/.web
 
 install: $(VENV)/.all

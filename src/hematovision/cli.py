@@ -242,6 +242,8 @@ def _report_failures(failures: list[str], total: int) -> None:
 def cmd_predict(args) -> int:
     from .inference import Classifier
 
+    if args.ray is not None:
+        return _predict_on_ray(args)
     classifier = Classifier.load(
         args.model, precision=args.precision, tta=args.tta, engine=args.engine
     )
@@ -254,6 +256,30 @@ def cmd_predict(args) -> int:
         "table": _print_predictions_table,
     }[args.format](results, classifier, args)
     return 1 if failures else 0
+
+
+def _predict_on_ray(args) -> int:
+    """``predict --ray``: the job on Ray, then a summary; exit 1 when some images failed."""
+    from .differential import display_name
+    from .inference.ray_batch import TABLE_SUFFIXES, predict_on_ray, start_ray
+
+    if not args.out:
+        raise HematoVisionError("--ray writes its results into a folder: pass --out DIR")
+    table = len(args.paths) == 1 and Path(args.paths[0]).suffix in TABLE_SUFFIXES
+    inputs = args.paths[0] if table else _inputs_and_folder(args.paths, None)[0]
+    start_ray(args.ray or None, quiet=args.quiet)
+    summary = predict_on_ray(
+        inputs, args.out, args.model, engine=args.engine, batch_size=args.batch_size
+    )
+    counts = ", ".join(f"{display_name(k)} {v}" for k, v in sorted(summary["labels"].items()))
+    out.print(
+        f"{summary['images']} images classified on Ray ({counts}); "
+        f"{summary['failures']} could not be read.\nResults: {summary['parquet']} and "
+        f"{summary['jsonl']}"
+    )
+    if summary["failures"] == summary["images"]:
+        raise HematoVisionError(f"none of the {summary['images']} images could be read")
+    return 1 if summary["failures"] else 0
 
 
 def _classify_paths(classifier, paths: list[str], heat_dir: Path | None, args):
@@ -608,6 +634,16 @@ def build_parser() -> argparse.ArgumentParser:
         "and flag cells on which they disagree",
     )
     _engine_option(r)
+    r.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="classify on Ray (a local instance, or the cluster at ADDRESS) and write Parquet "
+        "and JSON Lines into --out; PATHS may also be one .parquet/.csv (a 'path' column) or "
+        ".txt (one path a line) list of images",
+    )
+    r.add_argument("--out", help="with --ray: the folder for the results")
     r.set_defaults(func=cmd_predict)
 
     m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")

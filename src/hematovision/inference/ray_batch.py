@@ -1,0 +1,181 @@
+"""Batch inference on Ray: an archive of images through an actor pool, results as Parquet.
+
+Ray Data reads the image paths (a list, or a Parquet, CSV or text file of them), ``map_batches``
+runs them through a pool of actors that each hold one ``Classifier`` (one engine session per
+actor, loaded once), and Ray's writers store one row per image as Parquet and as JSON Lines,
+with the fields of ``hematovision predict --format json``. An image that cannot be read is a
+row with its ``error``, never a failed job. Without an address a local Ray instance is
+started; with one, the job joins that cluster (every node must see the model and the images
+at the same paths). Optional: ``pip install 'hematovision[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import HematoVisionError
+from .classifier import DEFAULT_MODEL, Classifier, Prediction
+
+TABLE_SUFFIXES = (".parquet", ".csv", ".txt")  # files that list images, one per row or line
+
+
+def result_schema(classes: list[str]):
+    """The Arrow schema of a result row: ``predict --format json``'s fields, plus the error."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("confidence", pa.float64()),
+            ("uncertain", pa.bool_()),
+            ("reasons", pa.list_(pa.string())),
+            ("probabilities", pa.struct([(c, pa.float64()) for c in classes])),
+            ("error", pa.string()),
+            ("code", pa.string()),
+        ]
+    )
+
+
+def result_row(path: str, prediction: Prediction) -> dict:
+    if not prediction.ok:
+        return {"path": path, "error": prediction.error, "code": prediction.error_code}
+    return {"path": path, **prediction.to_dict(), "error": None, "code": None}
+
+
+class ClassifyBatch:
+    """The actors' callable class: one Classifier per actor, a batch of paths per call."""
+
+    def __init__(self, model: str, engine: str, threads: int, folder: str | None = None):
+        self.classifier = Classifier.load(model, engine=engine, threads=threads)
+        self.schema = result_schema(self.classifier.classes)
+        self.folder = folder  # relative paths are relative to it (a list file's folder)
+
+    def __call__(self, batch: dict):
+        import pyarrow as pa
+
+        paths = [os.path.join(self.folder or "", str(p)) for p in batch["path"]]
+        predictions = self.classifier.predict(paths, errors="report", batch_size=len(paths))
+        rows = [result_row(p, pred) for p, pred in zip(paths, predictions)]
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+def read_paths(inputs: list[str] | str):
+    """A Ray dataset with one ``path`` column: from a list of image paths (made absolute), or
+    from a Parquet or CSV file with a ``path`` column, or a text file with one path a line
+    (paths in them are relative to the file's folder)."""
+    import ray.data
+
+    if isinstance(inputs, (str, Path)):
+        table = Path(inputs)
+        if table.suffix not in TABLE_SUFFIXES or not table.is_file():
+            raise HematoVisionError(f"{table}: not a .parquet, .csv or .txt list of images")
+        # reading a list is light: it must not wait for a CPU the classifying actors hold
+        light = {"num_cpus": 0}
+        if table.suffix == ".txt":
+            dataset = ray.data.read_text(str(table), **light).rename_columns({"text": "path"})
+        else:
+            reader = ray.data.read_parquet if table.suffix == ".parquet" else ray.data.read_csv
+            dataset = reader(str(table), **light)
+        if "path" not in dataset.columns():
+            raise HematoVisionError(f"{table} has no 'path' column")
+        return dataset.select_columns(["path"])
+    if not inputs:
+        raise HematoVisionError("no images to classify")
+    return ray.data.from_items([{"path": str(Path(p).resolve())} for p in inputs])
+
+
+def start_ray(address: str | None = None, quiet: bool = False) -> None:
+    """Join the Ray cluster at ``address``, or start a local instance on this machine's cores
+    (nothing to do when this process is connected already)."""
+    try:
+        import ray
+    except ImportError:
+        raise HematoVisionError("--ray needs Ray: pip install 'hematovision[ray]'") from None
+    if ray.is_initialized():
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=not quiet)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=not quiet)
+    except ConnectionError as exc:
+        raise HematoVisionError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = not quiet
+
+
+def predict_on_ray(
+    inputs: list[str] | str,
+    out_dir: str | Path,
+    model: str | Path | None = None,
+    engine: str = "auto",
+    batch_size: int = 64,
+    actors: int | None = None,
+    threads: int = 1,
+) -> dict:
+    """Classify ``inputs`` (``read_paths``) on the Ray cluster this process is connected to
+    (``start_ray``) and write ``out_dir/predictions.parquet`` and ``predictions.jsonl``.
+
+    ``actors``: the pool's size (default: the cluster's CPUs / ``threads``). The results stream
+    back to this process, which writes them as they come (memory stays bounded), so no other
+    task waits for a CPU the actors hold. Returns a summary: images, failures, counts per label
+    and the two files."""
+    import ray
+    import ray.data
+
+    model = str(Path(model or DEFAULT_MODEL).resolve())
+    classes = Classifier.load(model, engine="onnxruntime").classes  # a bad model fails here
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise HematoVisionError(f"output folder {out} exists and is not empty")
+    pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+    results = read_paths(inputs).map_batches(
+        ClassifyBatch,
+        fn_constructor_kwargs={
+            "model": model,
+            "engine": engine,
+            "threads": threads,
+            "folder": None if isinstance(inputs, list) else str(Path(inputs).resolve().parent),
+        },
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_cpus=threads,
+        batch_format="numpy",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    return _write_results(results, result_schema(classes), out)
+
+
+def _write_results(results, schema, out: Path) -> dict:
+    """Stream the result batches into one Parquet and one JSON Lines file (renamed into place
+    when complete); count images, failures and labels on the way."""
+    import json
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    parquet, jsonl = out / "predictions.parquet", out / "predictions.jsonl"
+    labels, failures = Counter(), 0
+    with (
+        pq.ParquetWriter(f"{parquet}.tmp", schema) as table_file,
+        open(f"{jsonl}.tmp", "w") as lines_file,
+    ):
+        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            batch = batch.cast(schema)
+            table_file.write_table(batch)
+            for row in batch.to_pylist():
+                lines_file.write(json.dumps(row) + "\n")
+                failures += row["error"] is not None
+                labels.update([row["label"]] if row["label"] else [])
+    os.replace(f"{parquet}.tmp", parquet)
+    os.replace(f"{jsonl}.tmp", jsonl)
+    return {
+        "images": sum(labels.values()) + failures,
+        "failures": failures,
+        "labels": dict(labels.most_common()),
+        "parquet": str(parquet),
+        "jsonl": str(jsonl),
+    }
