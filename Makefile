@@ -51,6 +51,7 @@ bench: $(VENV)/.all
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_web.py
 	$(BIN)/python benchmarks/bench_smear.py
+	$(BIN)/python benchmarks/bench_ray.py
 
 clean:
 	rm -rf $(VENV) demo hematovision-data .pytest_cache
