@@ -60,7 +60,7 @@ def test_predict_cli_on_ray_reads_a_csv_list_and_exits_1_for_the_unreadable_one(
     listing = tmp_path / "images.csv"
     listing.write_text("path,note\n" + "".join(f"{p.resolve()},x\n" for p in images[15:25]))
     assert main(["-q", "predict", str(listing), "--ray", "--out", str(tmp_path / "o")]) == 1
-    assert "10 images classified on Ray" in capsys.readouterr().out
+    assert "9 images classified on Ray" in capsys.readouterr().out
     assert len(_rows(tmp_path / "o")) == 10
 
 
@@ -79,3 +79,24 @@ def test_ray_input_mistakes_are_one_line(local_ray, images, tmp_path, capsys):
     assert main(["-q", "predict", str(images[0]), "--ray", "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert (out / "x").read_text() == "kept"
+
+
+def test_smear_fields_on_ray_equal_the_local_analysis(local_ray, bccd_dir, tmp_path, capsys):
+    from hematovision.smear import analyze_smear, load_smear_classifier
+
+    fields = sorted(bccd_dir.rglob("*.jpg"))[:6]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    args = [*map(str, fields), str(broken), "--ray", "--out", str(tmp_path / "o")]
+    assert main(["-q", "smear", *args, "--engine", "onnxruntime"]) == 1
+    assert "6 fields analysed on Ray" in capsys.readouterr().out
+    rows = {r["path"]: r for r in pq.read_table(tmp_path / "o" / "fields.parquet").to_pylist()}
+    assert rows[str(broken)]["code"] == "unreadable_image"
+    classifier = load_smear_classifier(engine="onnxruntime")
+    for path in fields:
+        local, row = analyze_smear(path, classifier).to_dict(), rows[str(path.resolve())]
+        assert [c["box"] for c in row["white_cells"]] == [c["box"] for c in local["white_cells"]]
+        assert [c["label"] for c in row["white_cells"]] == [
+            c["label"] for c in local["white_cells"]
+        ]
+        assert (row["red_cells"], row["platelets"]) == (local["red_cells"], local["platelets"])

@@ -243,7 +243,9 @@ def cmd_predict(args) -> int:
     from .inference import Classifier
 
     if args.ray is not None:
-        return _predict_on_ray(args)
+        from .inference.ray_batch import predict_on_ray
+
+        return _on_ray(args, args.paths, predict_on_ray, "images classified")
     classifier = Classifier.load(
         args.model, precision=args.precision, tta=args.tta, engine=args.engine
     )
@@ -258,22 +260,21 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
-def _predict_on_ray(args) -> int:
-    """``predict --ray``: the job on Ray, then a summary; exit 1 when some images failed."""
+def _on_ray(args, patterns: list[str], job, done: str) -> int:
+    """``predict --ray`` / ``smear --ray``: the job on Ray, then a summary; exit 1 when some
+    images could not be read."""
     from .differential import display_name
-    from .inference.ray_batch import TABLE_SUFFIXES, predict_on_ray, start_ray
+    from .inference.ray_batch import TABLE_SUFFIXES, start_ray
 
     if not args.out:
         raise HematoVisionError("--ray writes its results into a folder: pass --out DIR")
-    table = len(args.paths) == 1 and Path(args.paths[0]).suffix in TABLE_SUFFIXES
-    inputs = args.paths[0] if table else _inputs_and_folder(args.paths, None)[0]
+    table = len(patterns) == 1 and Path(patterns[0]).suffix in TABLE_SUFFIXES
+    inputs = patterns[0] if table else _inputs_and_folder(patterns, None)[0]
     start_ray(args.ray or None, quiet=args.quiet)
-    summary = predict_on_ray(
-        inputs, args.out, args.model, engine=args.engine, batch_size=args.batch_size
-    )
+    summary = job(inputs, args.out, args.model, engine=args.engine)
     counts = ", ".join(f"{display_name(k)} {v}" for k, v in sorted(summary["labels"].items()))
     out.print(
-        f"{summary['images']} images classified on Ray ({counts}); "
+        f"{summary['images'] - summary['failures']} {done} on Ray ({counts}); "
         f"{summary['failures']} could not be read.\nResults: {summary['parquet']} and "
         f"{summary['jsonl']}"
     )
@@ -364,6 +365,10 @@ def print_differential(d) -> None:
 def cmd_smear(args) -> int:
     from .smear import SmearParams, field_differential, load_smear_classifier
 
+    if args.ray is not None:
+        from .smear.ray_batch import analyze_on_ray
+
+        return _on_ray(args, args.images, analyze_on_ray, "fields analysed")
     params = None if args.cell_size is None else SmearParams.for_cell_size(args.cell_size)
     classifier = load_smear_classifier(args.model, engine=args.engine)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
@@ -634,15 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and flag cells on which they disagree",
     )
     _engine_option(r)
-    r.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        metavar="ADDRESS",
-        help="classify on Ray (a local instance, or the cluster at ADDRESS) and write Parquet "
-        "and JSON Lines into --out; PATHS may also be one .parquet/.csv (a 'path' column) or "
-        ".txt (one path a line) list of images",
-    )
+    _ray_option(r)
     r.add_argument("--out", help="with --ray: the folder for the results")
     r.set_defaults(func=cmd_predict)
 
@@ -661,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         "red cells; BCCD's 640x480 fields at 100x: 200)",
     )
     _engine_option(m)
+    _ray_option(m)
     m.set_defaults(func=cmd_smear)
 
     w = sub.add_parser("serve", help="run the web application (production server)")
@@ -691,6 +689,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_storage_check)
     return p
+
+
+def _ray_option(parser) -> None:
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray (a local instance, or the cluster at ADDRESS) and write Parquet and "
+        "JSON Lines into --out; the inputs may also be one .parquet/.csv (a 'path' column) or "
+        ".txt (one path a line) list of images",
+    )
 
 
 def _engine_option(parser, default: str | None = "auto", env: str = "") -> None:

@@ -47,7 +47,7 @@ def result_row(path: str, prediction: Prediction) -> dict:
 class ClassifyBatch:
     """The actors' callable class: one Classifier per actor, a batch of paths per call."""
 
-    def __init__(self, model: str, engine: str, threads: int, folder: str | None = None):
+    def __init__(self, model: str, engine: str, threads: int, folder: str | None):
         self.classifier = Classifier.load(model, engine=engine, threads=threads)
         self.schema = result_schema(self.classifier.classes)
         self.folder = folder  # relative paths are relative to it (a list file's folder)
@@ -119,63 +119,73 @@ def predict_on_ray(
     """Classify ``inputs`` (``read_paths``) on the Ray cluster this process is connected to
     (``start_ray``) and write ``out_dir/predictions.parquet`` and ``predictions.jsonl``.
 
-    ``actors``: the pool's size (default: the cluster's CPUs / ``threads``). The results stream
-    back to this process, which writes them as they come (memory stays bounded), so no other
-    task waits for a CPU the actors hold. Returns a summary: images, failures, counts per label
-    and the two files."""
-    import ray
-    import ray.data
-
+    ``actors``: the pool's size (default: the cluster's CPUs / ``threads``). Returns a
+    summary: images, failures, counts per label and the two files."""
     model = str(Path(model or DEFAULT_MODEL).resolve())
     classes = Classifier.load(model, engine="onnxruntime").classes  # a bad model fails here
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise HematoVisionError(f"output folder {out} exists and is not empty")
-    pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
-    results = read_paths(inputs).map_batches(
-        ClassifyBatch,
-        fn_constructor_kwargs={
-            "model": model,
-            "engine": engine,
-            "threads": threads,
-            "folder": None if isinstance(inputs, list) else str(Path(inputs).resolve().parent),
-        },
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=pool),
-        num_cpus=threads,
-        batch_format="numpy",
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    return _write_results(results, result_schema(classes), out)
+    job = RayJob(ClassifyBatch, {"model": model, "engine": engine}, result_schema(classes))
+    return job.run(inputs, out_dir, "predictions", batch_size, actors, threads)
 
 
-def _write_results(results, schema, out: Path) -> dict:
-    """Stream the result batches into one Parquet and one JSON Lines file (renamed into place
-    when complete); count images, failures and labels on the way."""
-    import json
-    from collections import Counter
+class RayJob:
+    """An actor class over image paths on Ray, its rows streamed into Parquet + JSON Lines.
 
-    import pyarrow.parquet as pq
+    ``actor(folder=..., threads=..., **kwargs)`` is called with a batch ``{"path": [...]}``
+    and returns an Arrow table of ``schema``; ``labels(row)`` names what a summary counts."""
 
-    parquet, jsonl = out / "predictions.parquet", out / "predictions.jsonl"
-    labels, failures = Counter(), 0
-    with (
-        pq.ParquetWriter(f"{parquet}.tmp", schema) as table_file,
-        open(f"{jsonl}.tmp", "w") as lines_file,
-    ):
-        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            batch = batch.cast(schema)
-            table_file.write_table(batch)
-            for row in batch.to_pylist():
-                lines_file.write(json.dumps(row) + "\n")
-                failures += row["error"] is not None
-                labels.update([row["label"]] if row["label"] else [])
-    os.replace(f"{parquet}.tmp", parquet)
-    os.replace(f"{jsonl}.tmp", jsonl)
-    return {
-        "images": sum(labels.values()) + failures,
-        "failures": failures,
-        "labels": dict(labels.most_common()),
-        "parquet": str(parquet),
-        "jsonl": str(jsonl),
-    }
+    def __init__(self, actor, kwargs: dict, schema, labels=lambda row: [row["label"]]):
+        self.actor, self.kwargs, self.schema, self.labels = actor, kwargs, schema, labels
+
+    def run(self, inputs, out_dir, name: str, batch_size: int, actors, threads: int) -> dict:
+        """The results stream back to this process, which writes them as they come (memory
+        stays bounded), so no other task waits for a CPU the actors hold."""
+        import ray
+        import ray.data
+
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise HematoVisionError(f"output folder {out} exists and is not empty")
+        folder = None if isinstance(inputs, list) else str(Path(inputs).resolve().parent)
+        pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+        results = read_paths(inputs).map_batches(
+            self.actor,
+            fn_constructor_kwargs={**self.kwargs, "threads": threads, "folder": folder},
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=pool),
+            num_cpus=threads,
+            batch_format="numpy",
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        return self._write(results, out, name)
+
+    def _write(self, results, out: Path, name: str) -> dict:
+        """One Parquet and one JSON Lines file, renamed into place when complete; images,
+        failures and labels counted on the way."""
+        import json
+        from collections import Counter
+
+        import pyarrow.parquet as pq
+
+        parquet, jsonl = out / f"{name}.parquet", out / f"{name}.jsonl"
+        labels, rows, failures = Counter(), 0, 0
+        with (
+            pq.ParquetWriter(f"{parquet}.tmp", self.schema) as table_file,
+            open(f"{jsonl}.tmp", "w") as lines_file,
+        ):
+            for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                batch = batch.cast(self.schema)
+                table_file.write_table(batch)
+                for row in batch.to_pylist():
+                    lines_file.write(json.dumps(row) + "\n")
+                    rows += 1
+                    failures += row["error"] is not None
+                    labels.update(label for label in self.labels(row) if label)
+        os.replace(f"{parquet}.tmp", parquet)
+        os.replace(f"{jsonl}.tmp", jsonl)
+        return {
+            "images": rows,
+            "failures": failures,
+            "labels": dict(labels.most_common()),
+            "parquet": str(parquet),
+            "jsonl": str(jsonl),
+        }
