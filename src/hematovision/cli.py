@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -245,7 +246,8 @@ def cmd_predict(args) -> int:
     if args.ray is not None:
         from .inference.ray_batch import predict_on_ray
 
-        return _on_ray(args, args.paths, predict_on_ray, "images classified")
+        job = functools.partial(predict_on_ray, batch_size=args.batch_size)
+        return _on_ray(args, args.paths, job, "images classified")
     classifier = Classifier.load(
         args.model, precision=args.precision, tta=args.tta, engine=args.engine
     )
