@@ -86,10 +86,17 @@ def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
     Cells are what is darker than the background (Otsu's threshold on brightness), red cells
     what of them is not violet; in each clump of touching red cells the distance transform
     peaks at about one red cell's radius, so the area-weighted median peak gives the size."""
-    rgb = rgb.astype(np.float32)
+    _, _, red, distance = _red_cells_of(rgb.astype(np.float32))
+    return _red_cell_diameter(red, distance)
+
+
+def _red_cells_of(rgb: np.ndarray):
+    """(stain score, its median, red-cell mask, the mask's distance transform) of a float
+    field: computed once, the field's scale and its red cells both come from them."""
     score = stain_score(rgb)
-    red = _red_mask(rgb, score, np.median(score))
-    return _red_cell_diameter(red, ndi.distance_transform_edt(red))
+    median = np.median(score)
+    red = _red_mask(rgb, score, median)
+    return score, median, red, ndi.distance_transform_edt(red)
 
 
 def _red_cell_diameter(red: np.ndarray, distance: np.ndarray) -> float | None:
@@ -138,10 +145,7 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
     """White-cell boxes and red-cell and platelet centres in an H x W x 3 array; ``params``
     default to ``field_params`` (the field's own scale)."""
     rgb = rgb.astype(np.float32)
-    score = stain_score(rgb)
-    median = np.median(score)
-    red = _red_mask(rgb, score, median)  # once: the scale and the red cells come from it
-    distance = ndi.distance_transform_edt(red)
+    score, median, red, distance = _red_cells_of(rgb)
     params = params or _params_for(_red_cell_diameter(red, distance))
     # the stain threshold is relative to the field's own median colour: a colour cast or a
     # paler stain moves both
