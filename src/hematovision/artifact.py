@@ -223,6 +223,12 @@ class ModelArtifact:
             raise HematoVisionError(f"{path} does not match the hash in model.json")
         return data
 
+    def check(self) -> ModelArtifact:
+        """Itself, once its default model file is read and matches its hash: a bad artifact
+        fails in one line before anything is started."""
+        self.model_bytes(self.choose_precision())
+        return self
+
     def card(self) -> dict:
         """What a user is shown about the model (the API's model card)."""
         c = self.calibration

@@ -2,11 +2,11 @@
 
 Ray Data reads the image paths (a list, or a Parquet, CSV or text file of them), ``map_batches``
 runs them through a pool of actors that each hold one ``Classifier`` (one engine session per
-actor, loaded once), and Ray's writers store one row per image as Parquet and as JSON Lines,
-with the fields of ``hematovision predict --format json``. An image that cannot be read is a
-row with its ``error``, never a failed job. Without an address a local Ray instance is
-started; with one, the job joins that cluster (every node must see the model and the images
-at the same paths). Optional: ``pip install 'hematovision[ray]'``.
+actor, loaded once), and the rows stream back to this process, which writes them into one
+Parquet and one JSON Lines file, with the fields of ``hematovision predict --format json``.
+An image that cannot be read is a row with its ``error``, never a failed job. Without an
+address a local Ray instance is started; with one, the job joins that cluster (every node must
+see the model and the images at the same paths). Optional: ``pip install 'hematovision[ray]'``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
 from .classifier import DEFAULT_MODEL, Classifier, Prediction
 
@@ -50,15 +51,27 @@ class ClassifyBatch:
     def __init__(self, model: str, engine: str, threads: int, folder: str | None):
         self.classifier = Classifier.load(model, engine=engine, threads=threads)
         self.schema = result_schema(self.classifier.classes)
-        self.folder = folder  # relative paths are relative to it (a list file's folder)
+        self.folder = folder
 
     def __call__(self, batch: dict):
         import pyarrow as pa
 
-        paths = [os.path.join(self.folder or "", str(p)) for p in batch["path"]]
+        paths = batch_paths(batch, self.folder)
         predictions = self.classifier.predict(paths, errors="report", batch_size=len(paths))
         rows = [result_row(p, pred) for p, pred in zip(paths, predictions)]
         return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+def checked_model(path: str | Path) -> tuple[str, list[str]]:
+    """The artifact folder as an absolute path (the actors may run anywhere) and its classes;
+    a bad artifact fails here, in one line, before any actor starts."""
+    path = Path(path).resolve()
+    return str(path), ModelArtifact.load(path).check().classes
+
+
+def batch_paths(batch: dict, folder: str | None) -> list[str]:
+    """A batch's paths; relative ones are relative to ``folder`` (a list file's folder)."""
+    return [os.path.join(folder or "", str(p)) for p in batch["path"]]
 
 
 def read_paths(inputs: list[str] | str):
@@ -121,8 +134,7 @@ def predict_on_ray(
 
     ``actors``: the pool's size (default: the cluster's CPUs / ``threads``). Returns a
     summary: images, failures, counts per label and the two files."""
-    model = str(Path(model or DEFAULT_MODEL).resolve())
-    classes = Classifier.load(model, engine="onnxruntime").classes  # a bad model fails here
+    model, classes = checked_model(model or DEFAULT_MODEL)
     job = RayJob(ClassifyBatch, {"model": model, "engine": engine}, result_schema(classes))
     return job.run(inputs, out_dir, "predictions", batch_size, actors, threads)
 

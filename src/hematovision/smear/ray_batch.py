@@ -6,11 +6,10 @@ or its ``error``; see ``inference.ray_batch`` for how the job runs and where res
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import HematoVisionError
-from ..inference.ray_batch import RayJob
+from ..inference.ray_batch import RayJob, batch_paths, checked_model
 from . import analyze_smear, bundled_smear_model, load_smear_classifier
 
 
@@ -55,7 +54,7 @@ class AnalyzeBatch:
         import pyarrow as pa
 
         rows = []
-        for path in (os.path.join(self.folder or "", str(p)) for p in batch["path"]):
+        for path in batch_paths(batch, self.folder):
             try:
                 rows.append({**analyze_smear(path, self.classifier).to_dict(), "error": None})
             except HematoVisionError as exc:
@@ -74,8 +73,7 @@ def analyze_on_ray(
 ) -> dict:
     """Analyse smear fields on Ray into ``out_dir/fields.parquet`` and ``fields.jsonl``;
     the summary counts white cells per label."""
-    model = str(Path(model or bundled_smear_model()).resolve())
-    load_smear_classifier(model, engine="onnxruntime")  # a bad model fails here, in one line
+    model, _ = checked_model(model or bundled_smear_model())
     job = RayJob(
         AnalyzeBatch,
         {"model": model, "engine": engine},

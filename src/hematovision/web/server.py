@@ -123,8 +123,7 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrid
     """Check the models, the port and the database once, then run ``workers`` processes."""
     settings = WebSettings.from_env(**overrides)
     for path in (settings.model or DEFAULT_MODEL, settings.smear_model or bundled_smear_model()):
-        artifact = ModelArtifact.load(path)
-        artifact.model_bytes(artifact.choose_precision())  # a bad --model fails here, in one line
+        ModelArtifact.load(path).check()  # a bad --model fails here, in one line
     engine = resolve_engine(settings.engine)  # so does an engine that is not installed
     check_port(host, port)
     Storage(settings.database_url, settings.data_dir, settings.store_images).migrate()
