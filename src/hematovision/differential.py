@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from scipy.stats import beta
+
 WHITE_CELL_CLASSES = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
 NUCLEATED_RED_CELL = "erythroblast"
 PLATELET = "platelet"
@@ -24,6 +26,17 @@ DISPLAY_NAMES = {
     "ig": "immature granulocyte",
     "erythroblast": "erythroblast (nucleated red cell)",
 }
+
+
+def percent_interval(count: int, total: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact binomial (Clopper-Pearson) interval of ``count`` in ``total``, in percent:
+    what Rümke's tables give labs for a manual differential."""
+    if total <= 0:
+        return (0.0, 100.0)
+    alpha = 1 - level
+    low = beta.ppf(alpha / 2, count, total - count + 1) if count > 0 else 0.0
+    high = beta.ppf(1 - alpha / 2, count + 1, total - count) if count < total else 1.0
+    return (round(100 * float(low), 1), round(100 * float(high), 1))
 
 
 def display_name(label: str | None) -> str:
@@ -64,7 +77,12 @@ class Differential:
     def to_dict(self) -> dict:
         return {
             "white_cells": {
-                c: {"count": n, "percent": self.percent(c)} for c, n in self.white_cells.items()
+                c: {
+                    "count": n,
+                    "percent": self.percent(c),
+                    "ci95": list(percent_interval(n, self.counted)),
+                }
+                for c, n in self.white_cells.items()
             },
             "white_cells_counted": self.counted,
             "nucleated_red_cells": {

@@ -22,10 +22,24 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..errors import HematoVisionError
 from ..files import write_atomic
-from .models import Base, ImageRef, PredictionRecord, SmearAnalysis, Upload
+from .lab import (
+    AuditLog,
+    LabError,
+    Locked,
+    NotFound,
+    Samples,
+    Users,
+    cells_of_smear,
+    cells_of_upload,
+)
+from .models import Base, ImageRef, PredictionRecord, Sample, SmearAnalysis, Upload
 
 __all__ = [
     "Base",
+    "LabError",
+    "Locked",
+    "NotFound",
+    "Sample",
     "ImageRef",
     "PredictionRecord",
     "SmearAnalysis",
@@ -94,6 +108,9 @@ class Storage:
         self.url = database_url or f"sqlite:///{self.data_dir / 'hematovision.db'}"
         self.engine = _engine(self.url)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self.samples = Samples(self.session)
+        self.users = Users(self.session)
+        self.audit = AuditLog(self.session)
 
     # ---------------------------------------------------------------- schema
     def migrate(self) -> None:
@@ -179,9 +196,14 @@ class Storage:
             raise
 
     def add_upload(
-        self, predictions: list[dict], images: dict[str, bytes], rejected: list[dict] = ()
+        self,
+        predictions: list[dict],
+        images: dict[str, bytes],
+        rejected: list[dict] = (),
+        sample: Sample | None = None,
     ) -> Upload:
-        """One upload, its predictions and their image files, stored together."""
+        """One upload, its predictions and their image files, stored together (and, with a
+        ``sample``, its cells added to that sample's review)."""
 
         def build(s: Session) -> Upload:
             upload = Upload(
@@ -189,9 +211,12 @@ class Storage:
                     PredictionRecord(**p, image_stored=self.store_images) for p in predictions
                 ],
                 rejected=list(rejected),
+                sample_id=_open_sample_id(s, sample),
             )
             s.add(upload)
             s.flush()
+            if sample is not None:
+                s.add_all(cells_of_upload(sample.id, upload.predictions))
             if self.store_images:
                 s.add_all(
                     ImageRef(image_sha256=p.image_sha256, record_type="prediction", record_id=p.id)
@@ -209,8 +234,10 @@ class Storage:
         model_name: str,
         model_version: str,
         rejected: list[dict] = (),
+        sample: Sample | None = None,
     ) -> SmearAnalysis:
-        """One smear analysis and its field images, stored together."""
+        """One smear analysis and its field images, stored together (and, with a ``sample``,
+        its white cells added to that sample's review)."""
 
         def build(s: Session) -> SmearAnalysis:
             for f in fields:
@@ -221,9 +248,12 @@ class Storage:
                 model_name=model_name,
                 model_version=model_version,
                 rejected=list(rejected),
+                sample_id=_open_sample_id(s, sample),
             )
             s.add(record)
             s.flush()
+            if sample is not None:
+                s.add_all(cells_of_smear(sample.id, record))
             if self.store_images:
                 s.add_all(
                     ImageRef(image_sha256=sha, record_type="smear", record_id=record.id)
@@ -361,6 +391,18 @@ class Storage:
                 ):
                     record.image_stored = False
         report.repaired = True
+
+
+def _open_sample_id(s: Session, sample: Sample | None) -> int | None:
+    """The sample's id, checked inside the writing transaction: still there and not signed."""
+    if sample is None:
+        return None
+    current = s.get(Sample, sample.id, with_for_update=True)
+    if current is None or current.deleted_at is not None:
+        raise NotFound(f"no sample {sample.public_id}")
+    if current.locked:
+        raise Locked(f"sample {current.accession} is signed: amend it (with a reason) first")
+    return current.id
 
 
 def _uses(record_type: str, record_id: int):

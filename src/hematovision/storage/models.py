@@ -43,6 +43,7 @@ class Upload(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     rejected: Mapped[list] = mapped_column(JSON, default=list)  # [{filename, code, message}]
+    sample_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     predictions: Mapped[list[PredictionRecord]] = relationship(
         back_populates="upload", order_by="PredictionRecord.id"
     )
@@ -102,6 +103,7 @@ class SmearAnalysis(Base):
     rejected: Mapped[list] = mapped_column(JSON, default=list)  # [{filename, code, message}]
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
+    sample_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
     def to_dict(self) -> dict:
         return {
@@ -121,3 +123,162 @@ class ImageRef(Base):
     image_sha256: Mapped[str] = mapped_column(String(64), index=True)
     record_type: Mapped[str] = mapped_column(String(16))  # "prediction" or "smear"
     record_id: Mapped[int] = mapped_column(Integer)
+
+
+# ---------------------------------------------------------------- the lab workflow
+class User(Base):
+    """A personal account. Passwords are argon2 hashes; API tokens are kept as SHA-256 of a
+    random token (a token has 256 bits of entropy: a slow hash buys nothing)."""
+
+    __tablename__ = "users"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))  # admin, technologist, viewer
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    token_sha256: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "username": self.username,
+            "role": self.role,
+            "active": self.active,
+            "has_token": self.token_sha256 is not None,
+            "created_at": _iso(self.created_at),
+        }
+
+
+class Sample(Base):
+    """A patient sample (accession number or free label): cells and smear fields collected
+    over time, reviewed, then signed. ``public_id`` is what URLs carry (not guessable)."""
+
+    __tablename__ = "samples"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    accession: Mapped[str] = mapped_column(String(128), index=True)
+    target: Mapped[int] = mapped_column(Integer, default=100)  # white cells to count
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open, signed, amending
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    amend_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)  # while amending
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    delete_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    cells: Mapped[list[SampleCell]] = relationship(order_by="SampleCell.id")
+    versions: Mapped[list[SampleVersion]] = relationship(order_by="SampleVersion.version")
+
+    @property
+    def locked(self) -> bool:
+        return self.status == "signed"
+
+
+class SampleCell(Base):
+    """One cell of a sample: what the model said and what the reviewer decided.
+
+    ``label`` is the cell's current class (the model's until someone changes it); ``status``:
+    auto (not reviewed), confirmed, reclassified or excluded (debris, smudge, artefact)."""
+
+    __tablename__ = "sample_cells"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    prediction_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    smear_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    field_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    box: Mapped[list | None] = mapped_column(JSON, nullable=True)  # in the field; None: whole
+    model_label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    uncertain: Mapped[bool] = mapped_column(Boolean)
+    model_version: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="auto")
+    exclusion: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    @property
+    def reviewed(self) -> bool:
+        return self.status != "auto"
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "status": self.status,
+            "exclusion": self.exclusion,
+            "model": {
+                "label": self.model_label,
+                "confidence": self.confidence,
+                "uncertain": self.uncertain,
+                "version": self.model_version,
+            },
+            "source": "smear" if self.smear_id else "cell",
+            "box": self.box,
+        }
+
+
+class Correction(Base):
+    """One reviewer's decision on one cell, kept forever (what the model learns from)."""
+
+    __tablename__ = "corrections"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("sample_cells.id"), index=True)
+    sample_version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))  # confirm, reclassify, exclude
+    old_label: Mapped[str] = mapped_column(String(64))
+    new_label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    exclusion: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    by: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SampleVersion(Base):
+    """A signed differential: who signed, when, and (for an amendment) why it changed."""
+
+    __tablename__ = "sample_versions"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    signed_by: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    amend_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    differential: Mapped[dict] = mapped_column(JSON)
+    cells: Mapped[dict] = mapped_column(JSON)  # cell id -> label or "excluded:<reason>"
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "signed_by": self.signed_by,
+            "signed_at": _iso(self.signed_at),
+            "amend_reason": self.amend_reason,
+            "differential": self.differential,
+        }
+
+
+class AuditEvent(Base):
+    """Who did what to what, and when. Append-only: the database refuses updates and deletes."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))  # created, viewed, exported, corrected, ...
+    target: Mapped[str] = mapped_column(String(64))  # e.g. "sample:Xy12", "user:ana"
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "at": _iso(self.at),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "detail": dict(self.detail or {}),
+        }

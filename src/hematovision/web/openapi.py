@@ -43,7 +43,12 @@ SCHEMAS = {
         ("white_cells", "white_cells_counted", "nucleated_red_cells", "platelets", "to_review"),
         white_cells={
             "type": "object",
-            "additionalProperties": _obj(("count", "percent"), count=INT, percent=NUM),
+            "additionalProperties": _obj(
+                ("count", "percent"),
+                count=INT,
+                percent=NUM,
+                ci95=_array(NUM, minItems=2, maxItems=2),  # exact binomial 95% interval, %
+            ),
         },
         white_cells_counted=INT,
         nucleated_red_cells=_obj(
