@@ -493,3 +493,96 @@ def test_pages_fit_a_phone_and_deleting_asks_first(make_run, browser):
     page.wait_for_url("**/history*")
     assert page.locator("#history tbody tr").count() <= rows
     phone.close()
+
+
+def _tile(page, label: str | None = None, group: str | None = None):
+    selector = ".cell-tile"
+    if group:
+        selector = f'.group-cells[data-group="{group}"] .cell-tile'
+    if label:
+        selector += f':not([data-label="{label}"])'
+    return page.locator(selector).first
+
+
+def _count(page, label: str) -> int:
+    row = page.locator(f'#sample-differential tr[data-class="{label}"] [data-field="count"]')
+    return int(row.inner_text())
+
+
+def test_review_a_sample_with_the_keyboard_sign_it_and_amend_it_under_make_run(
+    make_run, browser, tmp_path
+):
+    """The technologist's screen in single-user mode (`make run` on a fresh clone)."""
+    page = browser.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(make_run + "/samples")
+    page.fill("#accession", f"PW-{int(time.time())}")
+    page.click("#new-sample button")
+    page.wait_for_url("**/samples/*")
+    public_id = page.url.rsplit("/", 1)[1]
+    page.set_input_files("#cell-files", [str(p) for p in SAMPLES[:8]])
+    page.click("#add-cells button")
+    page.wait_for_load_state("load")
+    _remember(make_run)
+    assert page.locator(".cell-tile").count() == 8
+    assert _assert_every_image_loads(page) == 8
+
+    # a digit reclassifies the selected cell (6: monocyte), the differential follows at once
+    monocytes = _count(page, "monocyte")
+    tile = _tile(page, label="monocyte")
+    cell_id = tile.get_attribute("data-cell-id")
+    tile.click()
+    page.keyboard.press("6")
+    moved = f'.group-cells[data-group="monocyte"] .cell-tile[data-cell-id="{cell_id}"]'
+    page.wait_for_selector(moved)
+    assert _count(page, "monocyte") == monocytes + 1
+    assert page.locator(moved).get_attribute("data-status") == "reclassified"
+    # the selection moved on; x excludes it as debris
+    selected = page.locator(".cell-tile.selected")
+    other = selected.get_attribute("data-cell-id")
+    assert other != cell_id
+    page.keyboard.press("x")
+    page.wait_for_selector(f'.group-cells[data-group="excluded"] [data-cell-id="{other}"]')
+    # drag a cell onto another class's group
+    target = _tile(page, label="lymphocyte", group="neutrophil")
+    if target.count():
+        dragged = target.get_attribute("data-cell-id")
+        target.drag_to(page.locator('.group-cells[data-group="lymphocyte"]'))
+        page.wait_for_selector(f'.group-cells[data-group="lymphocyte"] [data-cell-id="{dragged}"]')
+    shots = Path(os.environ.get("HEMATOVISION_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "review-screen.png"), full_page=True)
+
+    # sign: locked, keys do nothing, the server refuses a correction
+    page.click("#sign")
+    page.wait_for_selector("#amend-form")
+    assert page.locator("#sample-status").inner_text() == "signed"
+    assert page.locator("#review").get_attribute("data-locked") == "true"
+    before = page.locator(".cell-tile").first.get_attribute("data-label")
+    page.locator(".cell-tile").first.click()
+    page.keyboard.press("1")
+    page.wait_for_timeout(300)
+    assert page.locator(".cell-tile").first.get_attribute("data-label") == before
+    body = json.dumps({"action": "confirm"}).encode()
+    req = urllib.request.Request(
+        f"{make_run}/api/v1/samples/{public_id}/cells/{cell_id}/review",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 409
+
+    # amend with a reason: version 2 opens, version 1 stays in the history
+    page.fill("#reason", "a monocyte was a lymphocyte")
+    page.click("#amend-form button")
+    page.wait_for_selector("#sign")
+    assert page.locator("#sample-status").inner_text() == "amending"
+    assert "version 1 signed by" in page.locator("#versions").inner_text()
+    page.goto(f"{make_run}/samples/{public_id}/report")
+    assert _assert_every_image_loads(page) >= 7  # the reviewed cells
+    page.close()
+    request(make_run, f"/api/v1/samples/{public_id}?reason=test", "DELETE")
+    assert not [e for e in errors if "Content Security Policy" in e]

@@ -201,7 +201,7 @@ def test_pages_render_with_security_headers(client):
         assert r.headers["X-Content-Type-Options"] == "nosniff"
         assert b"<script>" not in r.data  # no inline script at all
     index = client.get("/").data
-    assert index.count(b"/samples/") >= 24 and b"/vendor/bootstrap/css/bootstrap.min.css" in index
+    assert index.count(b"/examples/") >= 24 and b"/vendor/bootstrap/css/bootstrap.min.css" in index
     assert client.get("/vendor/bootstrap/css/bootstrap.min.css").status_code == 200
     assert client.get("/model/confusion.png").headers["Content-Type"] == "image/png"
 
@@ -242,11 +242,11 @@ def test_upload_form_error_is_shown_not_raised(client):
 
 def test_try_a_sample(client):
     token = _csrf(client.get("/").data)
-    r = client.post(f"/samples/{SAMPLES[0].name}/try", data={"csrf_token": token})
+    r = client.post(f"/examples/{SAMPLES[0].name}/try", data={"csrf_token": token})
     assert r.status_code == 303
     assert SAMPLES[0].name.rsplit("_", 2)[0] in client.get(r.headers["Location"]).data.decode()
     assert (
-        client.post("/samples/../../etc/passwd/try", data={"csrf_token": token}).status_code == 404
+        client.post("/examples/../../etc/passwd/try", data={"csrf_token": token}).status_code == 404
     )
 
 

@@ -89,6 +89,14 @@ def cmd_data_crops(args) -> int:
     return 0
 
 
+def cmd_data_export_reviewed(args) -> int:
+    from .adapt import export_reviewed
+
+    counts = export_reviewed(_storage(args), args.out)
+    out.print(f"{sum(counts.values())} reviewed cells in {args.out}: {counts}")
+    return 0
+
+
 def cmd_data_inspect(args) -> int:
     from .data import inspect_folder
     from .evaluation.metrics import format_metric as _fmt
@@ -474,13 +482,7 @@ def cmd_serve(args) -> int:
 
 # ---------------------------------------------------------------- storage
 def cmd_storage_check(args) -> int:
-    from .storage import Storage
-    from .web.config import WebSettings
-
-    settings = WebSettings.from_env(data_dir=args.data_dir, database_url=args.database_url)
-    storage = Storage(settings.database_url, settings.data_dir)
-    storage.migrate()
-    report = storage.check(repair=args.repair, grace_seconds=args.grace)
+    report = _storage(args).check(repair=args.repair, grace_seconds=args.grace)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -494,6 +496,87 @@ def cmd_storage_check(args) -> int:
         verdict = "all consistent" if report.ok else "run with --repair to fix"
         out.print("repaired" if report.repaired else verdict)
     return 0 if report.ok or report.repaired else 1
+
+
+# ---------------------------------------------------------------- adapt
+def cmd_adapt(args) -> int:
+    from .adapt import adapt
+    from .artifact import ModelArtifact
+    from .inference import DEFAULT_MODEL
+
+    if not 0.05 <= args.held_out <= 0.9:
+        raise HematoVisionError("--held-out must be between 0.05 and 0.9")
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise HematoVisionError(f"{args.out} exists and is not empty: choose a new --out")
+    base = ModelArtifact.load(args.model or DEFAULT_MODEL)
+    artifact = adapt(base, args.data, args.out, held_out=args.held_out, force=args.force)
+    held = artifact.metrics["adaptation"]["held_out"]
+    out.print(
+        f"{artifact.path}: {artifact.name} {artifact.version}; held-out accuracy "
+        f"{held['accuracy_before']:.1%} -> {held['accuracy_after']:.1%} ({held['n']} cells)"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- users
+def _storage(args):
+    """The web app's storage, from --data-dir/--database-url over the environment."""
+    from .storage import Storage
+    from .web.config import WebSettings
+
+    settings = WebSettings.from_env(data_dir=args.data_dir, database_url=args.database_url)
+    storage = Storage(settings.database_url, settings.data_dir)
+    storage.migrate()
+    return storage
+
+
+def _new_password(args) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass(f"password for {args.name}: ")
+    if first != getpass.getpass("again: "):
+        raise HematoVisionError("the two passwords differ")
+    return first
+
+
+def cmd_users_add(args) -> int:
+    storage = _storage(args)
+    user = storage.users.add(args.name, _new_password(args), args.role)
+    storage.audit.record("cli", "user_added", f"user:{user.username}", role=user.role)
+    out.print(f"added {user.username} ({user.role}); accounts are on: log in at /login")
+    return 0
+
+
+def cmd_users_list(args) -> int:
+    users = [u.to_dict() for u in _storage(args).users.list()]
+    if args.json:
+        print(json.dumps(users, indent=1))
+        return 0
+    for u in users:
+        state = "active" if u["active"] else "disabled"
+        out.print(f"{u['username']:<24} {u['role']:<13} {state:<9} token: {u['has_token']}")
+    if not users:
+        out.print("no account: the web app runs single-user, on 127.0.0.1 only")
+    return 0
+
+
+def cmd_users_set_active(args) -> int:
+    storage = _storage(args)
+    active = args.users_command == "enable"
+    storage.users.set_active(args.name, active)
+    storage.audit.record("cli", "user_enabled" if active else "user_disabled", f"user:{args.name}")
+    out.print(f"{args.name} {'enabled' if active else 'disabled'}")
+    return 0
+
+
+def cmd_users_token(args) -> int:
+    storage = _storage(args)
+    token = storage.users.new_token(args.name)
+    storage.audit.record("cli", "token_issued", f"user:{args.name}")
+    print(token)  # shown once: only its hash is kept
+    return 0
 
 
 # ---------------------------------------------------------------- parser
@@ -597,6 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="even: the fields the detector was tuned on (odd ones stay held out)",
     )
     cr.set_defaults(func=cmd_data_crops)
+    er = dsub.add_parser(
+        "export-reviewed", help="the reviewed cells of signed samples, class per folder"
+    )
+    er.add_argument("out", help="class-per-folder output (with meta.csv and provenance.csv)")
+    _storage_options(er)
+    er.set_defaults(func=cmd_data_export_reviewed)
 
     from .training.config import TrainConfig  # torch-free
 
@@ -679,8 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("storage", help="the web app's database and image store")
     ssub = st.add_subparsers(dest="storage_command", required=True)
     c = ssub.add_parser("check", help="find orphan or missing image files (and --repair them)")
-    c.add_argument("--data-dir", help="env HEMATOVISION_DATA_DIR (default hematovision-data)")
-    c.add_argument("--database-url", help="env HEMATOVISION_DATABASE_URL")
+    _storage_options(c)
     c.add_argument("--repair", action="store_true", help="delete orphans and temporary files")
     c.add_argument(
         "--grace",
@@ -690,7 +778,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_storage_check)
+    _users_parser(sub)
+    ad = sub.add_parser("adapt", help="a model taught a lab's own cells (refits its head)")
+    ad.add_argument("--data", required=True, help="class-per-folder cells of the lab")
+    ad.add_argument("--out", required=True, help="the new model artifact folder")
+    ad.add_argument("--model", help="the base artifact (default: the bundled model)")
+    ad.add_argument("--held-out", type=float, default=0.3, help="fraction kept to score it")
+    ad.add_argument("--force", action="store_true", help="write it even if it scores worse")
+    ad.set_defaults(func=cmd_adapt)
     return p
+
+
+def _users_parser(sub) -> None:
+    u = sub.add_parser("users", help="accounts of the web app (on once the first one exists)")
+    usub = u.add_subparsers(dest="users_command", required=True)
+    add = usub.add_parser("add", help="a new account (asks for its password)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["admin", "technologist", "viewer"], required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.set_defaults(func=cmd_users_add)
+    ls = usub.add_parser("list", help="every account, its role and state")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_users_list)
+    for verb, text in (("disable", "no more logins or tokens"), ("enable", "allow again")):
+        v = usub.add_parser(verb, help=f"{text} for an account")
+        v.add_argument("name")
+        v.set_defaults(func=cmd_users_set_active)
+    tok = usub.add_parser("token", help="a new personal API token (replaces the old one)")
+    tok.add_argument("name")
+    tok.set_defaults(func=cmd_users_token)
+    for parser in (add, ls, tok, *[usub.choices[v] for v in ("disable", "enable")]):
+        _storage_options(parser)
+
+
+def _storage_options(parser) -> None:
+    parser.add_argument("--data-dir", help="the web app's data (env HEMATOVISION_DATA_DIR)")
+    parser.add_argument("--database-url", help="env HEMATOVISION_DATABASE_URL")
 
 
 def _ray_option(parser) -> None:

@@ -32,7 +32,15 @@ from .lab import (
     cells_of_smear,
     cells_of_upload,
 )
-from .models import Base, ImageRef, PredictionRecord, Sample, SmearAnalysis, Upload
+from .models import (
+    Base,
+    ImageRef,
+    PredictionRecord,
+    Sample,
+    SampleCell,
+    SmearAnalysis,
+    Upload,
+)
 
 __all__ = [
     "Base",
@@ -40,6 +48,7 @@ __all__ = [
     "Locked",
     "NotFound",
     "Sample",
+    "SampleCell",
     "ImageRef",
     "PredictionRecord",
     "SmearAnalysis",
@@ -131,6 +140,9 @@ class Storage:
                 command.upgrade(config, "head")
             if connection.dialect.name == "sqlite":
                 connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                # the schema into the database file, the write-ahead log back to empty: a
+                # later full disk then finds the log small, and a delete can still commit
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
                 connection.commit()
 
     # ---------------------------------------------------------------- disk
@@ -183,7 +195,15 @@ class Storage:
     # ---------------------------------------------------------------- writing records
     def _store(self, images: dict[str, bytes], build: Callable[[Session], object]):
         """Write ``images``, then ``build`` the records in one transaction; on any failure the
-        files this call created are removed again (write, commit, clean up)."""
+        files this call created are removed again (write, commit, clean up).
+
+        Below ``min_free_mb`` nothing new is stored: the rest is kept for what must still
+        work on a nearly full disk (deletes, which win space back, reviews, the audit log)."""
+        if self.disk_is_low():
+            raise StorageFull(
+                f"the server's disk is full (under {self.min_free_mb:g} MB free): "
+                "nothing was stored"
+            )
         created = self._write_images(images if self.store_images else {})
         try:
             with self.session.begin() as s:

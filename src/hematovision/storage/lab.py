@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
@@ -47,6 +48,14 @@ class Locked(LabError):
     code, status = "locked", 409
 
 
+def _line(text, what: str, longest: int) -> str:
+    """One line of text a person typed: not blank, no control character, not too long."""
+    text = text.strip() if isinstance(text, str) else ""
+    if not text or len(text) > longest or any(unicodedata.category(c) == "Cc" for c in text):
+        raise LabError(f"{what} must be 1 to {longest} characters, without control characters")
+    return text
+
+
 def _actor(name: str | None) -> str:
     return name or "local"
 
@@ -59,13 +68,11 @@ class Samples:
         self.session = session
 
     def create(self, accession: str, by: str | None, target: int = 100) -> Sample:
-        accession = (accession or "").strip()
-        if not accession or len(accession) > 128 or not accession.isprintable():
-            raise LabError("the accession number (or label) must be 1 to 128 printable characters")
+        accession = _line(accession, "the accession number (or label)", 128)
         if target not in TARGETS:
             raise LabError(f"the target must be one of {', '.join(map(str, TARGETS))} white cells")
         sample = Sample(
-            public_id=secrets.token_urlsafe(12),
+            public_id=secrets.token_hex(10),  # 80 random bits; a FHIR id too
             accession=accession,
             target=target,
             status="open",
@@ -196,9 +203,7 @@ class Samples:
 
     def amend(self, public_id: str, reason: str, by: str | None) -> Sample:
         """Unlock a signed sample for an amended version; the reason goes with that version."""
-        reason = (reason or "").strip()
-        if not reason:
-            raise LabError("an amendment needs a reason")
+        reason = _line(reason, "an amendment's reason", 500)
         with self.session.begin() as s:
             sample = s.scalar(
                 select(Sample).where(Sample.public_id == public_id, Sample.deleted_at.is_(None))
@@ -213,9 +218,7 @@ class Samples:
 
     def delete(self, public_id: str, reason: str, by: str | None) -> None:
         """A soft delete: the sample disappears from lists and links, its records stay."""
-        reason = (reason or "").strip()
-        if not reason:
-            raise LabError("a delete needs a reason")
+        reason = _line(reason, "a delete's reason", 500)
         with self.session.begin() as s:
             sample = s.scalar(
                 select(Sample).where(Sample.public_id == public_id, Sample.deleted_at.is_(None))
@@ -237,6 +240,7 @@ class Samples:
                     Sample.status == "signed",
                     SampleCell.status.in_(("confirmed", "reclassified")),
                 )
+                .options(selectinload(Sample.versions))
                 .order_by(SampleCell.id)
             )
             return list(s.execute(query).tuples())

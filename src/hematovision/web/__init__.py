@@ -86,11 +86,14 @@ def create_app(
     csrf.init_app(app)
 
     from .api import api
+    from .auth import auth, login_manager
     from .pages import pages
+    from .review import review
 
+    login_manager.init_app(app)
     csrf.exempt(api)  # the API takes no cookies: token auth, not forms
-    app.register_blueprint(pages)
-    app.register_blueprint(api)
+    for blueprint in (pages, api, auth, review):
+        app.register_blueprint(blueprint)
     _register_hooks(app, settings)
     return app
 
@@ -114,6 +117,15 @@ def _register_hooks(app: Flask, settings: WebSettings) -> None:
         # a NUL byte is never meaningful in a URL or a form field, and PostgreSQL cannot store it
         if "\x00" in request.full_path or any("\x00" in v for v in request.args.values()):
             raise BadRequest("the request contains a NUL byte")
+
+    from .auth import accounts_on, current_account, guard
+
+    app.before_request(guard)  # after the NUL check: every route, pages, images and API
+
+    @app.context_processor
+    def account():
+        on = accounts_on()
+        return {"accounts": on, "account": current_account() if on else None}
 
     @app.after_request
     def security_headers(response):

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import hmac
-
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest
 
 from ..smear import field_differential
+from ..storage import LabError
 from . import MAX_ID, error_response
+from .auth import actor, audit
 from .openapi import openapi_document
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
+from .samples import fhir_document, sample_differential, sample_json
 from .service import UploadError, analyze_files, classify_files, upload_differential, uploaded_files
 
 api = Blueprint("api", __name__)
@@ -19,19 +20,6 @@ api = Blueprint("api", __name__)
 def model_summary() -> dict:
     clf = get_classifier()
     return {"name": clf.name, "version": clf.version}
-
-
-@api.before_request
-def require_token():
-    token = get_settings().api_token
-    if not token or request.endpoint in ("api.healthz", "api.openapi"):
-        return None
-    sent = request.headers.get("Authorization", "")
-    if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), token.encode())):
-        return error_response(
-            401, "unauthorized", "this server needs 'Authorization: Bearer <token>'"
-        )
-    return None
 
 
 def paging() -> tuple[int, int]:
@@ -152,6 +140,159 @@ def delete_smear(smear_id: int):
     return "", 204
 
 
+# ---------------------------------------------------------------- samples
+def _lab_call(action):
+    """Run a storage call of the lab's rules: its value, or the error answer it refuses with."""
+    try:
+        return action(), None
+    except LabError as exc:
+        return None, error_response(exc.status, exc.code, str(exc))
+
+
+def _sample_body(public_id: str):
+    record, failure = _lab_call(lambda: get_storage().samples.get(public_id))
+    if failure:
+        return None, failure
+    differential = sample_differential(record, get_classifier().classes, get_storage())
+    return sample_json(record, differential), None
+
+
+def _json_body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("send a JSON object (Content-Type: application/json)")
+    return data
+
+
+@api.post("/api/v1/samples")
+def create_sample():
+    data = _json_body()
+    target = data.get("target", 100)
+    accession = data.get("accession")
+    if not isinstance(accession, str) or not isinstance(target, int):
+        return error_response(400, "invalid", "accession (a string) and target (100 or 200)")
+    record, failure = _lab_call(lambda: get_storage().samples.create(accession, actor(), target))
+    if failure:
+        return failure
+    audit("created", f"sample:{record.public_id}", accession=record.accession)
+    body, _ = _sample_body(record.public_id)
+    return jsonify(body), 201, {"Location": body["links"]["self"]}
+
+
+@api.get("/api/v1/samples")
+def list_samples():
+    limit, offset = paging()
+    records, total = get_storage().samples.list(limit, offset)
+    classes = get_classifier().classes
+    items = [
+        sample_json(r, sample_differential(r, classes, get_storage()), cells=False) for r in records
+    ]
+    return jsonify(samples=items, total=total, limit=limit, offset=offset)
+
+
+@api.get("/api/v1/samples/<public_id>")
+def get_sample(public_id: str):
+    body, failure = _sample_body(public_id)
+    if failure:
+        return failure
+    audit("viewed", f"sample:{public_id}")
+    return jsonify(body)
+
+
+@api.post("/api/v1/samples/<public_id>/cells")
+def add_sample_cells(public_id: str):
+    return _add_to_sample(public_id, classify_files, get_classifier())
+
+
+@api.post("/api/v1/samples/<public_id>/fields")
+def add_sample_fields(public_id: str):
+    return _add_to_sample(public_id, analyze_files, get_smear_classifier())
+
+
+def _add_to_sample(public_id: str, handler, classifier):
+    record, failure = _lab_call(lambda: get_storage().samples.check_open(public_id))
+    if failure:
+        return failure
+    settings = get_settings()
+    try:
+        files = uploaded_files(request.files.getlist("file"), settings.max_files)
+        handler(files, classifier, get_storage(), settings, sample=record)
+    except UploadError as exc:
+        return error_response(exc.status, exc.code, exc.message, rejected=exc.rejected)
+    except LabError as exc:  # signed or deleted while the files were being classified
+        return error_response(exc.status, exc.code, str(exc))
+    audit("added", f"sample:{public_id}", files=len(files), kind=handler.__name__)
+    body, _ = _sample_body(public_id)
+    return jsonify(body), 201
+
+
+@api.post("/api/v1/samples/<public_id>/cells/<id:cell_id>/review")
+def review_sample_cell(public_id: str, cell_id: int):
+    data = _json_body()
+    cell, failure = _lab_call(
+        lambda: get_storage().samples.review(
+            public_id,
+            cell_id,
+            str(data.get("action", "")),
+            actor(),
+            label=data.get("label"),
+            exclusion=data.get("exclusion"),
+            classes=get_classifier().classes,
+        )
+    )
+    if failure:
+        return failure
+    audit("corrected", f"sample:{public_id}", cell=cell_id, status=cell.status, label=cell.label)
+    body, _ = _sample_body(public_id)
+    return jsonify(body)
+
+
+@api.post("/api/v1/samples/<public_id>/sign")
+def sign_sample(public_id: str):
+    body, failure = _sample_body(public_id)
+    if failure:
+        return failure
+    version, failure = _lab_call(
+        lambda: get_storage().samples.sign(public_id, actor(), body["differential"])
+    )
+    if failure:
+        return failure
+    audit("signed", f"sample:{public_id}", version=version.version)
+    body, _ = _sample_body(public_id)
+    return jsonify(body)
+
+
+@api.post("/api/v1/samples/<public_id>/amend")
+def amend_sample(public_id: str):
+    reason = _json_body().get("reason")
+    reason = reason if isinstance(reason, str) else ""
+    record, failure = _lab_call(lambda: get_storage().samples.amend(public_id, reason, actor()))
+    if failure:
+        return failure
+    audit("amended", f"sample:{public_id}", version=record.version, reason=reason[:500])
+    body, _ = _sample_body(public_id)
+    return jsonify(body)
+
+
+@api.delete("/api/v1/samples/<public_id>")
+def delete_sample(public_id: str):
+    reason = request.args.get("reason", "")
+    _, failure = _lab_call(lambda: get_storage().samples.delete(public_id, reason, actor()))
+    if failure:
+        return failure
+    audit("deleted", f"sample:{public_id}", reason=reason[:500])
+    return "", 204
+
+
+@api.get("/api/v1/samples/<public_id>/fhir")
+def sample_fhir(public_id: str):
+    record, failure = _lab_call(lambda: get_storage().samples.get(public_id))
+    if failure:
+        return failure
+    audit("exported", f"sample:{public_id}", format="fhir")
+    return jsonify(fhir_document(record)), 200, {"Content-Type": "application/fhir+json"}
+
+
 @api.get("/api/v1/model")
 def model_card():
     classifier = get_classifier()
@@ -184,4 +325,4 @@ def healthz():
 
 @api.get("/api/v1/openapi.json")
 def openapi():
-    return jsonify(openapi_document(model_summary()["version"]))
+    return jsonify(openapi_document(model_summary()["version"], get_classifier().classes))

@@ -6,6 +6,7 @@ Every answer the API gives is described here (schemathesis checks it in tests/te
 from __future__ import annotations
 
 from .._version import __version__
+from ..storage.lab import EXCLUSIONS
 from . import MAX_ID
 
 
@@ -28,6 +29,10 @@ INT, NUM, STR, BOOL = (
     {"type": "boolean"},
 )
 NULLABLE_STR = {"type": "string", "nullable": True}
+TEXT = {"type": "string", "pattern": "^[^\\x00]*$"}  # any text but NUL (refused: 400)
+# a label or a reason: not blank, no control characters (NUL: PostgreSQL cannot store it)
+CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+LINE = {"type": "string", "pattern": f"^[^{CONTROL}]*[^{CONTROL}\\s][^{CONTROL}]*$"}
 NUMBER_MAP = {"type": "object", "additionalProperties": NUM}
 ANY_OBJECT = {"type": "object"}
 
@@ -150,6 +155,62 @@ SCHEMAS = {
             precision=STR,
         ),
     ),
+    "SampleCell": _obj(
+        ("id", "label", "status", "model", "source"),
+        id=INT,
+        label=STR,
+        status={"type": "string", "enum": ["auto", "confirmed", "reclassified", "excluded"]},
+        exclusion=NULLABLE_STR,
+        model=_obj(
+            ("label", "confidence", "uncertain", "version"),
+            label=STR,
+            confidence=NUM,
+            uncertain=BOOL,
+            version=STR,
+        ),
+        source={"type": "string", "enum": ["cell", "smear"]},
+        box={"type": "array", "items": INT, "nullable": True},
+    ),
+    "SampleVersion": _obj(
+        ("version", "signed_by", "signed_at", "differential"),
+        version=INT,
+        signed_by=STR,
+        signed_at={"type": "string", "format": "date-time"},
+        amend_reason=NULLABLE_STR,
+        differential=ANY_OBJECT,
+    ),
+    "Sample": _obj(
+        ("id", "accession", "status", "version", "target", "differential", "versions"),
+        id=STR,
+        accession=STR,
+        status={"type": "string", "enum": ["open", "signed", "amending"]},
+        version=INT,
+        target={"type": "integer", "enum": [100, 200]},
+        created_at={"type": "string", "format": "date-time", "nullable": True},
+        created_by=STR,
+        differential={
+            "allOf": [
+                _ref("Differential"),
+                _obj(("target", "progress"), target=INT, progress=NUM),
+            ]
+        },
+        versions=_array(_ref("SampleVersion")),
+        cells=_array(_ref("SampleCell")),
+        links={"type": "object", "additionalProperties": STR},
+    ),
+    "SampleList": _obj(
+        ("samples", "total", "limit", "offset"),
+        samples=_array(_ref("Sample")),
+        total=INT,
+        limit=INT,
+        offset=INT,
+    ),
+    "NewSample": _obj(
+        ("accession",),
+        accession={**LINE, "maxLength": 128},
+        target={"type": "integer", "enum": [100, 200]},
+    ),
+    "Amendment": _obj(("reason",), reason={**LINE, "maxLength": 500}),
     "Health": _obj(
         ("status", "database", "disk", "model"),
         status={"type": "string", "enum": ["ok", "degraded"]},
@@ -176,6 +237,8 @@ ERRORS = {
     "404": "no such record",
     "408": "the request body took too long to arrive",
     "413": "too large: the upload, an image's pixels, or the request's pixel budget",
+    "403": "your role does not allow this",
+    "409": "the sample is signed (locked): amend it first",
     "415": "not an image",
     "507": "the server's disk is full: nothing was stored",
 }
@@ -205,7 +268,7 @@ PAGING = [
         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
     },
 ]
-LABEL = {"name": "label", "in": "query", "schema": STR, "description": "only this class"}
+LABEL = {"name": "label", "in": "query", "schema": TEXT, "description": "only this class"}
 UPLOAD_ERRORS = ("413", "415", "507")
 
 
@@ -241,6 +304,91 @@ def _collection(name: str, item: str, listing: str, params: list, post_summary: 
 
 
 UPLOAD_SCHEMA = {"Prediction": "Upload", "Smear": "Smear"}  # what a POST answers
+SAMPLE_ID = {
+    "name": "public_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{20}$"},
+}
+
+
+def _json_body(schema: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _sample_paths() -> dict:
+    """A sample's life: create, add cells and fields, review, sign, amend, report, delete."""
+    base = "/api/v1/samples/{public_id}"
+    sample = _ref("Sample")
+    add = {
+        "parameters": [SAMPLE_ID],
+        "requestBody": FILES_BODY,
+        "responses": _responses("added", sample, "403", "404", "409", *UPLOAD_ERRORS, status="201"),
+    }
+    reason = {"name": "reason", "in": "query", "required": True, "schema": LINE}
+    return {
+        "/api/v1/samples": {
+            "get": {
+                "summary": "List samples, newest first",
+                "parameters": PAGING,
+                "responses": _responses("a page of samples", _ref("SampleList")),
+            },
+            "post": {
+                "summary": "A new sample (an accession number or label)",
+                "requestBody": _json_body("NewSample"),
+                "responses": _responses("created", sample, "403", status="201"),
+            },
+        },
+        base: {
+            "get": {
+                "parameters": [SAMPLE_ID],
+                "responses": _responses("the sample, its cells and versions", sample, "404"),
+            },
+            "delete": {
+                "summary": "Delete (softly: kept in the database) with a reason",
+                "parameters": [SAMPLE_ID, reason],
+                "responses": _responses("deleted", None, "403", "404", status="204"),
+            },
+        },
+        f"{base}/cells": {"post": {**add, "summary": "Classify single-cell images into it"}},
+        f"{base}/fields": {"post": {**add, "summary": "Find the white cells of smear fields"}},
+        f"{base}/cells/{{cell_id}}/review": {
+            "post": {
+                "summary": "Confirm, reclassify or exclude one cell",
+                "parameters": [SAMPLE_ID, _id("cell_id")],
+                "requestBody": _json_body("Review"),
+                "responses": _responses("decided", sample, "403", "404", "409"),
+            }
+        },
+        f"{base}/sign": {
+            "post": {
+                "summary": "Sign the differential: a new version, and the sample is locked",
+                "parameters": [SAMPLE_ID],
+                "responses": _responses("signed", sample, "403", "404", "409"),
+            }
+        },
+        f"{base}/amend": {
+            "post": {
+                "summary": "Unlock a signed sample for an amended version",
+                "parameters": [SAMPLE_ID],
+                "requestBody": _json_body("Amendment"),
+                "responses": _responses("amending", sample, "403", "404"),
+            }
+        },
+        f"{base}/fhir": {
+            "get": {
+                "summary": "The FHIR R4 DiagnosticReport (LOINC, UCUM)",
+                "parameters": [SAMPLE_ID],
+                "responses": {
+                    "200": {
+                        "description": "DiagnosticReport with one Observation per class",
+                        "content": {"application/fhir+json": {"schema": ANY_OBJECT}},
+                    },
+                    **{k: v for k, v in _responses("", None, "404").items() if k != "200"},
+                },
+            }
+        },
+    }
 
 
 def _paths() -> dict:
@@ -260,6 +408,7 @@ def _paths() -> dict:
             "Analyse smear fields: white cells (boxes, classes), red cells and "
             "platelets, the differential",
         ),
+        **_sample_paths(),
         "/api/v1/model": {"get": {"responses": _responses("the model card", _ref("ModelCard"))}},
         "/healthz": {
             "get": {
@@ -276,7 +425,24 @@ def _paths() -> dict:
     }
 
 
-def openapi_document(model_version: str) -> dict:
+def review_schema(classes: list[str]) -> dict:
+    """One decision on a cell: confirm it, reclassify it as one of the model's classes, or
+    exclude it as debris, smudge or artefact."""
+
+    def action(name: str, **extra) -> dict:
+        required = ("action", *extra)
+        return _obj(required, action={"type": "string", "enum": [name]}, **extra)
+
+    return {
+        "oneOf": [
+            action("confirm"),
+            action("reclassify", label={"type": "string", "enum": list(classes)}),
+            action("exclude", exclusion={"type": "string", "enum": list(EXCLUSIONS)}),
+        ]
+    }
+
+
+def openapi_document(model_version: str, classes: list[str] = ()) -> dict:
     return {
         "openapi": "3.0.3",
         "info": {
@@ -287,7 +453,7 @@ def openapi_document(model_version: str) -> dict:
         "security": [{}, {"bearer": []}],  # a token only when the server sets one
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, "Review": review_schema(classes)},
         },
         "paths": _paths(),
     }

@@ -86,15 +86,16 @@ def smear_upload():
     return _process_form(analyze_files, get_smear_classifier(), "pages.smear_result", "smear_id")
 
 
-@pages.get("/samples/<name>")
-def sample(name: str):
+@pages.get("/examples/<name>")
+def example(name: str):
+    """A bundled example cell image (the upload page offers them to try)."""
     if name not in sample_names():
         abort(404)
     return send_from_directory(SAMPLES, name, mimetype="image/jpeg")
 
 
-@pages.post("/samples/<name>/try")
-def try_sample(name: str):
+@pages.post("/examples/<name>/try")
+def try_example(name: str):
     if name not in sample_names():
         abort(404)
     files = [(name, (SAMPLES / name).read_bytes())]

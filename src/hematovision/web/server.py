@@ -8,6 +8,7 @@ ONNX Runtime session itself (a session's threads must not be copied into forked 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import socket
@@ -119,6 +120,30 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_accounts(storage: Storage, host: str) -> None:
+    """With no account the app is single-user, open to whoever reaches it: that is only
+    allowed on this machine's loopback address."""
+    if storage.users.any():
+        log.info("accounts are on: every page and API route needs a login or a token")
+    elif is_loopback(host):
+        log.info("single-user mode (no account yet): only this machine can reach the server")
+    else:
+        raise HematoVisionError(
+            f"no account exists, and {host} is reachable from other machines: create the first "
+            "admin with 'hematovision users add NAME --role admin' (same --data-dir or "
+            "--database-url), or serve on 127.0.0.1"
+        )
+
+
 def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrides) -> None:
     """Check the models, the port and the database once, then run ``workers`` processes."""
     settings = WebSettings.from_env(**overrides)
@@ -126,7 +151,9 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrid
         ModelArtifact.load(path).check()  # a bad --model fails here, in one line
     engine = resolve_engine(settings.engine)  # so does an engine that is not installed
     check_port(host, port)
-    Storage(settings.database_url, settings.data_dir, settings.store_images).migrate()
+    storage = Storage(settings.database_url, settings.data_dir, settings.store_images)
+    storage.migrate()
+    check_accounts(storage, host)
     settings.secret_key()  # created before the workers start, shared by all of them
     log.info(
         "serving on http://%s:%d with %d workers (%s); data in %s",

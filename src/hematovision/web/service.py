@@ -17,7 +17,7 @@ from ..errors import HematoVisionError
 from ..inference import Classifier, heatmap_overlay
 from ..preprocess import to_rgb, upright_size
 from ..smear import MAX_FIELD_PIXELS, analyze_smear, annotate, field_differential
-from ..storage import SmearAnalysis, Storage, Upload
+from ..storage import Sample, SmearAnalysis, Storage, Upload
 from .config import WebSettings
 
 ACCEPTED = "JPEG, PNG, GIF, BMP, TIFF or WebP"
@@ -136,9 +136,14 @@ def refuse(rejected: list[dict]) -> UploadError:
 
 
 def classify_files(
-    files: list[tuple[str, bytes]], classifier: Classifier, storage: Storage, settings: WebSettings
+    files: list[tuple[str, bytes]],
+    classifier: Classifier,
+    storage: Storage,
+    settings: WebSettings,
+    sample: Sample | None = None,
 ) -> Upload:
-    """Classify the usable files and store them together with the list of rejected ones."""
+    """Classify the usable files and store them together with the list of rejected ones
+    (and, with a ``sample``, add them to its cells)."""
     usable, rejected = screen(files, settings, int(settings.max_image_megapixels * 1e6))
     predictions = classifier.predict(
         [u.data for u in usable], errors="report", max_side=WEB_MAX_SIDE
@@ -169,11 +174,15 @@ def classify_files(
         )
     if not records:
         raise refuse(rejected)
-    return storage.add_upload(records, images, rejected)
+    return storage.add_upload(records, images, rejected, sample)
 
 
 def analyze_files(
-    files: list[tuple[str, bytes]], classifier: Classifier, storage: Storage, settings: WebSettings
+    files: list[tuple[str, bytes]],
+    classifier: Classifier,
+    storage: Storage,
+    settings: WebSettings,
+    sample: Sample | None = None,
 ) -> SmearAnalysis:
     """Smear fields: find and classify the white cells of each usable field, and store them."""
     limit = min(int(settings.max_image_megapixels * 1e6), MAX_FIELD_PIXELS)
@@ -194,7 +203,7 @@ def analyze_files(
         raise refuse(rejected)
     differential = field_differential(fields, classifier.classes).to_dict()
     return storage.add_smear(
-        fields, images, differential, classifier.name, classifier.version, rejected
+        fields, images, differential, classifier.name, classifier.version, rejected, sample
     )
 
 

@@ -1,0 +1,240 @@
+"""The lab's pages: samples, the review screen (keyboard first), sign-off and amendments,
+the printable report and the FHIR document, accounts and the audit log (admins)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+
+from ..storage import LabError
+from ..tables import write_differential_csv
+from .api import model_summary
+from .auth import actor, audit, may, requires
+from .pages import IMMUTABLE, _csv, _page
+from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
+from .samples import (
+    cell_jpeg,
+    differential_json,
+    fhir_document,
+    review_groups,
+    sample_differential,
+)
+from .service import UploadError, analyze_files, classify_files, uploaded_files
+
+review = Blueprint("review", __name__)
+PAGE_SIZE = 20
+
+
+def _sample(public_id: str):
+    """The sample, or 404 (also for a deleted one)."""
+    try:
+        return get_storage().samples.get(public_id)
+    except LabError as exc:
+        abort(exc.status, description=str(exc))
+
+
+def _lab_error(exc: LabError, public_id: str | None = None):
+    if public_id and exc.status in (400, 409):
+        return sample(public_id, error=str(exc)), exc.status
+    abort(exc.status, description=str(exc))
+
+
+@review.get("/samples")
+def samples(error: str | None = None):
+    page = _page()
+    records, total = get_storage().samples.list(PAGE_SIZE, (page - 1) * PAGE_SIZE)
+    return render_template(
+        "samples.html",
+        samples=records,
+        page=page,
+        pages=max(1, math.ceil(total / PAGE_SIZE)),
+        error=error,
+    )
+
+
+@review.post("/samples")
+def create_sample():
+    try:
+        target = int(request.form.get("target", "100"))
+        record = get_storage().samples.create(request.form.get("accession", ""), actor(), target)
+    except (ValueError, LabError) as exc:
+        return samples(error=str(exc) if isinstance(exc, LabError) else "bad target"), 400
+    audit("created", f"sample:{record.public_id}", accession=record.accession)
+    return redirect(url_for("review.sample", public_id=record.public_id), code=303)
+
+
+@review.get("/samples/<public_id>")
+def sample(public_id: str, error: str | None = None):
+    record = _sample(public_id)
+    classes = get_classifier().classes
+    differential = sample_differential(record, classes, get_storage())
+    if error is None:
+        audit("viewed", f"sample:{public_id}")
+    return render_template(
+        "sample.html",
+        sample=record,
+        classes=classes,
+        groups=review_groups(record, classes),
+        differential=differential,
+        summary=differential_json(record, differential),
+        can_review=may("technologist") and not record.locked,
+        can_sign=may("technologist"),
+        current_version=get_classifier().version,
+        error=error,
+    )
+
+
+def _signed_json(record) -> dict | None:
+    return record.versions[-1].to_dict() if record.versions else None
+
+
+@review.get("/samples/<public_id>/report")
+def report(public_id: str):
+    """The printable report: the last signed version (or the unreviewed count, marked so)."""
+    record = _sample(public_id)
+    classes = get_classifier().classes
+    differential = sample_differential(record, classes, get_storage())
+    signed = _signed_json(record)
+    audit("exported", f"sample:{public_id}", format="report")
+    return render_template(
+        "report.html",
+        sample=record,
+        summary=signed["differential"] if signed else differential_json(record, differential),
+        signed=signed,
+        groups=review_groups(record, classes),
+        model=model_summary(),
+    )
+
+
+@review.get("/samples/<public_id>/fhir.json")
+def fhir(public_id: str):
+    record = _sample(public_id)
+    audit("exported", f"sample:{public_id}", format="fhir")
+    return fhir_document(record)
+
+
+@review.get("/samples/<public_id>/differential.csv")
+def differential_csv(public_id: str):
+    record = _sample(public_id)
+    buffer = io.StringIO()
+    write_differential_csv(
+        buffer, sample_differential(record, get_classifier().classes, get_storage())
+    )
+    audit("exported", f"sample:{public_id}", format="csv")
+    return _csv(buffer.getvalue(), f"hematovision-sample-{record.public_id}-differential.csv")
+
+
+@review.post("/samples/<public_id>/cells")
+def add_cells(public_id: str):
+    return _add(public_id, classify_files, get_classifier())
+
+
+@review.post("/samples/<public_id>/fields")
+def add_fields(public_id: str):
+    return _add(public_id, analyze_files, get_smear_classifier())
+
+
+def _add(public_id: str, handler, classifier):
+    record = _sample(public_id)
+    try:
+        get_storage().samples.check_open(public_id)
+        files = uploaded_files(request.files.getlist("file"), get_settings().max_files)
+        handler(files, classifier, get_storage(), get_settings(), sample=record)
+    except UploadError as exc:
+        return sample(public_id, error=exc.message), exc.status
+    except LabError as exc:
+        return _lab_error(exc, public_id)
+    audit("added", f"sample:{public_id}", files=len(files), kind=handler.__name__)
+    return redirect(url_for("review.sample", public_id=public_id), code=303)
+
+
+@review.post("/samples/<public_id>/cells/<int:cell_id>/review")
+def review_cell(public_id: str, cell_id: int):
+    """One decision, from the review screen's script (JSON) or a plain form."""
+    data = request.get_json(silent=True) or request.form
+    storage = get_storage()
+    try:
+        cell = storage.samples.review(
+            public_id,
+            cell_id,
+            str(data.get("action", "")),
+            actor(),
+            label=data.get("label"),
+            exclusion=data.get("exclusion"),
+            classes=get_classifier().classes,
+        )
+    except LabError as exc:
+        return Response(
+            json.dumps({"error": {"code": exc.code, "message": str(exc)}}),
+            status=exc.status,
+            mimetype="application/json",
+        )
+    audit("corrected", f"sample:{public_id}", cell=cell_id, status=cell.status, label=cell.label)
+    record = _sample(public_id)
+    differential = sample_differential(record, get_classifier().classes, storage)
+    return {"cell": cell.to_dict(), "differential": differential_json(record, differential)}
+
+
+@review.get("/samples/<public_id>/cells/<int:cell_id>.jpg")
+def cell_picture(public_id: str, cell_id: int):
+    record = _sample(public_id)
+    cell = next((c for c in record.cells if c.id == cell_id), None)
+    if cell is None:
+        abort(404, description=f"no cell {cell_id} in this sample")
+    return Response(cell_jpeg(get_storage(), cell), mimetype="image/jpeg", headers=IMMUTABLE)
+
+
+@review.post("/samples/<public_id>/sign")
+def sign(public_id: str):
+    record = _sample(public_id)
+    differential = sample_differential(record, get_classifier().classes, get_storage())
+    try:
+        version = get_storage().samples.sign(
+            public_id, actor(), differential_json(record, differential)
+        )
+    except LabError as exc:
+        return _lab_error(exc, public_id)
+    audit("signed", f"sample:{public_id}", version=version.version)
+    return redirect(url_for("review.sample", public_id=public_id), code=303)
+
+
+@review.post("/samples/<public_id>/amend")
+def amend(public_id: str):
+    reason = request.form.get("reason", "")
+    try:
+        record = get_storage().samples.amend(public_id, reason, actor())
+    except LabError as exc:
+        return _lab_error(exc, public_id)
+    audit("amended", f"sample:{public_id}", version=record.version, reason=reason[:500])
+    return redirect(url_for("review.sample", public_id=public_id), code=303)
+
+
+@review.post("/samples/<public_id>/delete")
+def delete_sample(public_id: str):
+    reason = request.form.get("reason", "")
+    try:
+        get_storage().samples.delete(public_id, reason, actor())
+    except LabError as exc:
+        return _lab_error(exc, public_id)
+    audit("deleted", f"sample:{public_id}", reason=reason[:500])
+    return redirect(url_for("review.samples"), code=303)
+
+
+# ---------------------------------------------------------------- admin
+@review.get("/admin/audit")
+@requires("admin")
+def audit_log():
+    page = _page()
+    events, total = get_storage().audit.list(100, (page - 1) * 100, request.args.get("target"))
+    return render_template(
+        "audit.html", events=events, page=page, pages=max(1, math.ceil(total / 100))
+    )
+
+
+@review.get("/admin/users")
+@requires("admin")
+def users():
+    return render_template("users.html", users=get_storage().users.list(), error=None)

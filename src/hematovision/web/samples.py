@@ -1,0 +1,94 @@
+"""A sample's review, shared by the pages and the API: its differential under the lab's rule,
+its cells grouped as an analyser's review screen shows them, a cell's picture, its JSON."""
+
+from __future__ import annotations
+
+import io
+
+from flask import abort, url_for
+
+from ..differential import Differential, count_differential
+from ..preprocess import to_rgb
+from ..smear import crop_cell
+from ..storage import Sample, SampleCell, Storage
+from .service import WEB_MAX_SIDE
+
+CELL_PICTURE_SIDE = 144
+
+
+def sample_differential(sample: Sample, classes: list[str], storage: Storage) -> Differential:
+    """Reviewed labels where a person decided, the model's elsewhere; excluded cells count
+    nowhere, and an uncertain cell nobody reviewed is "to review"."""
+    cells = [
+        (None if c.status == "excluded" else c.label, c.uncertain and not c.reviewed)
+        for c in sample.cells
+    ]
+    return count_differential(cells, classes, platelets=storage.samples.platelets(sample))
+
+
+def differential_json(sample: Sample, differential: Differential) -> dict:
+    data = differential.to_dict()
+    data["target"] = sample.target
+    data["progress"] = round(min(1.0, differential.counted / sample.target), 3)
+    return data
+
+
+def review_groups(sample: Sample, classes: list[str]) -> list[tuple[str, str, list[SampleCell]]]:
+    """(key, title, cells): "to review" first, then one group per class, then excluded."""
+    cells = sample.cells
+    to_review = [c for c in cells if c.uncertain and not c.reviewed]
+    pending = {c.id for c in to_review}
+    groups = [("to_review", "to review", to_review)]
+    for label in classes:
+        group = [c for c in cells if c.label == label and c.status != "excluded"]
+        groups.append((label, label, [c for c in group if c.id not in pending]))
+    groups.append(("excluded", "excluded", [c for c in cells if c.status == "excluded"]))
+    return groups
+
+
+def cell_jpeg(storage: Storage, cell: SampleCell) -> bytes:
+    """The cell as the reviewer sees it: the image, or its crop from the smear field."""
+    path = storage.image_path(cell.image_sha256)
+    if path is None:
+        abort(404, description="the image of this cell is not stored")
+    picture = to_rgb(path, None if cell.box else WEB_MAX_SIDE)
+    if cell.box:
+        picture = crop_cell(picture, cell.box)
+    picture.thumbnail((CELL_PICTURE_SIDE, CELL_PICTURE_SIDE))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def fhir_document(sample: Sample) -> dict:
+    """The FHIR DiagnosticReport of the sample: its last signed version, else the model's count."""
+    from ..fhir import diagnostic_report
+    from .resources import get_classifier, get_storage
+
+    clf = get_classifier()
+    differential = sample_differential(sample, clf.classes, get_storage())
+    signed = sample.versions[-1].to_dict() if sample.versions else None
+    model = {"name": clf.name, "version": clf.version}
+    return diagnostic_report(sample_json(sample, differential, cells=False), signed, model)
+
+
+def sample_json(sample: Sample, differential: Differential, cells: bool = True) -> dict:
+    data = {
+        "id": sample.public_id,
+        "accession": sample.accession,
+        "status": sample.status,
+        "version": sample.version,
+        "target": sample.target,
+        "created_at": sample.created_at.isoformat() if sample.created_at else None,
+        "created_by": sample.created_by,
+        "differential": differential_json(sample, differential),
+        "versions": [v.to_dict() for v in sample.versions],
+        "links": {
+            "self": url_for("api.get_sample", public_id=sample.public_id),
+            "page": url_for("review.sample", public_id=sample.public_id),
+            "fhir": url_for("api.sample_fhir", public_id=sample.public_id),
+        },
+    }
+    if cells:
+        data["cells"] = [c.to_dict() for c in sample.cells]
+    return data
