@@ -22,7 +22,19 @@ ALLOWED = {
     "inference": {"artifact", "preprocess"},
     "smear": {"data", "differential", "inference", "preprocess"},
     "storage": set(),
-    "web": {"artifact", "differential", "inference", "preprocess", "smear", "storage", "tables"},
+    "fhir": set(),
+    # the lab's reviewed cells (storage) into a data set, and a model refitted on them
+    "adapt": {"artifact", "data", "inference", "preprocess", "smear", "storage"},
+    "web": {
+        "artifact",
+        "differential",
+        "fhir",
+        "inference",
+        "preprocess",
+        "smear",
+        "storage",
+        "tables",
+    },
 }
 
 

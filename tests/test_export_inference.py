@@ -33,6 +33,8 @@ def test_artifact_holds_models_checks_and_calibration(artifact):
     assert meta["temperature"] > 0 and 0.3 <= meta["confidence_threshold"] <= 0.95
     assert {"ece_before", "ece_after"} <= set(meta["metrics"]["val"])
     assert len(meta["files"]["onnx"]["sha256"]) == 64
+    with np.load(artifact / meta["files"]["anchors"]["path"]) as anchors:  # for hematovision adapt
+        assert anchors["features"].shape[0] >= 2 and set(anchors["labels"]) == {0, 1}
 
 
 def test_classifier_accepts_paths_pil_and_arrays_alike(artifact, synth_dir):

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import HematoVisionError
 from .files import write_atomic
 from .preprocess import PreprocessSpec
@@ -81,6 +83,18 @@ class Calibration:
     temperature: float = 1.0
     confidence_threshold: float = 0.0  # below it: "uncertain"
     ood_threshold: float | None = None  # feature distance above it: "unlike the training images"
+
+
+OOD_PERCENTILE = 99  # of known images' distances ...
+# ... times this: the rule that kept wrong-and-unflagged at or below 3% on every lab left out
+# of training (benchmarks/bench_uncertainty.py); a new lab's cells are flagged, not trusted
+OOD_SCALE = 0.6
+
+
+def ood_threshold_of(known_distances: np.ndarray) -> float:
+    """The distance above which an image is "unlike the training images", from the distances
+    of images the model knows (validation images, a lab's own cells once adapted to them)."""
+    return OOD_SCALE * float(np.percentile(known_distances, OOD_PERCENTILE))
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ __all__ = [
 
 log = logging.getLogger("hematovision")
 OOD_FIT_IMAGES = 3000  # training images (at most) the distance score is fitted on
+ANCHORS = 400  # training features kept in the artifact for lab adaptation
 
 
 @dataclass
@@ -73,11 +74,13 @@ def export_run(
     spec = replace(info.preprocess, input="uint8")
     images = _export_images(run, info, data_dir, show_progress)
     train_x, train_y = images.train
-    ood = fit_ood(pooled_features(model, train_x, info.preprocess), train_y, len(classes))
+    train_features = pooled_features(model, train_x, info.preprocess)
+    ood = fit_ood(train_features, train_y, len(classes))
     graph = ServingGraph(with_static_padding(model, spec.input_size), *ood, spec).eval()
     val_x, val_y = images.val
     calibration, val_logits = calibrate(graph, val_x, val_y, images.known_extra)
     files, checks = _write_onnx(graph, out, val_x, spec, val_logits, int8)
+    files["anchors"] = write_anchors(out / "anchors.npz", train_features, train_y)
     artifact = ModelArtifact(
         name=f"hematovision-{info.architecture}",
         version=datetime.now(UTC).strftime("%Y.%m.%d"),
@@ -102,6 +105,18 @@ def export_run(
         artifact.metrics["val"]["ece_after"],
     )
     return artifact
+
+
+def write_anchors(path: Path, features: np.ndarray, labels: np.ndarray, n: int = ANCHORS):
+    """A class-balanced sample of training features (float16), what ``hematovision adapt``
+    keeps the model's answers on while it learns a new lab's cells."""
+    rng = np.random.default_rng(0)
+    per_class = max(1, n // max(1, len(np.unique(labels))))
+    keep = np.concatenate(
+        [rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in np.unique(labels)]
+    )
+    np.savez_compressed(path, features=features[keep].astype(np.float16), labels=labels[keep])
+    return ArtifactFile(path.name, sha256_file(path))
 
 
 def _write_onnx(graph, out: Path, val_x, spec, val_logits, int8: bool):

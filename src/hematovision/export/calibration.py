@@ -8,13 +8,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from scipy.special import softmax as scipy_softmax
 
-from ..artifact import Calibration
+from ..artifact import Calibration, ood_threshold_of
 from .graph import ServingGraph, run_graph
-
-OOD_PERCENTILE = 99  # of known images' distances ...
-# ... times this: the rule that kept wrong-and-unflagged at or below 3% on every lab left out
-# of training (benchmarks/bench_uncertainty.py); a new lab's cells are flagged, not trusted
-OOD_SCALE = 0.6
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -73,5 +68,5 @@ def calibrate(
     threshold = choose_confidence_threshold(softmax(val_logits, temperature), val_y)
     known_ood = run_graph(graph, known_x)[2] if len(known_x) else np.zeros(0)
     known = np.concatenate([val_ood, known_ood])
-    ood_threshold = OOD_SCALE * float(np.percentile(known, OOD_PERCENTILE))
+    ood_threshold = ood_threshold_of(known)
     return Calibration(temperature, threshold, ood_threshold), val_logits

@@ -1,0 +1,359 @@
+"""Teach a model a lab's own cells: refit its linear head on cached embeddings.
+
+The backbone stays as it is; its pooled features (the input of the final linear layer, the
+same for every model: timm's ``forward_head``) are computed once for the lab's cells, and the
+head is refitted on them while it must keep giving its old answers on "anchors", features of
+images it was trained on (shipped in the artifact), and stay near its old weights: what the
+model knew of the other labs is kept. The new weights replace the old ones in the ONNX graph (the
+heatmaps' CAM uses the same weights), so the result is an ordinary artifact: no PyTorch, and
+about a second per hundred cells on two cores.
+
+Before/after accuracy on a held-out part of the lab's cells goes into ``model.json``; a model
+worse than the base there is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from .artifact import Calibration, ModelArtifact, ood_threshold_of
+from .data.folders import scan_folder
+from .errors import HematoVisionError
+from .inference.classifier import SAMPLES
+from .preprocess import model_input, model_view, resize, to_rgb
+
+# chosen on validation data (PBC's validation split and half of the LISC pool, never the test
+# halves): benchmarks/bench_adapt.py
+PULL = 1e-2
+ANCHOR_WEIGHT = 5.0
+
+
+@dataclass
+class LabCells:
+    """A lab's labelled cells as the base model sees them: pooled features and class indices."""
+
+    features: np.ndarray  # (n, d) float32
+    labels: np.ndarray  # (n,) indices into the model's classes
+    paths: list[str]
+    groups: np.ndarray  # images of one group (one cell, one sample) stay on one side
+    ood: np.ndarray  # the distance score of each image
+
+
+def export_reviewed(storage, out: str | Path) -> dict[str, int]:
+    """The reviewed cells of signed samples as a class-per-folder set: each cell's image (a
+    smear cell cut from its field) named ``<sample>-<cell>``, a ``meta.csv`` that groups the
+    cells of one sample (so splits never separate them) and ``provenance.csv`` (who reviewed
+    what, the model's label and version). Returns the count per class."""
+    import csv
+
+    from .smear import crop_cell
+
+    out = Path(out)
+    rows, counts = [], {}
+    for cell, sample in storage.samples.reviewed_cells():
+        source = storage.image_path(cell.image_sha256)
+        if source is None:
+            continue  # stored without its image (--no-store-images, or lost): nothing to learn
+        name = f"{cell.label}/{sample.public_id}-{cell.id}.png"
+        (out / cell.label).mkdir(parents=True, exist_ok=True)
+        picture = to_rgb(source)
+        (crop_cell(picture, cell.box) if cell.box else picture).save(out / name)
+        counts[cell.label] = counts.get(cell.label, 0) + 1
+        signed = sample.versions[-1] if sample.versions else None
+        rows.append(
+            {
+                "path": name,
+                "lab": "reviewed",
+                "group": sample.public_id,
+                "label": cell.label,
+                "model_label": cell.model_label,
+                "model_version": cell.model_version,
+                "status": cell.status,
+                "accession": sample.accession,
+                "sample_version": sample.version,
+                "signed_by": signed.signed_by if signed else "",
+                "image_sha256": cell.image_sha256,
+            }
+        )
+    if not rows:
+        raise HematoVisionError("no reviewed cell of a signed sample to export")
+    for file, fields in (("meta.csv", ["path", "lab", "group"]), ("provenance.csv", list(rows[0]))):
+        with open(out / file, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    return counts
+
+
+def _head(graph):
+    """(features tensor name, weight initializer, bias initializer) of the node making logits."""
+    node = next((n for n in graph.node if "logits" in n.output), None)
+    inits = {i.name: i for i in graph.initializer}
+    if node is None or node.op_type != "Gemm" or node.input[1] not in inits:
+        raise HematoVisionError(
+            "this model's head is not one linear layer: it cannot be adapted by refitting it"
+        )
+    return node.input[0], inits[node.input[1]], inits[node.input[2]]
+
+
+def _feature_session(artifact: ModelArtifact):
+    """An ONNX Runtime session of the artifact's graph that also outputs the pooled features."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load_from_string(artifact.model_bytes("fp32"))
+    name, _, _ = _head(model.graph)
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    )
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), name
+
+
+def embed_paths(artifact: ModelArtifact, paths, batch_size: int = 64):
+    """(pooled features, OOD scores) of image files, framed and computed as when serving."""
+    session, name = _feature_session(artifact)
+    spec, features, ood = artifact.preprocess, [], []
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start : start + batch_size]:
+            view, _ = model_view(to_rgb(path), spec)
+            batch.append(resize(view, spec))
+        feed = {session.get_inputs()[0].name: model_input(np.stack(batch), spec)}
+        f, o = session.run([name, "ood"], feed)
+        features.append(f)
+        ood.append(o)
+    return np.concatenate(features).astype(np.float32), np.concatenate(ood)
+
+
+def embed(artifact: ModelArtifact, folder: str | Path) -> LabCells:
+    """The pooled features of every image of a class-per-folder set (classes: the model's)."""
+    images = scan_folder(folder)
+    unknown = sorted(set(images.classes) - set(artifact.classes))
+    if unknown:
+        raise HematoVisionError(
+            f"{folder}: classes the model does not have: {', '.join(unknown)} "
+            f"(it has {', '.join(artifact.classes)})"
+        )
+    features, ood = embed_paths(artifact, images.paths)
+    labels = np.array([artifact.classes.index(images.classes[y]) for y in images.labels])
+    groups = images.groups if images.groups is not None else np.arange(len(labels))
+    return LabCells(features, labels, [str(p) for p in images.paths], groups, ood)
+
+
+@dataclass
+class OodSpace:
+    """The distance score's parts in the graph: pooled features minus ``pca_mean``, times
+    ``projection``, the distance to the nearest of ``centres`` (export/graph.py)."""
+
+    pca_mean: np.ndarray
+    projection: np.ndarray
+    centres: object  # the ONNX initializer
+
+    @classmethod
+    def of(cls, graph) -> OodSpace | None:
+        from onnx import numpy_helper
+
+        inits = {i.name: i for i in graph.initializer}
+        if not {"pca_mean", "projection", "centres"} <= set(inits):
+            return None
+        array = numpy_helper.to_array
+        return cls(array(inits["pca_mean"]), array(inits["projection"]), inits["centres"])
+
+    def with_lab_centres(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The centres, plus the centre of each class among the lab's cells."""
+        from onnx import numpy_helper
+
+        z = (features - self.pca_mean) @ self.projection
+        lab = [z[labels == k].mean(0) for k in np.unique(labels)]
+        return np.concatenate([numpy_helper.to_array(self.centres), lab]).astype(np.float32)
+
+
+def distances(space: OodSpace, centres: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """The distance score of ``features`` against ``centres`` (what the graph computes)."""
+    z = (features - space.pca_mean) @ space.projection
+    return np.sqrt(((z[:, None, :] - centres[None]) ** 2).sum(-1)).min(1)
+
+
+def head_weights(artifact: ModelArtifact) -> tuple[np.ndarray, np.ndarray]:
+    """The (weight, bias) of the artifact's final linear layer."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, weight, bias = _head(onnx.load_from_string(artifact.model_bytes("fp32")).graph)
+    return numpy_helper.to_array(weight), numpy_helper.to_array(bias)
+
+
+def fit_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    w0: np.ndarray,
+    b0: np.ndarray,
+    anchors: np.ndarray | None = None,
+    pull: float = PULL,
+    anchor_weight: float = ANCHOR_WEIGHT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The head refitted (L-BFGS) on the lab's cells, minimising
+
+    cross-entropy on the lab's cells
+    + ``anchor_weight`` * cross-entropy to the base head's own probabilities on ``anchors``
+      (features of the images the base was trained on: what it knew must stay true)
+    + ``pull`` * ||(W, b) - (W0, b0)||^2.
+    """
+    x, a = features.astype(np.float64), _anchors_or_empty(anchors, features.shape[1])
+    targets = np.eye(len(b0))[labels]
+    kept = np.exp(_log_softmax(a @ w0.T + b0))  # the base's answers on its own images
+
+    def loss(theta):
+        w, b = theta[: w0.size].reshape(w0.shape), theta[w0.size :]
+        value, gw, gb = 0.0, 2 * pull * (w - w0), 2 * pull * (b - b0)
+        for inputs, wanted, weight in ((x, targets, 1.0), (a, kept, anchor_weight)):
+            if len(inputs) == 0:
+                continue
+            log_p = _log_softmax(inputs @ w.T + b)
+            grad = weight * (np.exp(log_p) - wanted) / len(inputs)
+            value -= weight * (wanted * log_p).sum() / len(inputs)
+            gw, gb = gw + grad.T @ inputs, gb + grad.sum(0)
+        value += pull * (((w - w0) ** 2).sum() + ((b - b0) ** 2).sum())
+        return value, np.concatenate([gw.ravel(), gb])
+
+    start = np.concatenate([w0.ravel(), b0]).astype(np.float64)
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 300})
+    theta = result.x.astype(np.float32)
+    return theta[: w0.size].reshape(w0.shape), theta[w0.size :]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(1, keepdims=True))
+
+
+def _anchors_or_empty(anchors, dims: int) -> np.ndarray:
+    return np.zeros((0, dims)) if anchors is None else anchors.astype(np.float64)
+
+
+def anchor_features(artifact: ModelArtifact) -> np.ndarray:
+    """Features of images the model was trained on: the artifact's ``anchors`` file (written
+    at export, a class-balanced sample of the training split), else the bundled samples."""
+    path = artifact.file("anchors")
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as saved:
+            return saved["features"].astype(np.float32)
+    return embed_paths(artifact, sorted(SAMPLES.glob("*.jpg")))[0]
+
+
+def adapted_calibration(base: Calibration, lab_ood: np.ndarray) -> Calibration:
+    """The base's calibration, with the lab's own cells counted among the images the model
+    knows: the distance threshold widens to take them in (export's rule), never narrows."""
+    if base.ood_threshold is None or not len(lab_ood):
+        return base
+    return replace(base, ood_threshold=max(base.ood_threshold, ood_threshold_of(lab_ood)))
+
+
+def accuracy(features, labels, w, b) -> float:
+    return float(((features @ w.T + b).argmax(1) == labels).mean()) if len(labels) else float("nan")
+
+
+def adapt(
+    base: ModelArtifact,
+    data: str | Path,
+    out: str | Path,
+    held_out: float = 0.3,
+    force: bool = False,
+    seed: int = 0,
+) -> ModelArtifact:
+    """A new artifact in ``out``: ``base`` with its head refitted on the cells in ``data``."""
+    import onnx
+    from onnx import numpy_helper
+
+    started = time.perf_counter()
+    cells = embed(base, data)
+    if len(cells.labels) < 10:
+        raise HematoVisionError(f"{data}: {len(cells.labels)} images; adapting needs at least 10")
+    train, test = _split(cells.labels, cells.groups, held_out, seed)
+    model = onnx.load_from_string(base.model_bytes("fp32"))
+    _, weight, bias = _head(model.graph)
+    w0, b0 = numpy_helper.to_array(weight), numpy_helper.to_array(bias)
+    w, b = fit_head(cells.features[train], cells.labels[train], w0, b0, anchor_features(base))
+    before = accuracy(cells.features[test], cells.labels[test], w0, b0)
+    after = accuracy(cells.features[test], cells.labels[test], w, b)
+    if not after >= before and not force:  # NaN (a fit gone wrong) is refused too
+        raise HematoVisionError(
+            f"the adapted model is worse on the held-out cells ({after:.1%} vs {before:.1%} "
+            "for the base): nothing written (use --force to write it anyway)"
+        )
+    weight.CopyFrom(numpy_helper.from_array(w, weight.name))
+    bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    space, known = OodSpace.of(model.graph), cells.ood[train]
+    if space is not None:  # the lab's cells become "known": their class centres join the score
+        centres = space.with_lab_centres(cells.features[train], cells.labels[train])
+        space.centres.CopyFrom(numpy_helper.from_array(centres, space.centres.name))
+        known = distances(space, centres, cells.features[train])
+    scores = (before, after)
+    return _write(
+        base, model, out, cells, train, test, scores, known, time.perf_counter() - started
+    )
+
+
+def _split(labels: np.ndarray, groups: np.ndarray, held_out: float, seed: int):
+    """Train and held-out positions: by group and stratified by class where the groups
+    allow it (near-duplicates of one cell never on both sides), else by image."""
+    n_splits = max(2, round(1 / held_out))
+    if len(np.unique(groups)) >= 2 * n_splits:
+        folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+        train, test = next(folds.split(labels, labels, groups))
+        if len(test) and len(train):
+            return train, test
+    index = np.arange(len(labels))
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    return train_test_split(index, test_size=held_out, random_state=seed, stratify=stratify)
+
+
+def _write(base, model, out, cells, train, test, scores, known, seconds) -> ModelArtifact:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = model.SerializeToString()
+    (out / "model.onnx").write_bytes(data)
+    for key, entry in base.files.items():  # e.g. the confusion matrix: the base's, named so
+        if key not in ("onnx",) and not entry.path.endswith(".onnx"):
+            shutil.copy(base.path / entry.path, out / entry.path)
+    counts = np.bincount(cells.labels[train], minlength=len(base.classes))
+    artifact = ModelArtifact.from_dict(base.to_dict(), out)
+    artifact.calibration = adapted_calibration(base.calibration, known)
+    artifact.files = {k: v for k, v in artifact.files.items() if not v.path.endswith(".onnx")}
+    artifact.add_file("onnx", "model.onnx")
+    artifact.version = f"{base.version}+lab.{hashlib.sha256(data).hexdigest()[:8]}"
+    artifact.name = f"{base.name}-adapted"
+    artifact.checks = {}
+    artifact.metrics = {
+        **base.metrics,
+        "adaptation": {
+            "held_out": {
+                "n": int(len(test)),
+                "accuracy_before": scores[0],
+                "accuracy_after": scores[1],
+            },
+            "trained_on": {c: int(n) for c, n in zip(base.classes, counts) if n},
+            "seconds": round(seconds, 1),
+        },
+    }
+    artifact.provenance.note = (
+        f"head refitted on {len(train)} cells of {cells.paths[0].rsplit('/', 2)[0]} "
+        f"from {base.name} {base.version}"
+    )
+    artifact.provenance.created = datetime.now(UTC).isoformat()
+    artifact.provenance.data = {
+        **artifact.provenance.data,
+        "adapted_from": {"name": base.name, "version": base.version},
+    }
+    artifact.save()
+    return artifact

@@ -1,0 +1,427 @@
+"""The lab workflow: samples, review and sign-off, accounts and roles on every route, the
+append-only audit log, the FHIR report, the differential's intervals (test client, SQLite and
+PostgreSQL), and the CLI for accounts as the README shows it."""
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from hematovision.differential import percent_interval
+from hematovision.inference import DEFAULT_MODEL, Classifier
+from hematovision.web import create_app
+from hematovision.web.config import WebSettings
+from hematovision.web.server import check_accounts, is_loopback
+
+from conftest import DATA, require
+
+SAMPLES = sorted((DEFAULT_MODEL.parent / "samples").glob("*.jpg"))
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return Classifier.load()
+
+
+@pytest.fixture
+def app(tmp_path, classifier, database_url):
+    settings = WebSettings(data_dir=str(tmp_path / "data"), database_url=database_url)
+    app = create_app(settings, classifier=classifier)
+    app.config.update(TESTING=True, WTF_CSRF_ENABLED=False)
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def storage_of(app):
+    return app.extensions["hematovision.storage"]
+
+
+def _files(paths):
+    return {"file": [(io.BytesIO(p.read_bytes()), p.name) for p in paths]}
+
+
+def new_sample(client, paths=SAMPLES[:6], headers=None, target=100) -> dict:
+    r = client.post(
+        "/api/v1/samples", json={"accession": "HV-0001", "target": target}, headers=headers
+    )
+    assert r.status_code == 201, r.get_json()
+    sample = r.get_json()
+    r = client.post(
+        f"/api/v1/samples/{sample['id']}/cells",
+        data=_files(paths),
+        content_type="multipart/form-data",
+        headers=headers,
+    )
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()
+
+
+def review(client, sample, cell, headers=None, **decision):
+    url = f"/api/v1/samples/{sample['id']}/cells/{cell['id']}/review"
+    return client.post(url, json=decision, headers=headers)
+
+
+# ---------------------------------------------------------------- differential
+def test_the_intervals_are_exact_binomial_as_in_rumkes_tables():
+    # Rümke's table for 100 cells: 50% -> 40-60, 10% -> 5-18, 0% -> 0-4
+    assert percent_interval(50, 100) == pytest.approx((39.8, 60.2), abs=0.1)
+    assert percent_interval(10, 100) == pytest.approx((4.9, 17.6), abs=0.1)
+    assert percent_interval(0, 100) == (0.0, 3.6)
+    assert percent_interval(200, 200)[1] == 100.0
+    low200, high200 = percent_interval(20, 200)
+    assert high200 - low200 < 17.6 - 4.9  # more cells, a narrower interval
+
+
+# ---------------------------------------------------------------- samples and review
+def test_cells_and_fields_collect_in_a_sample_with_its_differential(client, bccd_dir):
+    sample = new_sample(client)
+    d = sample["differential"]
+    assert len(sample["cells"]) == 6 and d["target"] == 100
+    assert d["white_cells_counted"] + d["to_review"] + d["nucleated_red_cells"]["count"] <= 6
+    assert d["progress"] == round(d["white_cells_counted"] / 100, 3)
+    for value in d["white_cells"].values():
+        low, high = value["ci95"]
+        assert low <= value["percent"] <= high
+    field = sorted((bccd_dir / "JPEGImages").glob("*.jpg"))[0]
+    r = client.post(
+        f"/api/v1/samples/{sample['id']}/fields",
+        data=_files([field]),
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 201
+    after = r.get_json()
+    smear_cells = [c for c in after["cells"] if c["source"] == "smear"]
+    assert smear_cells and all(len(c["box"]) == 4 for c in smear_cells)
+    picture = client.get(f"/samples/{sample['id']}/cells/{smear_cells[0]['id']}.jpg")
+    assert picture.status_code == 200 and picture.data[:3] == b"\xff\xd8\xff"
+
+
+def test_a_correction_changes_the_count_and_is_kept_with_who_when_and_model(client, app):
+    sample = new_sample(client)
+    cell = sample["cells"][0]
+    before = sample["differential"]
+    new_label = "monocyte" if cell["label"] != "monocyte" else "lymphocyte"
+    r = review(client, sample, cell, action="reclassify", label=new_label)
+    assert r.status_code == 200
+    after = r.get_json()["differential"]
+    assert after["white_cells"][new_label]["count"] >= before["white_cells"][new_label]["count"]
+    r = review(client, sample, sample["cells"][1], action="exclude", exclusion="debris")
+    excluded = next(c for c in r.get_json()["cells"] if c["id"] == sample["cells"][1]["id"])
+    assert excluded["status"] == "excluded"
+    corrections = storage_of(app).samples.corrections(sample["id"])
+    assert [c.action for c in corrections] == ["reclassify", "exclude"]
+    first = corrections[0]
+    assert (first.old_label, first.new_label, first.by) == (cell["label"], new_label, "local")
+    assert first.model_version == Classifier.load().version and first.at is not None
+    assert review(client, sample, cell, action="reclassify", label="blast").status_code == 400
+    assert review(client, sample, cell, action="exclude", exclusion="cat").status_code == 400
+    assert review(client, sample, {"id": 999999}, action="confirm").status_code == 404
+
+
+def test_sign_locks_and_an_amendment_makes_a_new_version_with_its_reason(client):
+    sample = new_sample(client)
+    cell = sample["cells"][0]
+    signed = client.post(f"/api/v1/samples/{sample['id']}/sign").get_json()
+    assert signed["status"] == "signed" and signed["versions"][0]["signed_by"] == "local"
+    assert review(client, sample, cell, action="confirm").status_code == 409
+    r = client.post(
+        f"/api/v1/samples/{sample['id']}/cells",
+        data=_files(SAMPLES[:1]),
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 409  # no cell is added to a signed sample
+    assert client.post(f"/api/v1/samples/{sample['id']}/amend", json={}).status_code == 400
+    r = client.post(f"/api/v1/samples/{sample['id']}/amend", json={"reason": "wrong class"})
+    assert r.get_json()["status"] == "amending" and r.get_json()["version"] == 2
+    assert review(client, sample, cell, action="exclude", exclusion="smudge").status_code == 200
+    final = client.post(f"/api/v1/samples/{sample['id']}/sign").get_json()
+    assert [v["version"] for v in final["versions"]] == [1, 2]
+    assert final["versions"][1]["amend_reason"] == "wrong class"
+    v1, v2 = (v["differential"] for v in final["versions"])
+    assert v1 != v2  # the first version is kept as it was signed
+    page = client.get(f"/samples/{sample['id']}").data.decode()
+    assert "amended: wrong class" in page and 'data-locked="true"' in page
+
+
+def test_a_deleted_sample_needs_a_reason_and_stays_in_the_database(client, app):
+    sample = new_sample(client, SAMPLES[:1])
+    assert client.delete(f"/api/v1/samples/{sample['id']}").status_code == 400
+    assert client.delete(f"/api/v1/samples/{sample['id']}?reason=duplicate").status_code == 204
+    assert client.get(f"/api/v1/samples/{sample['id']}").status_code == 404
+    assert client.get(f"/samples/{sample['id']}").status_code == 404
+    with storage_of(app).engine.connect() as c:
+        row = c.execute(text("SELECT delete_reason FROM samples")).one()
+    assert row.delete_reason == "duplicate"
+
+
+# ---------------------------------------------------------------- FHIR and report
+def test_the_fhir_report_validates_and_switches_codes_at_sign_off(client):
+    sample = new_sample(client)
+    before = client.get(f"/api/v1/samples/{sample['id']}/fhir")
+    assert before.status_code == 200 and before.mimetype == "application/fhir+json"
+    report = DiagnosticReport.model_validate(before.get_json())  # the FHIR R4 model
+    assert report.status == "preliminary" and report.code.coding[0].code == "69738-3"
+    codes = {o.code.coding[0].code for o in report.contained}
+    assert "770-8" in codes and all(o.valueQuantity.code == "%" for o in report.contained[:6])
+    client.post(f"/api/v1/samples/{sample['id']}/sign")
+    after = DiagnosticReport.model_validate(client.get(f"/samples/{sample['id']}/fhir.json").json)
+    assert after.status == "final" and after.code.coding[0].code == "24318-8"
+    assert "26511-6" in {o.code.coding[0].code for o in after.contained}
+    assert after.resultsInterpreter[0].display == "local"
+    page = client.get(f"/samples/{sample['id']}/report").data.decode()
+    assert "signed by <strong>local</strong>" in page and "95% interval" in page
+
+
+# ---------------------------------------------------------------- accounts and roles
+@pytest.fixture
+def accounts(app):
+    """Three accounts (accounts are then on) and a personal token for each."""
+    users = storage_of(app).users
+    tokens = {}
+    for role in ("admin", "technologist", "viewer"):
+        users.add(role, PASSWORD, role)
+        tokens[role] = {"Authorization": f"Bearer {users.new_token(role)}"}
+    return tokens
+
+
+def login(client, name):
+    r = client.post("/login", data={"username": name, "password": PASSWORD})
+    assert r.status_code == 303, r.data
+
+
+def test_logged_out_nobody_sees_any_page_image_or_api_route(app, client, accounts):
+    sample = new_sample(client, SAMPLES[:1], headers=accounts["technologist"])
+    cell_id = sample["cells"][0]["id"]
+    sha = storage_of(app).samples.get(sample["id"]).cells[0].image_sha256
+    values = {"public_id": sample["id"], "cell_id": cell_id, "sha256": sha, "upload_id": 1}
+    public = {"auth.login", "api.healthz", "api.openapi", "pages.vendor", "static"}
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in public:
+            continue
+        url = rule.rule
+        for name in rule.arguments:
+            url = url.replace(f"<{name}>", str(values.get(name, 1)))
+            for conv in ("id", "int", "path"):
+                url = url.replace(f"<{conv}:{name}>", str(values.get(name, 1)))
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            r = client.open(url, method=method)
+            expected = 401 if url.startswith("/api/") else 302
+            assert r.status_code == expected, (method, url, r.status_code)
+            if expected == 302:
+                assert "/login" in r.headers["Location"]
+            checked += 1
+    assert checked >= 40
+    assert client.get("/healthz").status_code == 200
+
+
+def test_roles_viewer_reads_technologist_reviews_admin_administers(client, accounts):
+    sample = new_sample(client, SAMPLES[:2], headers=accounts["technologist"])
+    cell = sample["cells"][0]
+    viewer, tech, admin = accounts["viewer"], accounts["technologist"], accounts["admin"]
+    assert client.get(f"/api/v1/samples/{sample['id']}", headers=viewer).status_code == 200
+    assert review(client, sample, cell, headers=viewer, action="confirm").status_code == 403
+    r = client.post("/api/v1/samples", json={"accession": "X"}, headers=viewer)
+    assert r.status_code == 403
+    assert review(client, sample, cell, headers=tech, action="confirm").status_code == 200
+    login(client, "viewer")
+    page = client.get(f"/samples/{sample['id']}").data.decode()
+    assert 'data-locked="true"' in page and "viewer (viewer)" in page
+    assert client.post(f"/samples/{sample['id']}/sign").status_code == 403
+    assert client.get("/admin/audit").status_code == 403
+    login(client, "technologist")
+    assert client.get("/admin/users").status_code == 403
+    r = client.post(f"/samples/{sample['id']}/sign")
+    assert r.status_code == 303
+    signed = client.get(f"/api/v1/samples/{sample['id']}", headers=admin).get_json()
+    assert signed["versions"][0]["signed_by"] == "technologist"
+    login(client, "admin")
+    log = client.get("/admin/audit").data.decode()
+    assert "signed" in log and "corrected" in log and "technologist" in log
+    assert "viewed" in log and client.get("/admin/users").status_code == 200
+
+
+def test_a_wrong_password_a_disabled_user_and_an_old_token_are_refused(app, client, accounts):
+    r = client.post("/login", data={"username": "viewer", "password": "nope"})
+    assert r.status_code == 401 and b"wrong password" in r.data
+    r = client.post(
+        "/login?next=//evil.example/", data={"username": "viewer", "password": PASSWORD}
+    )
+    assert r.headers["Location"] == "/"  # never an open redirect
+    storage_of(app).users.set_active("viewer", False)
+    assert client.get("/api/v1/samples", headers=accounts["viewer"]).status_code == 401
+    r = client.post("/login", data={"username": "viewer", "password": PASSWORD})
+    assert r.status_code == 401
+    old = accounts["admin"]
+    storage_of(app).users.new_token("admin")
+    assert client.get("/api/v1/samples", headers=old).status_code == 401
+
+
+def test_the_audit_log_is_append_only_in_the_database(app, client):
+    new_sample(client, SAMPLES[:1])
+    storage = storage_of(app)
+    events, total = storage.audit.list()
+    assert total >= 2 and {"created", "added"} <= {e.action for e in events}
+    for statement in ("UPDATE audit_events SET actor = 'x'", "DELETE FROM audit_events"):
+        with pytest.raises(DBAPIError, match="append-only"), storage.engine.begin() as c:
+            c.execute(text(statement))
+    assert storage.audit.list()[1] == total
+
+
+def test_passwords_are_argon2_hashes(app):
+    user = storage_of(app).users.add("ana", PASSWORD, "viewer")
+    assert user.password_hash.startswith("$argon2id$") and PASSWORD not in user.password_hash
+    with pytest.raises(Exception, match="at least 8"):
+        storage_of(app).users.add("bob", "short", "viewer")
+    with pytest.raises(Exception, match="exists already"):
+        storage_of(app).users.add("ana", PASSWORD, "viewer")
+
+
+# ---------------------------------------------------------------- single-user mode and CLI
+def test_without_accounts_serve_only_listens_on_loopback(app):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    storage = storage_of(app)
+    check_accounts(storage, "127.0.0.1")
+    with pytest.raises(Exception, match="users add NAME --role admin"):
+        check_accounts(storage, "0.0.0.0")
+    storage.users.add("admin", PASSWORD, "admin")
+    check_accounts(storage, "0.0.0.0")  # accounts on: any address
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "hematovision", "-q", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_users_on_the_command_line_as_the_readme_shows(tmp_path):
+    data = ["--data-dir", str(tmp_path / "data")]
+    r = run_cli("serve", "--host", "0.0.0.0", "--port", "5999", *data)
+    assert r.returncode != 0 and "users add NAME --role admin" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("users", "add", "ana", "--role", "admin", "--password-stdin", *data, stdin=PASSWORD)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("users", "add", "ana", "--role", "admin", "--password-stdin", *data, stdin=PASSWORD)
+    assert r.returncode != 0 and "exists already" in r.stderr
+    r = run_cli("users", "add", "bo", "--role", "boss", "--password-stdin", *data, stdin=PASSWORD)
+    assert r.returncode == 2  # argparse: not a role
+    token = run_cli("users", "token", "ana", *data).stdout.strip()
+    assert len(token) >= 40
+    assert run_cli("users", "disable", "ana", *data).returncode == 0
+    listed = json.loads(run_cli("users", "list", "--json", *data).stdout)
+    assert [(u["username"], u["role"], u["active"]) for u in listed] == [("ana", "admin", False)]
+    r = run_cli("users", "disable", "nobody", *data)
+    assert r.returncode != 0 and "no user nobody" in r.stderr
+
+
+# ---------------------------------------------------------------- lab adaptation
+def test_reviewed_cells_of_signed_samples_export_as_a_data_set(client, app, tmp_path, bccd_dir):
+    signed = new_sample(client, SAMPLES[:6])
+    field = sorted((bccd_dir / "JPEGImages").glob("*.jpg"))[0]
+    client.post(
+        f"/api/v1/samples/{signed['id']}/fields",
+        data=_files([field]),
+        content_type="multipart/form-data",
+    )
+    cells = client.get(f"/api/v1/samples/{signed['id']}").get_json()["cells"]
+    smear = next(c for c in cells if c["source"] == "smear")
+    review(client, signed, cells[0], action="reclassify", label="monocyte")
+    review(client, signed, cells[1], action="confirm")
+    review(client, signed, cells[2], action="exclude", exclusion="debris")
+    review(client, signed, smear, action="reclassify", label="lymphocyte")
+    client.post(f"/api/v1/samples/{signed['id']}/sign")
+    unsigned = new_sample(client, SAMPLES[6:8])
+    review(client, unsigned, unsigned["cells"][0], action="confirm")  # not signed: not exported
+    out = tmp_path / "reviewed"
+    where = ["--data-dir", str(tmp_path / "data"), "--database-url", storage_of(app).url]
+    r = run_cli("data", "export-reviewed", str(out), *where)
+    assert r.returncode == 0, r.stderr
+    exported = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert len(exported) == 3  # reviewed, not excluded, of the signed sample only
+    assert f"monocyte/{signed['id']}-{cells[0]['id']}.png" in exported
+    assert f"lymphocyte/{signed['id']}-{smear['id']}.png" in exported
+    provenance = (out / "provenance.csv").read_text()
+    assert "reclassified" in provenance and "local" in provenance and "HV-0001" in provenance
+    assert (out / "meta.csv").read_text().count(f",{signed['id']}\n") == 3  # one group
+
+
+@pytest.fixture(scope="module")
+def shifted_lab(tmp_path_factory):
+    """A lab the model never saw: LISC cells with red and blue swapped (a strong stain and
+    camera shift), 30 per class, near-duplicate crops of one cell grouped in meta.csv."""
+    from PIL import Image
+
+    from hematovision.data.labs import near_duplicate_groups
+
+    lisc = DATA / "lisc"
+    require(lisc.is_dir(), f"the LISC data in {lisc}")
+    out = tmp_path_factory.mktemp("shifted-lab")
+    sources = []
+    for folder in sorted(p for p in lisc.iterdir() if p.is_dir()):
+        for path in sorted(folder.glob("*.jpg"))[:30]:
+            r, g, b = Image.open(path).convert("RGB").split()
+            (out / folder.name).mkdir(exist_ok=True)
+            Image.merge("RGB", (b, g, r)).save(out / folder.name / f"{path.stem}.png")
+            sources.append(out / folder.name / f"{path.stem}.png")
+    groups = near_duplicate_groups(sources)
+    rows = ["path,lab,group"] + [
+        f"{p.relative_to(out).as_posix()},shifted,{g}" for p, g in zip(sources, groups)
+    ]
+    (out / "meta.csv").write_text("\n".join(rows) + "\n")
+    return out
+
+
+def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, tmp_path):
+    out = tmp_path / "adapted"
+    r = run_cli("adapt", "--data", str(shifted_lab), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / "model.json").read_text())
+    held = card["metrics"]["adaptation"]["held_out"]
+    assert held["n"] >= 20 and held["accuracy_after"] >= held["accuracy_before"] + 0.2
+    assert card["version"].startswith(Classifier.load().version + "+lab.")
+    assert card["ood_threshold"] >= Classifier.load().ood_threshold  # widened, never narrowed
+    base, adapted = Classifier.load(), Classifier.load(out)
+    cells = sorted(shifted_lab.rglob("*.png"))[::7]
+    flagged = [sum(p.uncertain for p in c.predict(cells)) for c in (base, adapted)]
+    assert flagged[1] < flagged[0]  # its own cells are no longer all "unlike the training"
+    assert (out / "anchors.npz").is_file()  # kept for the next adaptation
+    assert card["data"]["adapted_from"]["version"] == Classifier.load().version
+    # an ordinary artifact: predict --model takes it
+    image = next((shifted_lab / "lymphocyte").glob("*.png"))
+    r = run_cli("predict", "--model", str(out), "--format", "json", str(image))
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["label"] in card["classes"]
+    again = run_cli("adapt", "--data", str(shifted_lab), "--out", str(out))
+    assert again.returncode != 0 and "not empty" in again.stderr
+
+
+def test_adapt_refuses_a_worse_model_and_unknown_classes(shifted_lab, tmp_path, monkeypatch):
+    from hematovision import adapt as adaptation
+    from hematovision.artifact import ModelArtifact
+    from hematovision.errors import HematoVisionError
+
+    base = ModelArtifact.load(DEFAULT_MODEL)
+    # a fit gone wrong (the head's weights negated): refused, nothing written
+    monkeypatch.setattr(adaptation, "fit_head", lambda x, y, w0, b0, *rest: (-w0, b0))
+    with pytest.raises(HematoVisionError, match="worse on the held-out"):
+        adaptation.adapt(base, shifted_lab, tmp_path / "a")
+    assert not (tmp_path / "a" / "model.json").exists()
+    odd = tmp_path / "odd" / "blast"
+    odd.mkdir(parents=True)
+    (odd / "x.png").write_bytes((shifted_lab / "meta.csv").read_bytes())
+    r = run_cli("adapt", "--data", str(odd.parent), "--out", str(tmp_path / "b"))
+    assert r.returncode != 0 and "blast" in r.stderr and "Traceback" not in r.stderr
