@@ -8,6 +8,11 @@ reviewed cells are drawn from, the other half the test. For each size: accuracy 
 not flagged" on the test half, and accuracy on the base run's own PBC test split (the
 "no loss on PBC" check); median of 3 draws. Then the time of one ``adapt`` call on 200 cells.
 
+The base (about 10 minutes on 2 cores):
+
+    hematovision train --data ../shared/data/pbc --arch efficientnet_lite0 --epochs 4 \
+        --lr 0.002 --warmup-epochs 0.3 --freeze-blocks 3 --out runs/fast-f3-128
+    hematovision export --model runs/fast-f3-128 --out runs/pbc-only-artifact
     python benchmarks/bench_adapt.py --base runs/pbc-only-artifact --run runs/fast-f3-128
 """
 
