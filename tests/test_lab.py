@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
@@ -16,6 +17,7 @@ from hematovision.differential import percent_interval
 from hematovision.inference import DEFAULT_MODEL, Classifier
 from hematovision.web import create_app
 from hematovision.web.config import WebSettings
+from hematovision.web.resources import ACTIVE_CHECK_SECONDS
 from hematovision.web.server import check_accounts, is_loopback
 
 from conftest import DATA, require
@@ -425,3 +427,35 @@ def test_adapt_refuses_a_worse_model_and_unknown_classes(shifted_lab, tmp_path, 
     (odd / "x.png").write_bytes((shifted_lab / "meta.csv").read_bytes())
     r = run_cli("adapt", "--data", str(odd.parent), "--out", str(tmp_path / "b"))
     assert r.returncode != 0 and "blast" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_admins_activate_a_model_version_and_roll_back(app, client, shifted_lab, tmp_path):
+    from hematovision.adapt import adapt
+    from hematovision.artifact import ModelArtifact
+
+    adapted = adapt(ModelArtifact.load(DEFAULT_MODEL), shifted_lab, tmp_path / "adapted")
+    where = ["--data-dir", str(tmp_path / "data"), "--database-url", storage_of(app).url]
+    r = run_cli("models", "add", str(tmp_path / "adapted"), *where)
+    assert r.returncode == 0, r.stderr
+    slug = storage_of(app).models.slugs()[0]
+    storage_of(app).users.add("admin", PASSWORD, "admin")
+    storage_of(app).users.add("tech", PASSWORD, "technologist")
+    login(client, "tech")
+    assert client.post("/admin/models/activate", data={"slug": slug}).status_code == 403
+    login(client, "admin")
+    page = client.get("/admin/models").data.decode()
+    assert adapted.version in page and "held out" in page
+    assert client.post("/admin/models/activate", data={"slug": "nope"}).status_code == 404
+    assert client.post("/admin/models/activate", data={"slug": slug}).status_code == 303
+
+    def classify() -> str:
+        time.sleep(ACTIVE_CHECK_SECONDS + 0.1)  # a worker looks again at most once a second
+        r = client.post("/api/v1/predictions", data=_files(SAMPLES[:1]), headers=token)
+        return r.get_json()["predictions"][0]["model"]["version"]
+
+    token = {"Authorization": f"Bearer {storage_of(app).users.new_token('admin')}"}
+    assert classify() == adapted.version  # every prediction records the version that made it
+    assert client.post("/admin/models/activate", data={"slug": ""}).status_code == 303
+    assert classify() == Classifier.load().version  # rolled back to the configured model
+    history = client.get("/admin/models").data.decode()
+    assert history.count(" by admin") == 2

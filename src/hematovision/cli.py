@@ -518,6 +518,40 @@ def cmd_adapt(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- model versions
+def cmd_models_add(args) -> int:
+    from .artifact import ModelArtifact
+
+    storage = _storage(args)
+    artifact = ModelArtifact.load(args.folder).check()
+    slug = storage.models.register(Path(args.folder), artifact.name, artifact.version)
+    storage.audit.record("cli", "registered", f"model:{slug}")
+    if args.activate:
+        storage.models.activate(slug, "cli")
+        storage.audit.record("cli", "activated", f"model:{slug}")
+    out.print(f"registered {slug}" + (" and activated it" if args.activate else ""))
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    storage = _storage(args)
+    active = storage.models.active() or None
+    for slug in storage.models.slugs():
+        out.print(f"{'*' if slug == active else ' '} {slug}")
+    if active is None:
+        out.print("* the configured model (--model, else the bundled one) is active")
+    return 0
+
+
+def cmd_models_activate(args) -> int:
+    storage = _storage(args)
+    slug = "" if args.slug == "configured" else args.slug
+    storage.models.activate(slug, "cli")
+    storage.audit.record("cli", "activated", f"model:{args.slug}")
+    out.print(f"activated {args.slug}: the web app's workers follow within a second")
+    return 0
+
+
 # ---------------------------------------------------------------- users
 def _storage(args):
     """The web app's storage, from --data-dir/--database-url over the environment."""
@@ -779,6 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_storage_check)
     _users_parser(sub)
+    _models_parser(sub)
     ad = sub.add_parser("adapt", help="a model taught a lab's own cells (refits its head)")
     ad.add_argument("--data", required=True, help="class-per-folder cells of the lab")
     ad.add_argument("--out", required=True, help="the new model artifact folder")
@@ -808,6 +843,22 @@ def _users_parser(sub) -> None:
     tok.add_argument("name")
     tok.set_defaults(func=cmd_users_token)
     for parser in (add, ls, tok, *[usub.choices[v] for v in ("disable", "enable")]):
+        _storage_options(parser)
+
+
+def _models_parser(sub) -> None:
+    mo = sub.add_parser("models", help="model versions of the web app (register, activate)")
+    msub = mo.add_subparsers(dest="models_command", required=True)
+    add = msub.add_parser("add", help="register a model artifact folder (it is copied)")
+    add.add_argument("folder")
+    add.add_argument("--activate", action="store_true", help="and classify with it from now")
+    add.set_defaults(func=cmd_models_add)
+    ls = msub.add_parser("list", help="registered models; * marks the active one")
+    ls.set_defaults(func=cmd_models_list)
+    act = msub.add_parser("activate", help="classify with a registered model (or 'configured')")
+    act.add_argument("slug")
+    act.set_defaults(func=cmd_models_activate)
+    for parser in (add, ls, act):
         _storage_options(parser)
 
 

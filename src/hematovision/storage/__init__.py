@@ -26,6 +26,7 @@ from .lab import (
     AuditLog,
     LabError,
     Locked,
+    ModelRegistry,
     NotFound,
     Samples,
     Users,
@@ -120,6 +121,7 @@ class Storage:
         self.samples = Samples(self.session)
         self.users = Users(self.session)
         self.audit = AuditLog(self.session)
+        self.models = ModelRegistry(self.session, self.data_dir / "models")
 
     # ---------------------------------------------------------------- schema
     def migrate(self) -> None:

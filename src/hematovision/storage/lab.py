@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
 import unicodedata
 from datetime import UTC, datetime
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -19,6 +21,7 @@ from ..errors import HematoVisionError
 from .models import (
     AuditEvent,
     Correction,
+    ModelActivation,
     PredictionRecord,
     Sample,
     SampleCell,
@@ -359,6 +362,52 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# ---------------------------------------------------------------- model versions
+class ModelRegistry:
+    """Model artifacts registered with the app (copied into ``<data>/models/<slug>``) and
+    which one is active: the newest activation; none means the configured model."""
+
+    def __init__(self, session: sessionmaker, root: Path):
+        self.session, self.root = session, root
+
+    def slugs(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "model.json").is_file())
+
+    def path(self, slug: str) -> Path:
+        if slug not in self.slugs():
+            raise NotFound(f"no registered model {slug}")
+        return self.root / slug
+
+    def register(self, artifact_dir: Path, name: str, version: str) -> str:
+        """Copy an artifact folder in (checked by the caller); returns its slug."""
+        slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{name}-{version}")
+        if (self.root / slug).exists():
+            raise LabError(f"model {slug} is registered already")
+        tmp = self.root / f".{slug}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(artifact_dir, tmp)
+        tmp.rename(self.root / slug)  # all or nothing: never half a model
+        return slug
+
+    def activate(self, slug: str, by: str | None) -> None:
+        """Classify with ``slug`` from now on; "" goes back to the configured model."""
+        if slug:
+            self.path(slug)
+        with self.session.begin() as s:
+            s.add(ModelActivation(slug=slug, by=_actor(by)))
+
+    def active(self) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(ModelActivation.slug).order_by(ModelActivation.id.desc()))
+
+    def history(self, limit: int = 20) -> list[ModelActivation]:
+        with self.session() as s:
+            query = select(ModelActivation).order_by(ModelActivation.id.desc()).limit(limit)
+            return list(s.scalars(query))
+
+
 # ---------------------------------------------------------------- audit
 def _event(actor: str | None, action: str, target: str, **detail) -> AuditEvent:
     return AuditEvent(actor=_actor(actor), action=action, target=target, detail=detail)
@@ -372,7 +421,7 @@ class AuditLog:
 
     def record(self, actor: str | None, action: str, target: str, **detail) -> None:
         with self.session.begin() as s:
-            s.add(_event(actor, action, target, **detail))
+            s.add(_event(actor, action, target[:200], **detail))
 
     def list(self, limit: int = 100, offset: int = 0, target: str | None = None):
         query = select(AuditEvent)

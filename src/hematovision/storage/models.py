@@ -271,7 +271,7 @@ class AuditEvent(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))  # created, viewed, exported, corrected, ...
-    target: Mapped[str] = mapped_column(String(64))  # e.g. "sample:Xy12", "user:ana"
+    target: Mapped[str] = mapped_column(String(200))  # e.g. "sample:9f3a…", "user:ana"
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
 
     def to_dict(self) -> dict:
@@ -282,3 +282,14 @@ class AuditEvent(Base):
             "target": self.target,
             "detail": dict(self.detail or {}),
         }
+
+
+class ModelActivation(Base):
+    """An admin made a registered model the one that classifies (the newest row wins)."""
+
+    __tablename__ = "model_activations"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(160))  # folder name under <data>/models
+    by: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -77,12 +77,17 @@ def create_app(
         storage.migrate()
     app.extensions["hematovision.storage"] = storage
     engine = {"engine": settings.engine, "threads": settings.model_threads}
-    app.extensions["hematovision.classifier"] = classifier or Classifier.load(
-        settings.model, **engine
+    configured = (
+        classifier or Classifier.load(settings.model, **engine),
+        smear_classifier or load_smear_classifier(settings.smear_model, **engine),
     )
-    app.extensions["hematovision.smear_classifier"] = smear_classifier or load_smear_classifier(
-        settings.smear_model, **engine
-    )
+    # what resources.get_classifier() serves: these, until an admin activates another version
+    app.extensions["hematovision.models"] = {
+        "configured": configured,
+        "current": configured,
+        "slug": None,
+        "checked": float("-inf"),
+    }
     csrf.init_app(app)
 
     from .api import api

@@ -1,13 +1,20 @@
 """One accessor per resource of the running app, as flaskr's ``get_db``: the settings, the two
-classifiers (loaded once per worker process by the factory) and the storage."""
+classifiers (loaded once per worker process, and again when an admin activates another model
+version) and the storage."""
 
 from __future__ import annotations
 
-from flask import current_app
+import threading
+import time
+
+from flask import current_app, g
 
 from ..inference import Classifier
 from ..storage import Storage
 from .config import WebSettings
+
+ACTIVE_CHECK_SECONDS = 1.0  # how stale a worker's idea of the active model may be
+_swap = threading.Lock()
 
 
 def get_settings() -> WebSettings:
@@ -16,13 +23,40 @@ def get_settings() -> WebSettings:
 
 def get_classifier() -> Classifier:
     """The single-cell classifier."""
-    return current_app.extensions["hematovision.classifier"]
+    return _models()[0]
 
 
 def get_smear_classifier() -> Classifier:
     """The classifier for white cells cut from smear fields."""
-    return current_app.extensions["hematovision.smear_classifier"]
+    return _models()[1]
 
 
 def get_storage() -> Storage:
     return current_app.extensions["hematovision.storage"]
+
+
+def _models() -> tuple[Classifier, Classifier]:
+    """(cells, smear cells): the model version an admin activated, else those the app started
+    with; one answer for the whole request."""
+    if "models" not in g:
+        state = current_app.extensions["hematovision.models"]
+        with _swap:
+            if time.monotonic() - state["checked"] > ACTIVE_CHECK_SECONDS:
+                state["checked"] = time.monotonic()
+                _follow(state, get_storage().models.active() or None)
+            g.models = state["current"]
+    return g.models
+
+
+def _follow(state: dict, slug: str | None) -> None:
+    if slug == state["slug"]:
+        return
+    if slug is None:
+        state["current"] = state["configured"]
+    else:
+        settings = get_settings()
+        path = get_storage().models.path(slug)
+        loaded = Classifier.load(path, engine=settings.engine, threads=settings.model_threads)
+        state["current"] = (loaded, loaded)  # an adapted model classifies smear cells too
+    state["slug"] = slug
+    current_app.logger.info("classifying with %s", slug or "the configured model")

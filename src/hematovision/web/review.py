@@ -9,6 +9,8 @@ import math
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
+from ..artifact import ModelArtifact
+from ..errors import HematoVisionError
 from ..storage import LabError
 from ..tables import write_differential_csv
 from .api import model_summary
@@ -232,6 +234,42 @@ def audit_log():
     return render_template(
         "audit.html", events=events, page=page, pages=max(1, math.ceil(total / 100))
     )
+
+
+@review.get("/admin/models")
+@requires("admin")
+def models():
+    """Model versions: the configured one and those registered, their metrics and provenance,
+    which is active, and every activation (roll back = activate an earlier one)."""
+    storage = get_storage()
+    registered = []
+    for slug in storage.models.slugs():
+        try:
+            registered.append((slug, ModelArtifact.load(storage.models.path(slug))))
+        except HematoVisionError as exc:  # a broken folder is listed, never a 500
+            registered.append((slug, str(exc)))
+    return render_template(
+        "models.html",
+        registered=registered,
+        active=storage.models.active() or None,
+        history=storage.models.history(),
+        configured=get_settings().model or "the bundled model",
+        serving=get_classifier(),
+    )
+
+
+@review.post("/admin/models/activate")
+@requires("admin")
+def activate_model():
+    slug = request.form.get("slug", "")
+    try:
+        if slug:
+            ModelArtifact.load(get_storage().models.path(slug)).check()
+        get_storage().models.activate(slug, actor())
+    except HematoVisionError as exc:
+        abort(getattr(exc, "status", 400), description=str(exc))
+    audit("activated", f"model:{slug or 'configured'}")
+    return redirect(url_for("review.models"), code=303)
 
 
 @review.get("/admin/users")

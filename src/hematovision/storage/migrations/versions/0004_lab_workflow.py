@@ -111,7 +111,7 @@ def upgrade() -> None:
         sa.Column("at", WHEN, nullable=False, index=True),
         sa.Column("actor", sa.String(64), nullable=False),
         sa.Column("action", sa.String(32), nullable=False),
-        sa.Column("target", sa.String(64), nullable=False),
+        sa.Column("target", sa.String(200), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=False),
         **AUTO,
     )
