@@ -271,9 +271,14 @@ def test_a_wrong_password_a_disabled_user_and_an_old_token_are_refused(app, clie
 
 def test_the_audit_log_is_append_only_in_the_database(app, client):
     new_sample(client, SAMPLES[:1])
+    upload = client.post("/api/v1/predictions", data=_files(SAMPLES[1:2])).get_json()
+    client.get(f"/results/{upload['upload_id']}")
+    prediction = upload["predictions"][0]["id"]
+    assert client.delete(f"/api/v1/predictions/{prediction}").status_code == 204
     storage = storage_of(app)
     events, total = storage.audit.list()
-    assert total >= 2 and {"created", "added"} <= {e.action for e in events}
+    assert {"created", "added", "viewed", "deleted"} <= {e.action for e in events}
+    assert f"prediction:{prediction}" in {e.target for e in events}
     for statement in ("UPDATE audit_events SET actor = 'x'", "DELETE FROM audit_events"):
         with pytest.raises(DBAPIError, match="append-only"), storage.engine.begin() as c:
             c.execute(text(statement))

@@ -103,6 +103,7 @@ def list_predictions():
 def delete_prediction(prediction_id: int):
     if not get_storage().delete_prediction(prediction_id):
         return error_response(404, "not_found", f"no prediction {prediction_id}")
+    audit("deleted", f"prediction:{prediction_id}")
     return "", 204
 
 
@@ -137,6 +138,7 @@ def get_smear(smear_id: int):
 def delete_smear(smear_id: int):
     if not get_storage().delete_smear(smear_id):
         return error_response(404, "not_found", f"no smear analysis {smear_id}")
+    audit("deleted", f"smear:{smear_id}")
     return "", 204
 
 

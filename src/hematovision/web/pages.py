@@ -24,6 +24,7 @@ from ..inference.classifier import SAMPLES
 from ..smear import field_differential
 from ..tables import write_differential_csv, write_predictions_csv, write_smear_cells_csv
 from . import MAX_ID, static_vendor_dir
+from .auth import audit
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
 from .service import (
     ACCEPTED,
@@ -114,6 +115,7 @@ def _upload_or_404(upload_id: int):
 @pages.get("/results/<id:upload_id>")
 def result(upload_id: int):
     record = _upload_or_404(upload_id)
+    audit("viewed", f"result:{upload_id}")
     classes = get_classifier().classes
     return render_template(
         "result.html",
@@ -137,6 +139,7 @@ def result_csv(upload_id: int):
     buffer = io.StringIO()
     records = (p.to_dict() for p in record.predictions)
     write_predictions_csv(buffer, records, get_classifier().classes, keys=("id", "filename"))
+    audit("exported", f"result:{upload_id}", format="csv")
     return _csv(buffer.getvalue(), f"hematovision-result-{upload_id}.csv")
 
 
@@ -159,6 +162,7 @@ def _smear_or_404(smear_id: int):
 @pages.get("/smears/<id:smear_id>")
 def smear_result(smear_id: int):
     record = _smear_or_404(smear_id)
+    audit("viewed", f"smear:{smear_id}")
     differential = field_differential(record.fields, get_smear_classifier().classes)
     return render_template("smear.html", smear=record, differential=differential)
 
@@ -195,6 +199,7 @@ def smear_differential_csv(smear_id: int):
 def delete_smear(smear_id: int):
     if not get_storage().delete_smear(smear_id):
         abort(404, description=f"no smear analysis {smear_id}")
+    audit("deleted", f"smear:{smear_id}")
     return redirect(url_for("pages.history", kind="smears", page=_page()), code=303)
 
 
@@ -233,6 +238,7 @@ def history():
 def delete(prediction_id: int):
     if not get_storage().delete_prediction(prediction_id):
         abort(404, description=f"no prediction {prediction_id}")
+    audit("deleted", f"prediction:{prediction_id}")
     label = request.form.get("label") or None
     return redirect(url_for("pages.history", label=label, page=_page()), code=303)
 
