@@ -191,3 +191,41 @@ def test_init_keeps_the_split_and_extra_images_only_train(synth_dir, synth_run, 
             image_size=64,
             show_progress=False,
         )
+
+
+def test_train_runs_unchanged_under_torchrun_on_cpu_and_resumes(synth_dir, tmp_path):
+    """Two processes (gloo, DistributedDataParallel), as the README's torchrun command."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *("-m", "hematovision", "-q", "train", "--data", str(synth_dir), "--arch", "seed-cnn"),
+        *("--image-size", "64", "--batch-size", "8", "--out", str(out)),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(*extra):
+        done = subprocess.run(
+            [*command, *extra], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    first = run("--epochs", "2")
+    assert first.count("run folder:") == 1  # rank 0 reports, once
+    with open(out / "history.csv") as fh:
+        assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"]
+    run("--epochs", "5", "--resume")
+    with open(out / "history.csv") as fh:
+        history = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in history] == ["1", "2", "3", "4", "5"]
+    # the loss and accuracy of an epoch count both processes' shares: every training image
+    assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"] >= 0.75 and metrics["epochs_run"] == 5
+    assert {"best.pt", "checkpoint.pt", "run.json", "split.json", "report.html"} <= {
+        p.name for p in out.iterdir()
+    }

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -160,6 +161,8 @@ def cmd_train(args) -> int:
 
     cfg = config_from_args(TrainConfig, args, show_progress=not args.quiet)
     run = train(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # one of several torchrun processes: rank 0 reports
     metrics = run.metrics()
     shown = "test" if "test" in metrics else "val"
     print_metrics(metrics[shown], f"{cfg.arch}: {shown} split")

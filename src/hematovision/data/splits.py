@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ..errors import HematoVisionError
+from ..files import write_atomic
 from .folders import ImageFolder
 
 SPLITS = ("train", "val", "test")
@@ -119,7 +120,7 @@ class SplitManifest:
             "counts": self.counts(),
             "files": self.files,
         }
-        Path(path).write_text(json.dumps(data, indent=1))
+        write_atomic(Path(path), json.dumps(data, indent=1).encode())  # never read half-written
 
     @classmethod
     def load(cls, path: Path) -> SplitManifest:

@@ -14,7 +14,7 @@ import math
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +32,6 @@ from ..models import (
     create_model,
     freeze_early_layers,
     model_info,
-    pick_device,
     predict_proba,
     preprocess_spec,
 )
@@ -41,6 +40,7 @@ from ..progress import progress_bar
 from .augment import augment_batch
 from .config import RESUME_KEYS, TrainConfig
 from .data import TrainingData, load_training_data, scan_training_folder
+from .distributed import ONE_PROCESS, Processes
 
 log = logging.getLogger("hematovision")
 
@@ -52,21 +52,25 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> RunDir:
     """
     cfg = cfg or TrainConfig(**kwargs)
     cfg.check()
+    procs = Processes.from_env(cfg.device)  # under torchrun: one of several processes
+    if not procs.is_main:
+        cfg = replace(cfg, show_progress=False)  # one progress bar, rank 0's
     folder = scan_training_folder(cfg)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
     model = _build_model(cfg, len(folder.classes))  # before the run folder: bad --arch leaves none
     freeze_early_layers(model, cfg.freeze_blocks)
-    run = _prepare_run_dir(cfg)
+    run = _prepare_run_dir(cfg) if procs.is_main else RunDir(cfg.out)
+    procs.barrier()  # the folder is ready (and an old one removed) before anyone reads it
     spec = preprocess_spec(cfg.arch, cfg.image_size, cfg.framing)
     data = load_training_data(cfg, run, folder, spec)
-    device = pick_device(cfg.device)
+    device = procs.device(cfg.device)
     model.to(device)
-    optimizer, scheduler = build_optimizer(
-        cfg, model, math.ceil(len(data.x_train) / cfg.batch_size)
-    )
+    share = math.ceil(len(data.x_train) / procs.world)
+    optimizer, scheduler = build_optimizer(cfg, model, math.ceil(share / cfg.batch_size))
     state = restore(cfg, run, model, optimizer, scheduler, device)
     weight = _class_weights(cfg, data, device)
-    if not cfg.resume:
+    net = procs.wrap(model)  # DDP averages the gradients of every process's share
+    if not cfg.resume and procs.is_main:
         save_checkpoint(run, cfg, model, optimizer, scheduler, state)  # Ctrl-C in epoch 1 resumes
     start = time.perf_counter()
     try:
@@ -75,9 +79,12 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> RunDir:
                 log.info("early stopping: val macro-F1 did not improve for %d epochs", cfg.patience)
                 break
             epoch_start = time.perf_counter()
-            stats = train_one_epoch(model, data, optimizer, scheduler, cfg, epoch, device, weight)
+            stats = train_one_epoch(
+                net, data, optimizer, scheduler, cfg, epoch, device, weight, procs
+            )
+            # every process scores the same images: early stopping decides alike everywhere
             val = evaluate(model, *data.split_images("val"), data)
-            if state.update(epoch, val["f1_macro"]):
+            if state.update(epoch, val["f1_macro"]) and procs.is_main:
                 _save(run.best, {"model": model.state_dict(), "epoch": epoch})
             state.history.append(
                 {
@@ -90,15 +97,20 @@ def train(cfg: TrainConfig | None = None, **kwargs) -> RunDir:
                     "seconds": round(time.perf_counter() - epoch_start, 2),
                 }
             )
-            save_checkpoint(run, cfg, model, optimizer, scheduler, state)
-            _write_history(run.history_file, state.history)
-            _log_epoch(cfg, state)
+            if procs.is_main:
+                save_checkpoint(run, cfg, model, optimizer, scheduler, state)
+                _write_history(run.history_file, state.history)
+                _log_epoch(cfg, state)
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"training interrupted; the checkpoint after epoch {state.epoch} is in {run}; "
             f"continue with the same command and --resume"
         ) from None
-    return finish_run(cfg, run, model, data, state, device, time.perf_counter() - start)
+    procs.barrier()  # best.pt is written before rank 0 reads it back
+    if procs.is_main:
+        finish_run(cfg, run, model, data, state, device, time.perf_counter() - start)
+    procs.close()
+    return run
 
 
 def train_one_epoch(
@@ -110,8 +122,10 @@ def train_one_epoch(
     epoch: int,
     device: torch.device,
     weight: torch.Tensor | None = None,
+    procs: Processes = ONE_PROCESS,
 ) -> dict:
-    """One pass over the training images in a seeded order; returns loss, accuracy and speed."""
+    """One pass over the training images in a seeded order (this process's share of it);
+    returns loss, accuracy and speed over every process."""
     _train_mode(model)
     # seeded per epoch, so that a resumed run sees the same batches and augmentations
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -119,6 +133,7 @@ def train_one_epoch(
     n = len(data.x_train)
     # balanced: as many draws as images, each lab and class drawn equally often
     order = rng.permutation(n) if data.weights is None else rng.choice(n, n, p=data.weights)
+    order = procs.shard(order)
     steps = math.ceil(len(order) / cfg.batch_size)
     seen, loss_sum, correct, start = 0, 0.0, 0, time.perf_counter()
     with progress_bar(f"epoch {epoch}/{cfg.epochs}", steps, enabled=cfg.show_progress) as bar:
@@ -141,6 +156,7 @@ def train_one_epoch(
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             bar.advance(status=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+    seen, loss_sum, correct = procs.sum(seen, loss_sum, correct)
     return {
         "train_loss": loss_sum / seen,
         "train_accuracy": correct / seen,
