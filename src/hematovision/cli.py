@@ -399,7 +399,8 @@ def cmd_smear(args) -> int:
 def _analyse_paths(classifier, paths, params, out_dir: Path | None, args):
     """Each readable field as a dict (``SmearField.to_dict``), and the error of each other."""
     from .progress import progress_bar
-    from .smear import analyze_smear, annotate
+    from .smear import annotate
+    from .smear.slide import analyze_any, overview
 
     fields, failures = [], []
     with progress_bar(
@@ -407,14 +408,17 @@ def _analyse_paths(classifier, paths, params, out_dir: Path | None, args):
     ) as bar:
         for n, path in enumerate(paths):
             bar.advance()
-            try:
-                field = analyze_smear(path, classifier, params).to_dict()
+            try:  # larger than a field, or a whole-slide file: tile by tile
+                found, slide = analyze_any(path, classifier, params, not args.quiet)
             except HematoVisionError as exc:
                 failures.append(str(exc))
                 continue
+            field = found.to_dict()
             fields.append(field)
             if out_dir:
-                annotate(path, field).save(out_dir / f"{n:05d}_{Path(path).stem}_annotated.png")
+                picture = overview(path, field) if slide else annotate(path, field)
+                kind = "overview" if slide else "annotated"
+                picture.save(out_dir / f"{n:05d}_{Path(path).stem}_{kind}.png")
             for warning in field["warnings"]:
                 print(f"warning: {path}: {warning}", file=sys.stderr)
     return fields, failures

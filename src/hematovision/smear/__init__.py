@@ -150,12 +150,18 @@ def crop_cell(
 
 
 def analyze_smear(
-    image: ImageInput, classifier=None, params: SmearParams | None = None, classify: bool = True
+    image: ImageInput,
+    classifier=None,
+    params: SmearParams | None = None,
+    classify: bool = True,
+    within: tuple[int, int, int, int] | None = None,
 ) -> SmearField:
     """Find and classify every white cell in one smear field; count red cells and platelets.
 
     ``classifier``: an ``inference.Classifier`` (default: the bundled smear model);
-    ``params``: the detector's (default: the field's own, from the size of its red cells)."""
+    ``params``: the detector's (default: the field's own, from the size of its red cells);
+    ``within``: (x0, y0, x1, y1): keep only what is centred there (a tile of a whole slide:
+    its margins belong to the neighbouring tiles)."""
     picture = to_rgb(image)
     name = image if isinstance(image, (str, Path)) else "image"
     if picture.width * picture.height > MAX_FIELD_PIXELS:
@@ -168,6 +174,8 @@ def analyze_smear(
     if np.ptp(rgb.astype(np.int16)[..., [0, 2]] - rgb[..., 1:2].astype(np.int16)) < 8:
         warnings.append("grayscale image: cells are found by their stain colour, so none can be")
     found = locate_cells(rgb, params)  # params None: the field's own scale
+    if within is not None:
+        found = found.inside(*within)
     cells = [WhiteCell(box) for box in found.white_cells]
     if classify and cells:
         classifier = classifier or load_smear_classifier()

@@ -79,6 +79,18 @@ class Detections:
     red_cells: list[Point] = field(default_factory=list)  # centres
     platelets: list[Point] = field(default_factory=list)  # centres
 
+    def inside(self, x0: int, y0: int, x1: int, y1: int) -> Detections:
+        """What is centred in [x0, x1) x [y0, y1): one tile's share of a whole slide."""
+
+        def keep(x, y) -> bool:
+            return x0 <= x < x1 and y0 <= y < y1
+
+        return Detections(
+            [b for b in self.white_cells if keep((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)],
+            [p for p in self.red_cells if keep(*p)],
+            [p for p in self.platelets if keep(*p)],
+        )
+
 
 def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
     """A field's red-cell diameter in pixels (about 7.5 um in every lab: the field's scale).

@@ -16,7 +16,8 @@ from ..differential import count_differential
 from ..errors import HematoVisionError
 from ..inference import Classifier, heatmap_overlay
 from ..preprocess import to_rgb, upright_size
-from ..smear import MAX_FIELD_PIXELS, analyze_smear, annotate, field_differential
+from ..smear import MAX_FIELD_PIXELS, annotate, field_differential
+from ..smear.slide import analyze_any, overview
 from ..storage import Sample, SmearAnalysis, Storage, Upload
 from .config import WebSettings
 
@@ -185,12 +186,11 @@ def analyze_files(
     sample: Sample | None = None,
 ) -> SmearAnalysis:
     """Smear fields: find and classify the white cells of each usable field, and store them."""
-    limit = min(int(settings.max_image_megapixels * 1e6), MAX_FIELD_PIXELS)
-    usable, rejected = screen(files, settings, limit)
+    usable, rejected = screen(files, settings, int(settings.max_image_megapixels * 1e6))
     fields, images = [], {}
     for upload in usable:
         try:
-            result = analyze_smear(upload.data, classifier)
+            result, _ = analyze_any(upload.data, classifier)  # a large scan: tile by tile
         except HematoVisionError as exc:  # FieldTooLarge, ImageTooLarge, unreadable: its code
             rejected.append(rejection(upload.name, exc.code, str(exc).removeprefix("image: ")))
             continue
@@ -222,7 +222,12 @@ def heatmap_jpeg(classifier: Classifier, image_path) -> bytes:
 
 
 def annotated_png(image_path, field: dict, marks: bool) -> bytes:
-    """A stored smear field with its cells drawn (and, with ``marks``, red cells and platelets)."""
+    """A stored smear field with its cells drawn (and, with ``marks``, red cells and
+    platelets); a scan larger than a field as a reduced overview with its cells boxed."""
     buffer = io.BytesIO()
-    annotate(image_path, field, marks).save(buffer, format="PNG", optimize=False)
+    if field["width"] * field["height"] > MAX_FIELD_PIXELS:
+        picture = overview(image_path, field)
+    else:
+        picture = annotate(image_path, field, marks)
+    picture.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()

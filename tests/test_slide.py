@@ -1,0 +1,111 @@
+"""Whole slides and scans larger than one field: a mosaic of BCCD fields, saved as a pyramidal
+tiled TIFF (tifffile), must give the same white cells as each field analysed alone, through
+the Python API, the CLI (as the README shows it) and the REST API."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from hematovision.smear import analyze_smear, load_smear_classifier
+from hematovision.smear.slide import analyze_slide, is_slide, tiles
+
+ROWS, COLS = 2, 3
+
+
+@pytest.fixture(scope="module")
+def mosaic(bccd_dir, tmp_path_factory):
+    """(pyramidal TIFF, the fields' pixels, their height and width)."""
+    paths = sorted((bccd_dir / "JPEGImages").glob("*.jpg"))[: ROWS * COLS]
+    fields = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    h, w = fields[0].shape[:2]
+    whole = np.zeros((ROWS * h, COLS * w, 3), np.uint8)
+    for i, field in enumerate(fields):
+        r, c = divmod(i, COLS)
+        whole[r * h : (r + 1) * h, c * w : (c + 1) * w] = field
+    path = tmp_path_factory.mktemp("slide") / "mosaic.tif"
+    with tifffile.TiffWriter(path) as tif:  # level 0 tiled, and one reduced level
+        tif.write(whole, tile=(256, 256), photometric="rgb", subifds=1)
+        tif.write(whole[::4, ::4], tile=(256, 256), photometric="rgb", subfiletype=1)
+    return path, fields, h, w
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_smear_classifier()
+
+
+def centres_alone(fields, h, w, classifier):
+    found = []
+    for i, field in enumerate(fields):
+        r, c = divmod(i, COLS)
+        for cell in analyze_smear(Image.fromarray(field), classifier).white_cells:
+            x1, y1, x2, y2 = cell.box
+            found.append(((x1 + x2) / 2 + c * w, (y1 + y2) / 2 + r * h, cell.label))
+    return found
+
+
+def matched(a, b, tolerance=25) -> int:
+    return sum(
+        any(abs(x - u) < tolerance and abs(y - v) < tolerance and k == m for u, v, m in b)
+        for x, y, k in a
+    )
+
+
+def test_the_tiles_cores_cover_the_slide_once():
+    covered = np.zeros((1000, 1300), np.int32)
+    for (x0, y0, x1, y1), (cx0, cy0, cx1, cy1) in tiles(1300, 1000, core=300, margin=100):
+        covered[cy0:cy1, cx0:cx1] += 1
+        assert x0 <= cx0 and y0 <= cy0 and x1 >= cx1 and y1 >= cy1
+    assert (covered == 1).all()
+
+
+@pytest.mark.parametrize("core", [300, 512, 4096])
+def test_a_slide_gives_the_same_white_cells_as_its_fields_alone(mosaic, classifier, core):
+    """Small tiles cut through many cells: each must still be found once, as alone."""
+    path, fields, h, w = mosaic
+    assert is_slide(path)
+    alone = centres_alone(fields, h, w, classifier)
+    slide = analyze_slide(path, classifier, core=core, margin=160, show_progress=False)
+    found = [
+        ((c.box[0] + c.box[2]) / 2, (c.box[1] + c.box[3]) / 2, c.label) for c in slide.white_cells
+    ]
+    assert len(alone) >= 5 and len(found) == len(alone)
+    assert matched(alone, found) == len(alone) and matched(found, alone) == len(found)
+    assert (slide.width, slide.height) == (COLS * w, ROWS * h)
+
+
+def test_smear_cli_takes_a_slide_and_writes_an_overview(mosaic, classifier, tmp_path):
+    path, fields, h, w = mosaic
+    r = subprocess.run(
+        [sys.executable, "-m", "hematovision", "-q", "smear", str(path), "--format", "json",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    field = json.loads(r.stdout)["fields"][0]
+    assert (field["width"], field["height"]) == (COLS * w, ROWS * h)
+    assert len(field["white_cells"]) == len(centres_alone(fields, h, w, classifier))
+    overview = Image.open(next(tmp_path.glob("*_overview.png")))
+    assert max(overview.size) <= 2048 and (tmp_path / "differential.csv").is_file()
+
+
+def test_the_api_takes_a_scan_larger_than_a_field(mosaic, tmp_path):
+    from hematovision.web import create_app
+    from hematovision.web.config import WebSettings
+
+    path, *_ = mosaic
+    app = create_app(WebSettings(data_dir=str(tmp_path / "data")))
+    client = app.test_client()
+    data = {"file": [(io.BytesIO(path.read_bytes()), "mosaic.tif")]}
+    r = client.post("/api/v1/smears", data=data, content_type="multipart/form-data")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert body["fields"][0]["width"] == Image.open(path).width
+    png = client.get(body["links"]["page"] + "/fields/1/annotated.png")
+    assert png.status_code == 200 and Image.open(io.BytesIO(png.data)).width <= 2048
