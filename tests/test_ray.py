@@ -100,3 +100,37 @@ def test_smear_fields_on_ray_equal_the_local_analysis(local_ray, bccd_dir, tmp_p
             c["label"] for c in local["white_cells"]
         ]
         assert (row["red_cells"], row["platelets"]) == (local["red_cells"], local["platelets"])
+
+
+def test_a_csv_of_uris_is_fetched_and_an_unreachable_one_is_a_row(local_ray, images, tmp_path):
+    """URIs, served by a local HTTP server on 127.0.0.1 (no other network)."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    from hematovision.inference.ray_batch import predict_on_ray
+
+    served = tmp_path / "served"
+    served.mkdir()
+    for path in images[:4]:
+        shutil.copy(path, served / path.name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        uris = [f"{base}/{p.name}" for p in images[:4]] + [f"{base}/missing.jpg"]
+        listing = tmp_path / "uris.csv"
+        listing.write_text("path\n" + "".join(f"{u}\n" for u in uris) + f"{images[5]}\n")
+        summary = predict_on_ray(str(listing), tmp_path / "out", engine="onnxruntime")
+    finally:
+        server.shutdown()
+    rows = _rows(tmp_path / "out")
+    assert summary["images"] == 6 and summary["failures"] == 1
+    local = Classifier.load(engine="onnxruntime").predict(images[:4])
+    for uri, pred in zip(uris, local):
+        assert rows[uri]["label"] == pred.label
+        assert rows[uri]["confidence"] == pytest.approx(pred.confidence, abs=1e-6)
+    assert rows[uris[-1]]["code"] == "unreachable" and "404" in rows[uris[-1]]["error"]
+    assert rows[str(images[5])]["label"] is not None  # a local path in the same list

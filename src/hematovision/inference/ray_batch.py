@@ -12,6 +12,7 @@ see the model and the images at the same paths). Optional: ``pip install 'hemato
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..artifact import ModelArtifact
@@ -57,8 +58,19 @@ class ClassifyBatch:
         import pyarrow as pa
 
         paths = batch_paths(batch, self.folder)
-        predictions = self.classifier.predict(paths, errors="report", batch_size=len(paths))
-        rows = [result_row(p, pred) for p, pred in zip(paths, predictions)]
+        images, unreachable = [], {}
+        for path in paths:
+            try:
+                images.append(fetch(path))
+            except (OSError, ValueError, ImportError) as exc:  # an unreachable URI: its row
+                unreachable[path] = f"{path}: cannot fetch: {exc}"
+        done = iter(self.classifier.predict(images, errors="report", batch_size=len(paths)))
+        rows = [
+            {"path": p, "error": unreachable[p], "code": "unreachable"}
+            if p in unreachable
+            else result_row(p, next(done))
+            for p in paths
+        ]
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
@@ -69,9 +81,35 @@ def checked_model(path: str | Path) -> tuple[str, list[str]]:
     return str(path), ModelArtifact.load(path).check().classes
 
 
+URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+MAX_FETCH_BYTES = 64 * 2**20  # one image from a URI
+
+
 def batch_paths(batch: dict, folder: str | None) -> list[str]:
-    """A batch's paths; relative ones are relative to ``folder`` (a list file's folder)."""
-    return [os.path.join(folder or "", str(p)) for p in batch["path"]]
+    """A batch's paths or URIs; relative paths are relative to ``folder`` (a list file's)."""
+    return [
+        str(p) if URI.match(str(p)) else os.path.join(folder or "", str(p)) for p in batch["path"]
+    ]
+
+
+def fetch(location: str) -> str | bytes:
+    """A local path as it is; a URI's bytes: http(s) with the standard library, any other
+    scheme (s3://, gs://, ...) through fsspec and the package that scheme needs."""
+    if not URI.match(location):
+        return location
+    if location.lower().startswith(("http://", "https://")):
+        import urllib.request
+
+        with urllib.request.urlopen(location, timeout=60) as response:
+            data = response.read(MAX_FETCH_BYTES + 1)
+    else:
+        import fsspec
+
+        with fsspec.open(location, "rb") as fh:
+            data = fh.read(MAX_FETCH_BYTES + 1)
+    if len(data) > MAX_FETCH_BYTES:
+        raise ValueError(f"larger than {MAX_FETCH_BYTES // 2**20} MB")
+    return data
 
 
 def read_paths(inputs: list[str] | str):
@@ -96,7 +134,9 @@ def read_paths(inputs: list[str] | str):
         return dataset.select_columns(["path"])
     if not inputs:
         raise HematoVisionError("no images to classify")
-    return ray.data.from_items([{"path": str(Path(p).resolve())} for p in inputs])
+    return ray.data.from_items(
+        [{"path": str(p) if URI.match(str(p)) else str(Path(p).resolve())} for p in inputs]
+    )
 
 
 def start_ray(address: str | None = None, quiet: bool = False) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import HematoVisionError
-from ..inference.ray_batch import RayJob, batch_paths, checked_model
+from ..inference.ray_batch import RayJob, batch_paths, checked_model, fetch
 from . import analyze_smear, bundled_smear_model, load_smear_classifier
 
 
@@ -56,9 +56,14 @@ class AnalyzeBatch:
         rows = []
         for path in batch_paths(batch, self.folder):
             try:
-                rows.append({**analyze_smear(path, self.classifier).to_dict(), "error": None})
+                field = analyze_smear(fetch(path), self.classifier).to_dict()
+                rows.append({**field, "path": field["path"] or path, "error": None})  # a URI
             except HematoVisionError as exc:
                 rows.append({"path": path, "error": str(exc), "code": exc.code})
+            except (OSError, ValueError, ImportError) as exc:  # an unreachable URI
+                rows.append(
+                    {"path": path, "error": f"{path}: cannot fetch: {exc}", "code": "unreachable"}
+                )
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
