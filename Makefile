@@ -52,6 +52,7 @@ bench: $(VENV)/.all
 	$(BIN)/python benchmarks/bench_web.py
 	$(BIN)/python benchmarks/bench_smear.py
 	$(BIN)/python benchmarks/bench_ray.py
+	$(BIN)/python benchmarks/bench_slide.py
 
 clean:
 	rm -rf $(VENV) demo hematovision-data .pytest_cache
