@@ -106,6 +106,9 @@ def test_cells_and_fields_collect_in_a_sample_with_its_differential(client, bccd
     assert smear_cells and all(len(c["box"]) == 4 for c in smear_cells)
     picture = client.get(f"/samples/{sample['id']}/cells/{smear_cells[0]['id']}.jpg")
     assert picture.status_code == 200 and picture.data[:3] == b"\xff\xd8\xff"
+    for cell in (smear_cells[0], after["cells"][0]):  # a smear cell's crop, a single cell
+        heat = client.get(f"/samples/{sample['id']}/cells/{cell['id']}/heatmap.jpg")
+        assert heat.status_code == 200 and heat.data[:3] == b"\xff\xd8\xff"
 
 
 def test_a_correction_changes_the_count_and_is_kept_with_who_when_and_model(client, app):

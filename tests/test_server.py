@@ -550,6 +550,10 @@ def test_review_a_sample_with_the_keyboard_sign_it_and_amend_it_under_make_run(
         dragged = target.get_attribute("data-cell-id")
         target.drag_to(page.locator('.group-cells[data-group="lymphocyte"]'))
         page.wait_for_selector(f'.group-cells[data-group="lymphocyte"] [data-cell-id="{dragged}"]')
+    # h: the heatmap of the selected cell, made when first asked for
+    page.keyboard.press("h")
+    _wait_for(page, "document.querySelector('.cell-tile.selected img').src.includes('heatmap')")
+    _wait_for(page, "document.querySelector('.cell-tile.selected img').naturalWidth > 0")
     shots = Path(os.environ.get("HEMATOVISION_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / "review-screen.png"), full_page=True)

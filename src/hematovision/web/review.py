@@ -84,7 +84,6 @@ def sample(public_id: str, error: str | None = None):
         summary=differential_json(record, differential),
         can_review=may("technologist") and not record.locked,
         can_sign=may("technologist"),
-        current_version=get_classifier().version,
         error=error,
     )
 
@@ -180,13 +179,26 @@ def review_cell(public_id: str, cell_id: int):
     return {"cell": cell.to_dict(), "differential": differential_json(record, differential)}
 
 
-@review.get("/samples/<public_id>/cells/<int:cell_id>.jpg")
-def cell_picture(public_id: str, cell_id: int):
-    record = _sample(public_id)
-    cell = next((c for c in record.cells if c.id == cell_id), None)
+def _cell(public_id: str, cell_id: int):
+    cell = next((c for c in _sample(public_id).cells if c.id == cell_id), None)
     if cell is None:
         abort(404, description=f"no cell {cell_id} in this sample")
-    return Response(cell_jpeg(get_storage(), cell), mimetype="image/jpeg", headers=IMMUTABLE)
+    return cell
+
+
+@review.get("/samples/<public_id>/cells/<int:cell_id>.jpg")
+def cell_picture(public_id: str, cell_id: int):
+    jpeg = cell_jpeg(get_storage(), _cell(public_id, cell_id))
+    return Response(jpeg, mimetype="image/jpeg", headers=IMMUTABLE)
+
+
+@review.get("/samples/<public_id>/cells/<int:cell_id>/heatmap.jpg")
+def cell_heatmap(public_id: str, cell_id: int):
+    """Where the model looked, made when first asked for (smear cells too: on their crop)."""
+    cell = _cell(public_id, cell_id)
+    classifier = get_smear_classifier() if cell.smear_id else get_classifier()
+    jpeg = cell_jpeg(get_storage(), cell, classifier)
+    return Response(jpeg, mimetype="image/jpeg", headers=IMMUTABLE)
 
 
 @review.post("/samples/<public_id>/sign")

@@ -8,6 +8,7 @@ import io
 from flask import abort, url_for
 
 from ..differential import Differential, count_differential
+from ..inference import heatmap_overlay
 from ..preprocess import to_rgb
 from ..smear import crop_cell
 from ..storage import Sample, SampleCell, Storage
@@ -46,14 +47,23 @@ def review_groups(sample: Sample, classes: list[str]) -> list[tuple[str, str, li
     return groups
 
 
-def cell_jpeg(storage: Storage, cell: SampleCell) -> bytes:
+def cell_picture(storage: Storage, cell: SampleCell):
     """The cell as the reviewer sees it: the image, or its crop from the smear field."""
     path = storage.image_path(cell.image_sha256)
     if path is None:
         abort(404, description="the image of this cell is not stored")
     picture = to_rgb(path, None if cell.box else WEB_MAX_SIDE)
-    if cell.box:
-        picture = crop_cell(picture, cell.box)
+    return crop_cell(picture, cell.box) if cell.box else picture
+
+
+def cell_jpeg(storage: Storage, cell: SampleCell, classifier=None) -> bytes:
+    """The cell's picture as a JPEG; with ``classifier``, its heatmap over it (the model
+    that classified the cell: other versions would show another model's attention)."""
+    picture = cell_picture(storage, cell)
+    if classifier is not None:
+        if classifier.version != cell.model_version:
+            abort(404, description=f"model version {cell.model_version} is no longer active")
+        picture = heatmap_overlay(picture, classifier.predict(picture, heatmaps=True)[0].heatmap)
     picture.thumbnail((CELL_PICTURE_SIDE, CELL_PICTURE_SIDE))
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=88)
