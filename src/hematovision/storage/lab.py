@@ -173,6 +173,14 @@ class Samples:
             return list(s.scalars(query))
 
     def _open_for_update(self, s: Session, public_id: str) -> Sample:
+        """The sample's row, locked for this transaction; refused when it is signed."""
+        sample = self._for_update(s, public_id)
+        if sample.locked:
+            raise Locked(f"sample {sample.accession} is signed: amend it (with a reason) first")
+        return sample
+
+    def _for_update(self, s: Session, public_id: str) -> Sample:
+        """The sample's row, locked for this transaction (not a deleted one)."""
         sample = s.scalar(
             select(Sample)
             .where(Sample.public_id == public_id, Sample.deleted_at.is_(None))
@@ -180,8 +188,6 @@ class Samples:
         )
         if sample is None:
             raise NotFound(f"no sample {public_id}")
-        if sample.locked:
-            raise Locked(f"sample {sample.accession} is signed: amend it (with a reason) first")
         return sample
 
     def sign(self, public_id: str, by: str | None, differential: dict) -> SampleVersion:
@@ -208,11 +214,7 @@ class Samples:
         """Unlock a signed sample for an amended version; the reason goes with that version."""
         reason = _line(reason, "an amendment's reason", 500)
         with self.session.begin() as s:
-            sample = s.scalar(
-                select(Sample).where(Sample.public_id == public_id, Sample.deleted_at.is_(None))
-            )
-            if sample is None:
-                raise NotFound(f"no sample {public_id}")
+            sample = self._for_update(s, public_id)
             if not sample.locked:
                 raise LabError("only a signed sample is amended; this one is still open")
             sample.status, sample.version = "amending", sample.version + 1
@@ -223,11 +225,7 @@ class Samples:
         """A soft delete: the sample disappears from lists and links, its records stay."""
         reason = _line(reason, "a delete's reason", 500)
         with self.session.begin() as s:
-            sample = s.scalar(
-                select(Sample).where(Sample.public_id == public_id, Sample.deleted_at.is_(None))
-            )
-            if sample is None:
-                raise NotFound(f"no sample {public_id}")
+            sample = self._for_update(s, public_id)
             sample.deleted_at = datetime.now(UTC)
             sample.deleted_by, sample.delete_reason = _actor(by), reason[:500]
 

@@ -11,7 +11,7 @@ from . import MAX_ID, error_response
 from .auth import actor, audit
 from .openapi import openapi_document
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
-from .samples import fhir_document, sample_differential, sample_json
+from .samples import add_files, decide, fhir_document, sample_differential, sample_json
 from .service import UploadError, analyze_files, classify_files, upload_differential, uploaded_files
 
 api = Blueprint("api", __name__)
@@ -201,29 +201,15 @@ def get_sample(public_id: str):
     return jsonify(body)
 
 
-@api.post("/api/v1/samples/<public_id>/cells")
-def add_sample_cells(public_id: str):
-    return _add_to_sample(public_id, classify_files, get_classifier())
-
-
-@api.post("/api/v1/samples/<public_id>/fields")
-def add_sample_fields(public_id: str):
-    return _add_to_sample(public_id, analyze_files, get_smear_classifier())
-
-
-def _add_to_sample(public_id: str, handler, classifier):
-    record, failure = _lab_call(lambda: get_storage().samples.check_open(public_id))
-    if failure:
-        return failure
-    settings = get_settings()
+@api.post("/api/v1/samples/<public_id>/<any(cells, fields):kind>")
+def add_to_sample(public_id: str, kind: str):
+    """Single-cell images (cells) or smear fields (fields) classified into the sample."""
     try:
-        files = uploaded_files(request.files.getlist("file"), settings.max_files)
-        handler(files, classifier, get_storage(), settings, sample=record)
+        add_files(public_id, kind)
     except UploadError as exc:
         return error_response(exc.status, exc.code, exc.message, rejected=exc.rejected)
-    except LabError as exc:  # signed or deleted while the files were being classified
+    except LabError as exc:  # signed or deleted (maybe while the files were classified)
         return error_response(exc.status, exc.code, str(exc))
-    audit("added", f"sample:{public_id}", files=len(files), kind=handler.__name__)
     body, _ = _sample_body(public_id)
     return jsonify(body), 201
 
@@ -231,20 +217,9 @@ def _add_to_sample(public_id: str, handler, classifier):
 @api.post("/api/v1/samples/<public_id>/cells/<id:cell_id>/review")
 def review_sample_cell(public_id: str, cell_id: int):
     data = _json_body()
-    cell, failure = _lab_call(
-        lambda: get_storage().samples.review(
-            public_id,
-            cell_id,
-            str(data.get("action", "")),
-            actor(),
-            label=data.get("label"),
-            exclusion=data.get("exclusion"),
-            classes=get_classifier().classes,
-        )
-    )
+    _, failure = _lab_call(lambda: decide(public_id, cell_id, data))
     if failure:
         return failure
-    audit("corrected", f"sample:{public_id}", cell=cell_id, status=cell.status, label=cell.label)
     body, _ = _sample_body(public_id)
     return jsonify(body)
 

@@ -36,6 +36,13 @@ LINE = {"type": "string", "pattern": f"^[^{CONTROL}]*[^{CONTROL}\\s][^{CONTROL}]
 NUMBER_MAP = {"type": "object", "additionalProperties": NUM}
 ANY_OBJECT = {"type": "object"}
 
+
+def _page_of(key: str, item: str) -> dict:
+    """A page of a listing: the items under ``key``, the total, the limit and the offset."""
+    fields = {key: _array(_ref(item)), "total": INT, "limit": INT, "offset": INT}
+    return _obj(tuple(fields), **fields)
+
+
 SCHEMAS = {
     "Error": _obj(
         ("error",),
@@ -90,13 +97,7 @@ SCHEMAS = {
         model=_ref("ModelRef"),
         upload_id=INT,
     ),
-    "PredictionList": _obj(
-        ("predictions", "total", "limit", "offset"),
-        predictions=_array(_ref("Prediction")),
-        total=INT,
-        limit=INT,
-        offset=INT,
-    ),
+    "PredictionList": _page_of("predictions", "Prediction"),
     "WhiteCell": _obj(
         ("box", "label", "confidence", "uncertain"),
         box=_array(INT, minItems=4, maxItems=4),
@@ -129,13 +130,7 @@ SCHEMAS = {
         model=_ref("ModelRef"),
         links={"type": "object", "additionalProperties": STR},
     ),
-    "SmearList": _obj(
-        ("smears", "total", "limit", "offset"),
-        smears=_array(_ref("Smear")),
-        total=INT,
-        limit=INT,
-        offset=INT,
-    ),
+    "SmearList": _page_of("smears", "Smear"),
     "ModelCard": _obj(
         ("name", "version", "classes"),
         name=STR,
@@ -198,13 +193,7 @@ SCHEMAS = {
         cells=_array(_ref("SampleCell")),
         links={"type": "object", "additionalProperties": STR},
     ),
-    "SampleList": _obj(
-        ("samples", "total", "limit", "offset"),
-        samples=_array(_ref("Sample")),
-        total=INT,
-        limit=INT,
-        offset=INT,
-    ),
+    "SampleList": _page_of("samples", "Sample"),
     "NewSample": _obj(
         ("accession",),
         accession={**LINE, "maxLength": 128},

@@ -18,13 +18,15 @@ from .auth import actor, audit, may, requires
 from .pages import IMMUTABLE, _csv, _page
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
 from .samples import (
+    add_files,
     cell_jpeg,
+    decide,
     differential_json,
     fhir_document,
     review_groups,
     sample_differential,
 )
-from .service import UploadError, analyze_files, classify_files, uploaded_files
+from .service import UploadError
 
 review = Blueprint("review", __name__)
 PAGE_SIZE = 20
@@ -128,27 +130,15 @@ def differential_csv(public_id: str):
     return _csv(buffer.getvalue(), f"hematovision-sample-{record.public_id}-differential.csv")
 
 
-@review.post("/samples/<public_id>/cells")
-def add_cells(public_id: str):
-    return _add(public_id, classify_files, get_classifier())
-
-
-@review.post("/samples/<public_id>/fields")
-def add_fields(public_id: str):
-    return _add(public_id, analyze_files, get_smear_classifier())
-
-
-def _add(public_id: str, handler, classifier):
-    record = _sample(public_id)
+@review.post("/samples/<public_id>/<any(cells, fields):kind>")
+def add_to_sample(public_id: str, kind: str):
+    _sample(public_id)  # 404 before reading any upload
     try:
-        get_storage().samples.check_open(public_id)
-        files = uploaded_files(request.files.getlist("file"), get_settings().max_files)
-        handler(files, classifier, get_storage(), get_settings(), sample=record)
+        add_files(public_id, kind)
     except UploadError as exc:
         return sample(public_id, error=exc.message), exc.status
     except LabError as exc:
         return _lab_error(exc, public_id)
-    audit("added", f"sample:{public_id}", files=len(files), kind=handler.__name__)
     return redirect(url_for("review.sample", public_id=public_id), code=303)
 
 
@@ -156,26 +146,16 @@ def _add(public_id: str, handler, classifier):
 def review_cell(public_id: str, cell_id: int):
     """One decision, from the review screen's script (JSON) or a plain form."""
     data = request.get_json(silent=True) or request.form
-    storage = get_storage()
     try:
-        cell = storage.samples.review(
-            public_id,
-            cell_id,
-            str(data.get("action", "")),
-            actor(),
-            label=data.get("label"),
-            exclusion=data.get("exclusion"),
-            classes=get_classifier().classes,
-        )
+        cell = decide(public_id, cell_id, data)
     except LabError as exc:
         return Response(
             json.dumps({"error": {"code": exc.code, "message": str(exc)}}),
             status=exc.status,
             mimetype="application/json",
         )
-    audit("corrected", f"sample:{public_id}", cell=cell_id, status=cell.status, label=cell.label)
     record = _sample(public_id)
-    differential = sample_differential(record, get_classifier().classes, storage)
+    differential = sample_differential(record, get_classifier().classes, get_storage())
     return {"cell": cell.to_dict(), "differential": differential_json(record, differential)}
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import io
 
-from flask import abort, url_for
+from flask import abort, request, url_for
 
 from ..differential import Differential, count_differential
 from ..inference import heatmap_overlay
 from ..preprocess import to_rgb
 from ..smear import crop_cell
 from ..storage import Sample, SampleCell, Storage
-from .service import WEB_MAX_SIDE
+from .service import WEB_MAX_SIDE, analyze_files, classify_files, uploaded_files
 
 CELL_PICTURE_SIDE = 144
 
@@ -80,6 +80,42 @@ def fhir_document(sample: Sample) -> dict:
     signed = sample.versions[-1].to_dict() if sample.versions else None
     model = {"name": clf.name, "version": clf.version}
     return diagnostic_report(sample_json(sample, differential, cells=False), signed, model)
+
+
+def add_files(public_id: str, kind: str) -> None:
+    """The request's files classified into an open sample: single cells ("cells") or smear
+    fields ("fields"). Raises UploadError (bad files) or LabError (no such sample, signed)."""
+    from .auth import audit
+    from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
+
+    storage, settings = get_storage(), get_settings()
+    handler, classifier = {
+        "cells": (classify_files, get_classifier),
+        "fields": (analyze_files, get_smear_classifier),
+    }[kind]
+    record = storage.samples.check_open(public_id)
+    files = uploaded_files(request.files.getlist("file"), settings.max_files)
+    handler(files, classifier(), storage, settings, sample=record)
+    audit("added", f"sample:{public_id}", files=len(files), kind=kind)
+
+
+def decide(public_id: str, cell_id: int, data) -> SampleCell:
+    """One reviewer's decision on a cell from a request's JSON or form (action: confirm,
+    reclassify with a label, exclude with a reason), kept and audited; LabError if refused."""
+    from .auth import actor, audit
+    from .resources import get_classifier, get_storage
+
+    cell = get_storage().samples.review(
+        public_id,
+        cell_id,
+        str(data.get("action", "")),
+        actor(),
+        label=data.get("label"),
+        exclusion=data.get("exclusion"),
+        classes=get_classifier().classes,
+    )
+    audit("corrected", f"sample:{public_id}", cell=cell_id, status=cell.status, label=cell.label)
+    return cell
 
 
 def sample_json(sample: Sample, differential: Differential, cells: bool = True) -> dict:
