@@ -18,17 +18,16 @@ from hematovision.smear.slide import analyze_slide, is_slide, tiles
 ROWS, COLS = 2, 3
 
 
-@pytest.fixture(scope="module")
-def mosaic(bccd_dir, tmp_path_factory):
+def make_mosaic(bccd_dir, folder, rows=ROWS, cols=COLS):
     """(pyramidal TIFF, the fields' pixels, their height and width)."""
-    paths = sorted((bccd_dir / "JPEGImages").glob("*.jpg"))[: ROWS * COLS]
+    paths = sorted((bccd_dir / "JPEGImages").glob("*.jpg"))[: rows * cols]
     fields = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     h, w = fields[0].shape[:2]
-    whole = np.zeros((ROWS * h, COLS * w, 3), np.uint8)
+    whole = np.zeros((rows * h, cols * w, 3), np.uint8)
     for i, field in enumerate(fields):
-        r, c = divmod(i, COLS)
+        r, c = divmod(i, cols)
         whole[r * h : (r + 1) * h, c * w : (c + 1) * w] = field
-    path = tmp_path_factory.mktemp("slide") / "mosaic.tif"
+    path = folder / f"mosaic-{rows}x{cols}.tif"
     with tifffile.TiffWriter(path) as tif:  # level 0 tiled, and one reduced level
         tif.write(whole, tile=(256, 256), photometric="rgb", subifds=1)
         tif.write(whole[::4, ::4], tile=(256, 256), photometric="rgb", subfiletype=1)
@@ -36,18 +35,29 @@ def mosaic(bccd_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def mosaic(bccd_dir, tmp_path_factory):
+    return make_mosaic(bccd_dir, tmp_path_factory.mktemp("slide"))
+
+
+@pytest.fixture(scope="module")
 def classifier():
     return load_smear_classifier()
 
 
-def centres_alone(fields, h, w, classifier):
+def centres_alone(fields, h, w, classifier, cols=COLS):
     found = []
     for i, field in enumerate(fields):
-        r, c = divmod(i, COLS)
+        r, c = divmod(i, cols)
         for cell in analyze_smear(Image.fromarray(field), classifier).white_cells:
             x1, y1, x2, y2 = cell.box
             found.append(((x1 + x2) / 2 + c * w, (y1 + y2) / 2 + r * h, cell.label))
     return found
+
+
+def centres(field) -> list[tuple[float, float, str]]:
+    return [
+        ((b.box[0] + b.box[2]) / 2, (b.box[1] + b.box[3]) / 2, b.label) for b in field.white_cells
+    ]
 
 
 def matched(a, b, tolerance=25) -> int:
@@ -72,12 +82,26 @@ def test_a_slide_gives_the_same_white_cells_as_its_fields_alone(mosaic, classifi
     assert is_slide(path)
     alone = centres_alone(fields, h, w, classifier)
     slide = analyze_slide(path, classifier, core=core, margin=160, show_progress=False)
-    found = [
-        ((c.box[0] + c.box[2]) / 2, (c.box[1] + c.box[3]) / 2, c.label) for c in slide.white_cells
-    ]
+    found = centres(slide)
     assert len(alone) >= 5 and len(found) == len(alone)
     assert matched(alone, found) == len(alone) and matched(found, alone) == len(found)
     assert (slide.width, slide.height) == (COLS * w, ROWS * h)
+
+
+def test_a_larger_mosaic_agrees_with_its_fields_within_the_detectors_own_variation(
+    bccd_dir, classifier, tmp_path
+):
+    """16 fields (2560x1920) in 2048 px tiles. The detector's thresholds follow the image's own
+    statistics (a tile's, not a field's), so a borderline cell may come and go or change class:
+    measured here, 15 of 15 cells found at the same place, one more found, one class changed."""
+    path, fields, h, w = make_mosaic(bccd_dir, tmp_path, 4, 4)
+    alone = centres_alone(fields, h, w, classifier, cols=4)
+    slide = analyze_slide(path, classifier, show_progress=False)
+    found = centres(slide)
+    where = [(x, y, "") for x, y, _ in found]
+    assert matched([(x, y, "") for x, y, _ in alone], where) == len(alone)  # none lost
+    assert abs(len(found) - len(alone)) <= 2
+    assert matched(alone, found) >= len(alone) - 2  # same class, but for borderline cells
 
 
 def test_smear_cli_takes_a_slide_and_writes_an_overview(mosaic, classifier, tmp_path):
