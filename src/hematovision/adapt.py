@@ -28,7 +28,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from .artifact import Calibration, ModelArtifact, ood_threshold_of
 from .data.folders import scan_folder
 from .errors import HematoVisionError
-from .inference.classifier import SAMPLES
+from .inference.classifier import DIHEDRAL, SAMPLES
 from .preprocess import model_input, model_view, resize, to_rgb
 
 # chosen on validation data (PBC's validation split and half of the LISC pool, never the test
@@ -41,11 +41,15 @@ ANCHOR_WEIGHT = 5.0
 class LabCells:
     """A lab's labelled cells as the base model sees them: pooled features and class indices."""
 
-    features: np.ndarray  # (n, d) float32
+    views: np.ndarray  # (n, 8, d) float32: the 8 flips and turns, the image as it is first
     labels: np.ndarray  # (n,) indices into the model's classes
     paths: list[str]
     groups: np.ndarray  # images of one group (one cell, one sample) stay on one side
     ood: np.ndarray  # the distance score of each image
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.views[:, 0]
 
 
 def export_reviewed(storage, out: str | Path) -> dict[str, int]:
@@ -118,20 +122,33 @@ def _feature_session(artifact: ModelArtifact):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), name
 
 
-def embed_paths(artifact: ModelArtifact, paths, batch_size: int = 64):
-    """(pooled features, OOD scores) of image files, framed and computed as when serving."""
+def embed_paths(artifact: ModelArtifact, paths, batch_size: int = 64, views=(None,)):
+    """(pooled features, OOD scores) of image files, framed and computed as when serving;
+    with ``views`` (e.g. ``DIHEDRAL``, the 8 flips and turns), shaped (images, views, ...)."""
     session, name = _feature_session(artifact)
     spec, features, ood = artifact.preprocess, [], []
     for start in range(0, len(paths), batch_size):
-        batch = []
-        for path in paths[start : start + batch_size]:
-            view, _ = model_view(to_rgb(path), spec)
-            batch.append(resize(view, spec))
-        feed = {session.get_inputs()[0].name: model_input(np.stack(batch), spec)}
-        f, o = session.run([name, "ood"], feed)
-        features.append(f)
-        ood.append(o)
-    return np.concatenate(features).astype(np.float32), np.concatenate(ood)
+        batch = np.stack(
+            [
+                resize(model_view(to_rgb(p), spec)[0], spec)
+                for p in paths[start : start + batch_size]
+            ]
+        )
+        runs = [
+            session.run(
+                [name, "ood"],
+                {session.get_inputs()[0].name: model_input(_view(batch, view), spec)},
+            )
+            for view in views
+        ]
+        features.append(np.stack([f for f, _ in runs], 1))
+        ood.append(np.stack([o for _, o in runs], 1))
+    features, ood = np.concatenate(features).astype(np.float32), np.concatenate(ood)
+    return (features[:, 0], ood[:, 0]) if views == (None,) else (features, ood)
+
+
+def _view(batch: np.ndarray, view) -> np.ndarray:
+    return batch if view is None else np.ascontiguousarray(view(batch))
 
 
 def embed(artifact: ModelArtifact, folder: str | Path) -> LabCells:
@@ -143,10 +160,11 @@ def embed(artifact: ModelArtifact, folder: str | Path) -> LabCells:
             f"{folder}: classes the model does not have: {', '.join(unknown)} "
             f"(it has {', '.join(artifact.classes)})"
         )
-    features, ood = embed_paths(artifact, images.paths)
+    # a cell has no orientation: its 8 flips and turns are 8 examples (and TTA's views)
+    views, ood = embed_paths(artifact, images.paths, views=DIHEDRAL)
     labels = np.array([artifact.classes.index(images.classes[y]) for y in images.labels])
     groups = images.groups if images.groups is not None else np.arange(len(labels))
-    return LabCells(features, labels, [str(p) for p in images.paths], groups, ood)
+    return LabCells(views, labels, [str(p) for p in images.paths], groups, ood[:, 0])
 
 
 @dataclass
@@ -259,7 +277,11 @@ def adapted_calibration(base: Calibration, lab_ood: np.ndarray) -> Calibration:
 
 
 def accuracy(features, labels, w, b) -> float:
-    return float(((features @ w.T + b).argmax(1) == labels).mean()) if len(labels) else float("nan")
+    """Top-1 accuracy of the head (w, b); features (n, d), or (n, views, d): logits averaged."""
+    if not len(labels):
+        return float("nan")
+    logits = features @ w.T + b
+    return float(((logits.mean(1) if logits.ndim == 3 else logits).argmax(1) == labels).mean())
 
 
 def adapt(
@@ -282,9 +304,14 @@ def adapt(
     model = onnx.load_from_string(base.model_bytes("fp32"))
     _, weight, bias = _head(model.graph)
     w0, b0 = numpy_helper.to_array(weight), numpy_helper.to_array(bias)
-    w, b = fit_head(cells.features[train], cells.labels[train], w0, b0, anchor_features(base))
+    views = cells.views[train]
+    examples = views.reshape(-1, views.shape[-1])
+    w, b = fit_head(
+        examples, np.repeat(cells.labels[train], views.shape[1]), w0, b0, anchor_features(base)
+    )
     before = accuracy(cells.features[test], cells.labels[test], w0, b0)
     after = accuracy(cells.features[test], cells.labels[test], w, b)
+    after_tta = accuracy(cells.views[test], cells.labels[test], w, b)
     if not after >= before and not force:  # NaN (a fit gone wrong) is refused too
         raise HematoVisionError(
             f"the adapted model is worse on the held-out cells ({after:.1%} vs {before:.1%} "
@@ -297,7 +324,7 @@ def adapt(
         centres = space.with_lab_centres(cells.features[train], cells.labels[train])
         space.centres.CopyFrom(numpy_helper.from_array(centres, space.centres.name))
         known = distances(space, centres, cells.features[train])
-    scores = (before, after)
+    scores = (before, after, after_tta)
     return _write(
         base, model, out, cells, train, test, scores, known, time.perf_counter() - started
     )
@@ -341,6 +368,7 @@ def _write(base, model, out, cells, train, test, scores, known, seconds) -> Mode
                 "n": int(len(test)),
                 "accuracy_before": scores[0],
                 "accuracy_after": scores[1],
+                "accuracy_after_tta": scores[2],  # predict --tta: the 8 views averaged
             },
             "trained_on": {c: int(n) for c, n in zip(base.classes, counts) if n},
             "seconds": round(seconds, 1),
