@@ -209,6 +209,7 @@ def test_logged_out_nobody_sees_any_page_image_or_api_route(app, client, account
     cell_id = sample["cells"][0]["id"]
     sha = storage_of(app).samples.get(sample["id"]).cells[0].image_sha256
     values = {"public_id": sample["id"], "cell_id": cell_id, "sha256": sha, "kind": "cells"}
+    values.update(action="token", username="admin")
     adapter = app.url_map.bind("localhost")
     public = {"auth.login", "api.healthz", "api.openapi", "pages.vendor", "static"}
     checked = 0
@@ -464,3 +465,30 @@ def test_admins_activate_a_model_version_and_roll_back(app, client, shifted_lab,
     assert classify() == Classifier.load().version  # rolled back to the configured model
     history = client.get("/admin/models").data.decode()
     assert history.count(" by admin") == 2
+
+
+def test_admins_manage_accounts_on_the_users_page(app, client, accounts):
+    login(client, "admin")
+    form = {"username": "nina", "password": PASSWORD, "role": "viewer"}
+    assert client.post("/admin/users", data=form).status_code == 303
+    assert client.post("/admin/users", data=form).status_code == 400  # exists already
+    assert (
+        client.post("/admin/users", data={**form, "username": "x", "password": "s"}).status_code
+        == 400
+    )
+    page = client.post("/admin/users/nina/token").data.decode()
+    token = page.split("<code>")[1].split("</code>")[0]
+    assert (
+        client.get("/api/v1/samples", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )
+    assert client.post("/admin/users/nina/disable").status_code == 303
+    assert (
+        client.get("/api/v1/samples", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 401
+    )
+    assert client.post("/admin/users/nobody/disable").status_code == 404
+    login(client, "technologist")
+    assert client.post("/admin/users", data={**form, "username": "eve"}).status_code == 403
+    events = {e.action for e in storage_of(app).audit.list()[0]}
+    assert {"user_added", "token_issued", "user_disabled"} <= events

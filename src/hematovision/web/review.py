@@ -266,5 +266,37 @@ def activate_model():
 
 @review.get("/admin/users")
 @requires("admin")
-def users():
-    return render_template("users.html", users=get_storage().users.list(), error=None)
+def users(error: str | None = None, token: tuple[str, str] | None = None):
+    return render_template("users.html", users=get_storage().users.list(), error=error, token=token)
+
+
+@review.post("/admin/users")
+@requires("admin")
+def add_user():
+    """A new account, from the admin's form (as ``hematovision users add``)."""
+    form = request.form
+    try:
+        user = get_storage().users.add(
+            form.get("username", ""), form.get("password", ""), form.get("role", "")
+        )
+    except LabError as exc:
+        return users(error=str(exc)), 400
+    audit("user_added", f"user:{user.username}", role=user.role)
+    return redirect(url_for("review.users"), code=303)
+
+
+@review.post("/admin/users/<username>/<any(enable, disable, token):action>")
+@requires("admin")
+def change_user(username: str, action: str):
+    """Disable or enable an account, or give it a new personal API token (shown once)."""
+    storage = get_storage()
+    try:
+        if action == "token":
+            token = storage.users.new_token(username)
+            audit("token_issued", f"user:{username}")
+            return users(token=(username, token))
+        storage.users.set_active(username, action == "enable")
+    except LabError as exc:
+        abort(exc.status, description=str(exc))
+    audit(f"user_{action}d", f"user:{username}")
+    return redirect(url_for("review.users"), code=303)
