@@ -89,6 +89,8 @@ def test_cells_and_fields_collect_in_a_sample_with_its_differential(client, bccd
     sample = new_sample(client)
     d = sample["differential"]
     assert len(sample["cells"]) == 6 and d["target"] == 100
+    listed = client.get("/api/v1/samples").get_json()
+    assert listed["total"] == 1 and listed["samples"][0]["differential"] == d
     assert d["white_cells_counted"] + d["to_review"] + d["nucleated_red_cells"]["count"] <= 6
     assert d["progress"] == round(d["white_cells_counted"] / 100, 3)
     for value in d["white_cells"].values():

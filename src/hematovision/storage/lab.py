@@ -31,6 +31,8 @@ from .models import (
 )
 
 ROLES = ("admin", "technologist", "viewer")
+# a sample is read with its cells and versions: they are used after its session has closed
+WHOLE_SAMPLE = (selectinload(Sample.cells), selectinload(Sample.versions))
 EXCLUSIONS = ("debris", "smudge", "artefact")
 TARGETS = (100, 200)
 _hasher = PasswordHasher()
@@ -92,7 +94,7 @@ class Samples:
             sample = s.scalar(
                 select(Sample)
                 .where(Sample.public_id == public_id, Sample.deleted_at.is_(None))
-                .options(selectinload(Sample.cells), selectinload(Sample.versions))
+                .options(*WHOLE_SAMPLE)
             )
         if sample is None:
             raise NotFound(f"no sample {public_id}")
@@ -102,7 +104,8 @@ class Samples:
         query = select(Sample).where(Sample.deleted_at.is_(None))
         with self.session() as s:
             total = s.scalar(select(func.count()).select_from(query.subquery()))
-            rows = s.scalars(query.order_by(Sample.id.desc()).limit(limit).offset(offset))
+            page = query.order_by(Sample.id.desc()).limit(limit).offset(offset)
+            rows = s.scalars(page.options(*WHOLE_SAMPLE))
             return list(rows), int(total or 0)
 
     def check_open(self, public_id: str) -> Sample:
