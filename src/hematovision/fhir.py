@@ -75,8 +75,7 @@ def diagnostic_report(sample: dict, signed: dict | None, model: dict) -> dict:
     """The report of ``sample`` (its API JSON: accession, differential): from its last
     signed version when ``signed`` (a version's JSON), else the current unreviewed count."""
     kind = "reviewed" if signed else "automated"
-    status = "final" if signed is None or signed["version"] == 1 else "amended"
-    status = status if signed else "preliminary"
+    status = "preliminary" if not signed else "final" if signed["version"] == 1 else "amended"
     differential = signed["differential"] if signed else sample["differential"]
     counted = differential["white_cells_counted"]
     observations = []
