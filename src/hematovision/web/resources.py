@@ -40,11 +40,12 @@ def _models() -> tuple[Classifier, Classifier]:
     with; one answer for the whole request."""
     if "models" not in g:
         state = current_app.extensions["hematovision.models"]
-        with _swap:
-            if time.monotonic() - state["checked"] > ACTIVE_CHECK_SECONDS:
-                state["checked"] = time.monotonic()
-                _follow(state, get_storage().models.active() or None)
-            g.models = state["current"]
+        if time.monotonic() - state["checked"] > ACTIVE_CHECK_SECONDS:
+            with _swap:  # only when it is time to look: no lock on every request
+                if time.monotonic() - state["checked"] > ACTIVE_CHECK_SECONDS:
+                    state["checked"] = time.monotonic()
+                    _follow(state, get_storage().models.active() or None)
+        g.models = state["current"]
     return g.models
 
 
