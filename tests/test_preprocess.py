@@ -116,3 +116,17 @@ def test_fill_holes_is_scipys_binary_fill_holes(seed):
     mask = ndi.binary_dilation(rng.random((90, 120)) > 0.93, iterations=2)  # rings and holes
     assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
     assert np.array_equal(fill_holes(np.ones((5, 5), bool)), np.ones((5, 5), bool))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cross_morphology_is_scipys_binary_dilation_and_erosion(seed):
+    from scipy import ndimage as ndi
+
+    from hematovision.preprocess import cross_morphology
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((rng.integers(1, 40), rng.integers(1, 40))) > rng.random()
+    for times in (1, 3):
+        grown, shrunk = cross_morphology(mask, True, times), cross_morphology(mask, False, times)
+        assert np.array_equal(grown, ndi.binary_dilation(mask, iterations=times))
+        assert np.array_equal(shrunk, ndi.binary_erosion(mask, iterations=times))
