@@ -104,6 +104,18 @@ def test_decode_cache_is_keyed_by_content(tmp_path):
     assert cached is not None and cached.shape == (32, 32, 3)
 
 
+def test_decode_cache_misses_once_the_framing_changes(tmp_path, monkeypatch):
+    """Arrays framed by an older frame_cell are not reused: the revision is in the key."""
+    from hematovision.data import cache as cache_module
+
+    cache, framed = DecodeCache(tmp_path / "cache"), PreprocessSpec(32, framing="cell")
+    cache.put("ab" * 32, framed, np.zeros((32, 32, 3), np.uint8))
+    assert cache.get("ab" * 32, framed) is not None
+    monkeypatch.setattr(cache_module, "FRAMING_REVISION", cache_module.FRAMING_REVISION + 1)
+    assert cache.get("ab" * 32, framed) is None
+    assert cache.get("ab" * 32, SPEC) is None  # unframed specs have their own entries
+
+
 def test_stratified_split_is_deterministic_and_stratified():
     labels = np.repeat([0, 1, 2], [50, 30, 20])
     a = stratified_split(labels, 0.2, 0.1, seed=3)

@@ -197,6 +197,7 @@ def upright_size(data: bytes) -> tuple[int, int]:
 # ---------------------------------------------------------------- canonical framing
 CELL_FRAME = 4.0  # frame side / sqrt(nucleus area): PBC's median, so its crops keep their look
 FRAME_ANALYSIS_SIDE = 160  # px: the nucleus is found on a copy this large (fast, and enough)
+FRAMING_REVISION = 2  # raised whenever frame_cell's boxes change: decode caches are keyed on it
 Box = tuple[int, int, int]  # left, top, side: a square in the source image's pixels
 
 

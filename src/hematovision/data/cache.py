@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import write_atomic
-from ..preprocess import PreprocessSpec
+from ..preprocess import FRAMING_REVISION, PreprocessSpec
 
 
 class DecodeCache:
@@ -31,7 +31,7 @@ class DecodeCache:
         return cls(base / "decoded")
 
     def _path(self, key: str, spec: PreprocessSpec) -> Path:
-        framing = "" if spec.framing == "none" else f"-{spec.framing}"
+        framing = "" if spec.framing == "none" else f"-{spec.framing}{FRAMING_REVISION}"
         return self.root / f"{spec.input_size}-{spec.resample}{framing}" / key[:2] / f"{key}.npy"
 
     def get(self, key: str, spec: PreprocessSpec) -> np.ndarray | None:
