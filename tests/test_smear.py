@@ -229,3 +229,25 @@ def test_the_merge_closing_is_scipys_closing_with_a_square(k):
     mask = np.random.default_rng(k).random((80, 100)) > 0.8
     expected = ndi.binary_closing(mask, structure=np.ones((3, 3)), iterations=k)
     assert np.array_equal(_close_square(mask, k), expected)
+
+
+def test_counted_red_mask_equals_the_pixelwise_definition(bccd):
+    """The red-cell mask from counts (median and Otsu from histograms, shifted morphology) is
+    the one the detector is defined by: np.median, Otsu on every pixel, scipy's morphology."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    from hematovision.preprocess import fill_holes, stain_score
+    from hematovision.smear.detect import VIOLET_ABOVE_MEDIAN, _red_cells_of
+
+    for image in [*_fields(bccd, 4), bccd / "JPEGImages" / "BloodImage_00291.jpg"]:
+        rgb = np.asarray(Image.open(image).convert("RGB"))
+        score, median, red, _ = _red_cells_of(rgb)
+        pixels = rgb.astype(np.float32)
+        expected_score = stain_score(pixels)
+        lum = pixels.mean(-1)
+        above = expected_score > np.median(expected_score) + VIOLET_ABOVE_MEDIAN
+        violet = ndi.binary_dilation(above, iterations=2)
+        expected = fill_holes(ndi.binary_opening((lum < threshold_otsu(lum)) & ~violet))
+        assert median == np.median(expected_score) and np.array_equal(score, expected_score)
+        assert np.array_equal(red, expected), image.name

@@ -207,17 +207,20 @@ def stain_score(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
 
 
+def counted_median(counts: np.ndarray) -> float:
+    """The median of values 0, 1, 2... occurring ``counts`` times (as ``np.median``: the mean
+    of the two middle ones when there is an even number), without sorting anything."""
+    n = int(counts.sum())
+    below = np.cumsum(counts)
+    low, high = (int(np.searchsorted(below, rank, side="right")) for rank in ((n - 1) // 2, n // 2))
+    return (low + high) / 2
+
+
 def median_colour(img: Image.Image) -> tuple[int, int, int]:
     """The image's median colour (per channel, as ``np.median`` then ``int``): in a smear,
     mostly the background between cells. Read off Pillow's histogram, without sorting."""
-    n = img.width * img.height
-    middle = ((n - 1) // 2, n // 2)  # the one or two middle ranks
     counts = np.asarray(img.convert("RGB").histogram()).reshape(3, 256)
-    colour = []
-    for below in np.cumsum(counts, axis=1):
-        low, high = (int(np.searchsorted(below, rank, side="right")) for rank in middle)
-        colour.append(int((low + high) / 2))
-    return tuple(colour)
+    return tuple(int(counted_median(channel)) for channel in counts)
 
 
 def nucleus_score(rgb: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import HematoVisionError
-from ..preprocess import fill_holes, stain_score
+from ..preprocess import counted_median, cross_morphology, fill_holes
 
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
 BCCD_RED_CELL_PX = 90.6  # estimate_red_cell_diameter's median on BCCD's even fields
@@ -98,16 +98,21 @@ def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
     Cells are what is darker than the background (Otsu's threshold on brightness), red cells
     what of them is not violet; in each clump of touching red cells the distance transform
     peaks at about one red cell's radius, so the area-weighted median peak gives the size."""
-    _, _, red, distance = _red_cells_of(rgb.astype(np.float32))
+    _, _, red, distance = _red_cells_of(rgb)
     return _red_cell_diameter(red, distance)
 
 
 def _red_cells_of(rgb: np.ndarray):
-    """(stain score, its median, red-cell mask, the mask's distance transform) of a float
-    field: computed once, the field's scale and its red cells both come from them."""
-    score = stain_score(rgb)
-    median = np.median(score)
-    red = _red_mask(rgb, score, median)
+    """(stain score, its median, red-cell mask, the mask's distance transform) of a uint8
+    field: computed once, the field's scale and its red cells both come from them.
+
+    The score ``B - (R + G) / 2`` (``preprocess.stain_score``) and the brightness are
+    integers in halves and thirds, so their median and histogram are counts, not sorts."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    doubled = 2 * b - r - g  # twice the stain score: -510..510
+    median = (counted_median(np.bincount(doubled.ravel() + 510, minlength=1021)) - 510) / 2
+    score = doubled.astype(np.float32) / 2
+    red = _red_mask(r + g + b, score, median)
     return score, median, red, ndi.distance_transform_edt(red)
 
 
@@ -143,20 +148,28 @@ def _params_for(diameter: float | None) -> SmearParams:
     return SmearParams.for_cell_size(float(np.clip(BCCD_CELL_PX * scale, MIN_CELL_PX, 4000)))
 
 
-def _red_mask(rgb: np.ndarray, score: np.ndarray, score_median) -> np.ndarray:
-    """Red-cell pixels: darker than the field's background, and not violet (nor next to it)."""
+def _red_mask(rgb_sum: np.ndarray, score: np.ndarray, score_median) -> np.ndarray:
+    """Red-cell pixels: darker than the field's background (Otsu's threshold on brightness,
+    ``R + G + B`` over 3), and not violet (nor next to it)."""
     from skimage.filters import threshold_otsu
 
-    lum = rgb.mean(-1)
-    cells = lum < threshold_otsu(lum)
-    violet = ndi.binary_dilation(score > score_median + VIOLET_ABOVE_MEDIAN, iterations=2)
-    return fill_holes(ndi.binary_opening(cells & ~violet))
+    counts = np.bincount(rgb_sum.ravel(), minlength=766)
+    levels = np.arange(766, dtype=np.float32) / np.float32(3)  # each sum's brightness
+    present = counts > 0
+    if present.sum() < 2:
+        cells = np.zeros(rgb_sum.shape, bool)  # one brightness: nothing stands out
+    else:
+        shown = levels[present]  # the same 256 bins as a histogram of every pixel's brightness
+        hist, edges = np.histogram(shown, 256, (shown[0], shown[-1]), weights=counts[present])
+        threshold = threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2))
+        cells = (levels < threshold)[rgb_sum]
+    violet = cross_morphology(score > score_median + VIOLET_ABOVE_MEDIAN, grow=True, times=2)
+    return fill_holes(_open(cells & ~violet))
 
 
 def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detections:
-    """White-cell boxes and red-cell and platelet centres in an H x W x 3 array; ``params``
+    """White-cell boxes and red-cell and platelet centres in an H x W x 3 uint8 array; ``params``
     default to ``field_params`` (the field's own scale)."""
-    rgb = rgb.astype(np.float32)
     score, median, red, distance = _red_cells_of(rgb)
     params = params or _params_for(_red_cell_diameter(red, distance))
     # the stain threshold is relative to the field's own median colour: a colour cast or a
@@ -170,7 +183,7 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
 
 def _violet_objects(violet, params: SmearParams, shape, found: Detections) -> None:
     height, width = shape
-    cores = ndi.binary_opening(violet)
+    cores = _open(violet)
     labels, _ = ndi.label(fill_holes(_close_square(cores, params.merge_iterations)))
     for i, region in enumerate(ndi.find_objects(labels), start=1):
         component = labels[region] == i
@@ -178,8 +191,8 @@ def _violet_objects(violet, params: SmearParams, shape, found: Detections) -> No
         y0, x0 = region[0].start, region[1].start
         if area < params.min_nucleus_area:
             if area >= params.min_platelet_area:
-                cy, cx = ndi.center_of_mass(component)
-                found.platelets.append((int(x0 + cx), int(y0 + cy)))
+                ys, xs = np.nonzero(component)
+                found.platelets.append((int(x0 + xs.mean()), int(y0 + ys.mean())))
             continue
         for ys, xs in _cells_of(component, cores[region] & component, params):
             cx, cy = x0 + (xs.start + xs.stop) / 2, y0 + (ys.start + ys.stop) / 2
@@ -204,8 +217,7 @@ def _cells_of(component: np.ndarray, cores: np.ndarray, params: SmearParams):
     blobs, n = ndi.label(cores)
     if n < 2:
         return whole
-    centres = np.array(ndi.center_of_mass(cores, blobs, range(1, n + 1)))
-    areas = np.asarray(ndi.sum(cores, blobs, range(1, n + 1)))
+    centres, areas = _centres_and_areas(blobs, n)
     nuclei = _nearby_groups(centres, SPLIT_NUCLEUS_DISTANCE * params.cell_px)
     big = [
         g
@@ -232,6 +244,21 @@ def _nearby_groups(points: np.ndarray, distance: float) -> np.ndarray:
     return fcluster(linkage(points, method="single"), t=distance, criterion="distance")
 
 
+def _open(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_opening`` with its default cross (``preprocess.cross_morphology``)."""
+    return cross_morphology(cross_morphology(mask, grow=False), grow=True)
+
+
+def _centres_and_areas(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) centre and pixel count of each of the ``n`` labelled components, in one
+    counting pass (``ndi.center_of_mass`` and ``ndi.sum`` make one pass per component)."""
+    flat = labels.ravel()
+    ys, xs = np.indices(labels.shape)
+    areas = np.bincount(flat, minlength=n + 1)[1:]
+    sums = [np.bincount(flat, c.ravel(), n + 1)[1:] for c in (ys, xs)]
+    return np.stack(sums, axis=1) / areas[:, None], areas
+
+
 def _close_square(mask: np.ndarray, k: int) -> np.ndarray:
     """``binary_closing`` with a 3x3 square ``k`` times (the same as one (2k+1) square), as a
     separable maximum then minimum filter: linear in k instead of k x 9 passes."""
@@ -246,5 +273,5 @@ def _red_cells(distance: np.ndarray, params: SmearParams) -> list[Point]:
         distance > params.red_min_radius
     )
     labels, n = ndi.label(peaks)
-    centres = ndi.center_of_mass(peaks, labels, range(1, n + 1)) if n else []
+    centres = _centres_and_areas(labels, n)[0] if n else []
     return [(int(round(x)), int(round(y))) for y, x in centres]
