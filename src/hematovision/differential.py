@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from scipy.stats import beta
+from scipy.special import betaincinv
 
 WHITE_CELL_CLASSES = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
 NUCLEATED_RED_CELL = "erythroblast"
@@ -34,8 +34,9 @@ def percent_interval(count: int, total: int, level: float = 0.95) -> tuple[float
     if total <= 0:
         return (0.0, 100.0)
     alpha = 1 - level
-    low = beta.ppf(alpha / 2, count, total - count + 1) if count > 0 else 0.0
-    high = beta.ppf(1 - alpha / 2, count + 1, total - count) if count < total else 1.0
+    # the beta distribution's quantiles (scipy.stats.beta.ppf, without its 30x overhead)
+    low = betaincinv(count, total - count + 1, alpha / 2) if count > 0 else 0.0
+    high = betaincinv(count + 1, total - count, 1 - alpha / 2) if count < total else 1.0
     return (round(100 * float(low), 1), round(100 * float(high), 1))
 
 
