@@ -99,7 +99,7 @@ def test_smear_analyses_are_listed_found_again_and_deleted(client):
     assert client.get(f"/api/v1/smears/{created[0]['id']}").get_json()["id"] == created[0]["id"]
     history = client.get("/history?kind=smears").data.decode()
     assert f"Smear analysis {created[0]['id']}" in history
-    assert client.delete(f"/api/v1/smears/{created[0]['id']}").status_code == 204
+    assert client.delete(f"/api/v1/smears/{created[0]['id']}?reason=duplicate").status_code == 204
     assert client.get(f"/api/v1/smears/{created[0]['id']}").status_code == 404
     assert client.get("/api/v1/smears").get_json()["total"] == 1
 
@@ -142,17 +142,20 @@ def test_the_model_card_reads_as_a_card_and_its_matrix_sits_with_its_classifier(
     assert "<details" in page  # the build note is there for who wants it, folded
 
 
-def test_deleting_from_history_asks_first_and_keeps_the_filter(client):
+def test_deleting_from_history_asks_why_and_keeps_the_filter(client):
     post(client, [sample("basophil")])
     post(client, [sample("basophil", 1)])
     page = client.get("/history?label=basophil").data.decode()
-    assert 'data-confirm="Delete the result for' in page
+    assert 'data-reason="Why delete the result for' in page
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     victim = client.get("/api/v1/predictions?limit=1").get_json()["predictions"][0]["id"]
-    r = client.post(
-        f"/history/{victim}/delete", data={"csrf_token": token, "label": "basophil", "page": "1"}
-    )
+    form = {"csrf_token": token, "label": "basophil", "page": "1"}
+    r = client.post(f"/history/{victim}/delete", data={**form, "reason": "  "})
+    assert r.status_code == 400 and b"reason" in r.data  # no reason, no delete
+    assert client.get(f"/api/v1/predictions/{victim}").status_code == 200
+    r = client.post(f"/history/{victim}/delete", data={**form, "reason": "wrong patient"})
     assert r.status_code == 303 and "label=basophil" in r.headers["Location"]
+    assert client.get(f"/api/v1/predictions/{victim}").status_code == 404
 
 
 # ---------------------------------------------------------------- 9. integer overflow
@@ -161,7 +164,7 @@ def test_deleting_from_history_asks_first_and_keeps_the_filter(client):
     [
         ("get", f"/api/v1/predictions/{HUGE}", 404),
         ("get", f"/api/v1/predictions/{2**31}", 404),
-        ("delete", f"/api/v1/predictions/{HUGE}", 404),
+        ("delete", f"/api/v1/predictions/{HUGE}?reason=x", 404),
         ("get", f"/api/v1/smears/{HUGE}", 404),
         ("get", f"/api/v1/predictions?offset={HUGE}", 400),
         ("get", f"/api/v1/smears?offset={2**31}", 400),
@@ -174,7 +177,8 @@ def test_deleting_from_history_asks_first_and_keeps_the_filter(client):
 )
 def test_huge_ids_offsets_and_pages_are_4xx_not_500(client, method, url, status):
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").data.decode()).group(1)
-    r = getattr(client, method)(url, data={"csrf_token": token} if method == "post" else None)
+    form = {"csrf_token": token, "reason": "x"}
+    r = getattr(client, method)(url, data=form if method == "post" else None)
     assert r.status_code == status, r.data[:200]
 
 
@@ -226,7 +230,8 @@ def test_images_under_the_limits_are_decoded_reduced_with_bounded_memory(tmp_pat
 def test_an_id_is_never_given_out_twice(client):
     first = post(client, [sample("basophil")]).get_json()
     newest = post(client, [sample("ig")]).get_json()
-    assert client.delete(f"/api/v1/predictions/{newest['predictions'][0]['id']}").status_code == 204
+    newest_id = newest["predictions"][0]["id"]
+    assert client.delete(f"/api/v1/predictions/{newest_id}?reason=test").status_code == 204
     again = post(client, [sample("neutrophil")]).get_json()
     assert again["upload_id"] > newest["upload_id"] > first["upload_id"]
     assert again["predictions"][0]["id"] > newest["predictions"][0]["id"]
@@ -234,14 +239,18 @@ def test_an_id_is_never_given_out_twice(client):
 
 
 # ---------------------------------------------------------------- 14. images shared by records
-def test_deleting_a_prediction_keeps_the_image_a_smear_analysis_still_uses(client):
+def test_purging_a_prediction_keeps_the_image_a_smear_analysis_still_uses(client):
     name, data = sample("neutrophil")
     smear = post(client, [(name, data)], "/api/v1/smears").get_json()
     prediction = post(client, [(name, data)]).get_json()["predictions"][0]
-    assert client.delete(f"/api/v1/predictions/{prediction['id']}").status_code == 204
+    storage = client.application.extensions["hematovision.storage"]
+    assert client.delete(f"/api/v1/predictions/{prediction['id']}?reason=dup").status_code == 204
+    assert storage.purge_deleted() == {"predictions": 1, "smear_analyses": 0}
     assert client.get(f"/images/{prediction['image_sha256']}").data == data
     assert client.get(f"/smears/{smear['id']}/fields/1/annotated.png").status_code == 200
-    assert client.delete(f"/api/v1/smears/{smear['id']}").status_code == 204
+    assert client.delete(f"/api/v1/smears/{smear['id']}?reason=dup").status_code == 204
+    assert client.get(f"/images/{prediction['image_sha256']}").data == data  # kept until purged
+    assert storage.purge_deleted() == {"predictions": 0, "smear_analyses": 1}
     assert client.get(f"/images/{prediction['image_sha256']}").status_code == 404  # last use
 
 

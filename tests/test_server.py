@@ -320,7 +320,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_answers_507_keeps_what_is_stored_and_delete_frees_space(small_disk):
+def test_a_full_disk_answers_507_keeps_what_is_stored_and_a_purge_frees_space(small_disk):
     server = Server(small_disk / "data", env={"HEMATOVISION_MIN_FREE_MB": "1"})
     try:
         first = post(server.base, SAMPLES[:3])[1]["predictions"]
@@ -337,8 +337,17 @@ def test_a_full_disk_answers_507_keeps_what_is_stored_and_delete_frees_space(sma
         assert health[0] == 503 and health[1]["disk"]["status"] == "low"
         for p in first:  # earlier records are all still there
             assert get_json(server.base, f"/api/v1/predictions/{p['id']}")["id"] == p["id"]
-        victim = get_json(server.base, "/api/v1/predictions?limit=1")["predictions"][0]["id"]
-        assert request(server.base, f"/api/v1/predictions/{victim}", "DELETE")[0] == 204
+        for p in get_json(server.base, "/api/v1/predictions?limit=50")["predictions"]:
+            url = f"/api/v1/predictions/{p['id']}?reason=disk%20full"
+            assert request(server.base, url, "DELETE")[0] == 204  # a soft delete still commits
+        purge = [sys.executable, "-m", "hematovision", "storage", "purge", "--older-than", "0"]
+        before = os.statvfs(small_disk).f_bavail
+        done = subprocess.run(
+            [*purge, "--data-dir", str(small_disk / "data")], capture_output=True, text=True
+        )
+        assert done.returncode == 0 and "erased" in done.stdout, done.stderr
+        images = [p for p in (small_disk / "data" / "images").rglob("*") if p.is_file()]
+        assert not images and os.statvfs(small_disk).f_bavail > before  # space won back
         filler.unlink()
         assert post(server.base, [SAMPLES[20]])[0] == 201
         assert request(server.base, "/healthz")[0] == 200
@@ -376,10 +385,21 @@ CREATED = {"predictions": set(), "smears": set()}
 
 
 def _delete_created(base: str) -> None:
+    """Delete what the tests made through the API, then erase just those records (the
+    developer's own deleted records in ./hematovision-data are left to their purge)."""
+    from hematovision.storage import Storage
+    from hematovision.web.config import WebSettings
+
     for kind, ids in CREATED.items():
         for record_id in ids:
             with contextlib.suppress(OSError):
-                request(base, f"/api/v1/{kind}/{record_id}", "DELETE")
+                request(base, f"/api/v1/{kind}/{record_id}?reason=test%20run", "DELETE")
+    settings = WebSettings(data_dir=str(ROOT / "hematovision-data"))
+    storage = Storage(settings.database_url, settings.data_dir)
+    for record_id in CREATED["predictions"]:
+        storage.erase_prediction(record_id)
+    for record_id in CREATED["smears"]:
+        storage.erase_smear(record_id)
 
 
 def _remember(base: str) -> None:
@@ -467,7 +487,7 @@ def test_every_image_of_a_smear_result_page_loads_under_make_run(make_run, brows
     page.close()
 
 
-def test_pages_fit_a_phone_and_deleting_asks_first(make_run, browser):
+def test_pages_fit_a_phone_and_deleting_asks_why(make_run, browser):
     phone = browser.new_context(viewport={"width": 390, "height": 844})
     page = phone.new_page()
     status, body = post(make_run, [SAMPLES[0], SAMPLES[3]])
@@ -488,10 +508,11 @@ def test_pages_fit_a_phone_and_deleting_asks_first(make_run, browser):
     page.locator("#history button.btn-outline-danger").first.click()
     page.wait_for_timeout(300)
     assert page.locator("#history tbody tr").count() == rows  # dismissed: nothing deleted
-    page.once("dialog", lambda dialog: dialog.accept())
+    page.once("dialog", lambda dialog: dialog.accept("duplicate upload"))
     page.locator("#history button.btn-outline-danger").first.click()
     page.wait_for_url("**/history*")
-    assert page.locator("#history tbody tr").count() <= rows
+    page.wait_for_load_state()
+    assert page.locator("#history tbody tr").count() == rows - 1
     phone.close()
 
 

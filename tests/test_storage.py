@@ -97,7 +97,7 @@ def test_the_upgrade_keeps_every_record_and_stops_reusing_ids(tmp_path, database
         refs = c.execute(text("SELECT record_type, COUNT(*) FROM image_refs GROUP BY record_type"))
         assert dict(refs.all()) == {"prediction": 3, "smear": 1}
     newest = new.list_predictions()[0][0]
-    assert new.delete_prediction(newest.id)
+    assert new.erase_prediction(newest.id)
     again = new.add_upload([prediction()], {SHA: SAMPLE})
     assert again.id > 3 and again.predictions[0].id > newest.id  # never handed out twice
 
@@ -122,9 +122,33 @@ def test_an_image_lives_as_long_as_any_record_uses_it(storage):
         "1",
     )
     for record_id in (a.id, b.id):
-        assert storage.delete_prediction(record_id) and storage.image_path(SHA)
-    assert storage.delete_smear(smear.id) and storage.image_path(SHA) is None
-    assert not storage.delete_smear(smear.id) and not storage.delete_prediction(a.id)
+        assert storage.erase_prediction(record_id) and storage.image_path(SHA)
+    assert storage.erase_smear(smear.id) and storage.image_path(SHA) is None
+    assert not storage.erase_smear(smear.id) and not storage.erase_prediction(a.id)
+
+
+def test_a_delete_hides_keeps_who_and_why_and_a_purge_erases(storage):
+    from datetime import timedelta
+
+    from hematovision.storage import LabError, NotFound, PredictionRecord
+
+    upload = storage.add_upload([prediction(), prediction()], {SHA: SAMPLE})
+    first, second = (p.id for p in upload.predictions)
+    with pytest.raises(LabError, match="reason"):
+        storage.delete_prediction(first, " \n ", "ana")
+    storage.delete_prediction(first, "wrong slide", "ana")
+    with pytest.raises(NotFound):
+        storage.delete_prediction(first, "again", "ana")
+    assert storage.get_prediction(first) is None and storage.list_predictions()[1] == 1
+    assert [p.id for p in storage.get_upload(upload.id).predictions] == [second]
+    with storage.session() as s:
+        row = s.get(PredictionRecord, first)
+        assert (row.deleted_by, row.delete_reason) == ("ana", "wrong slide") and row.deleted_at
+    assert storage.purge_deleted(timedelta(days=1)) == {"predictions": 0, "smear_analyses": 0}
+    storage.delete_prediction(second, "wrong slide", "ana")
+    assert storage.image_path(SHA)  # deleted, not yet purged: the image stays
+    assert storage.purge_deleted() == {"predictions": 2, "smear_analyses": 0}
+    assert storage.image_path(SHA) is None and storage.get_upload(upload.id) is None
 
 
 def test_storage_check_finds_and_repairs_what_a_killed_process_leaves(storage):

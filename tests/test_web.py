@@ -78,8 +78,11 @@ def test_list_and_delete_predictions(client):
     rest = client.get("/api/v1/predictions?limit=2&offset=2").get_json()
     assert len(rest["predictions"]) == 1
     victim = page["predictions"][0]["id"]
-    assert client.delete(f"/api/v1/predictions/{victim}").status_code == 204
+    r = client.delete(f"/api/v1/predictions/{victim}")
+    assert r.status_code == 400 and "reason" in r.get_json()["error"]["message"]
+    assert client.delete(f"/api/v1/predictions/{victim}?reason=duplicate").status_code == 204
     assert client.get(f"/api/v1/predictions/{victim}").status_code == 404
+    assert client.delete(f"/api/v1/predictions/{victim}?reason=again").status_code == 404
     assert client.get("/api/v1/predictions").get_json()["total"] == 2
     r = client.get("/api/v1/predictions?limit=abc")
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "bad_request"
@@ -274,7 +277,7 @@ def test_history_pages_filters_and_deletes(client):
     assert filtered.count("/thumb") == 1
     prediction_id = client.get("/api/v1/predictions?limit=1").get_json()["predictions"][0]["id"]
     token = _csrf(page.encode())
-    r = client.post(f"/history/{prediction_id}/delete", data={"csrf_token": token})
+    r = client.post(f"/history/{prediction_id}/delete", data={"csrf_token": token, "reason": "x"})
     assert r.status_code == 303
     assert client.get("/api/v1/predictions").get_json()["total"] == 7
     assert client.get("/images/" + "0" * 64 + "/thumb").status_code == 404

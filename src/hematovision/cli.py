@@ -11,6 +11,7 @@ import os
 import sys
 import types
 import typing
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -505,6 +506,19 @@ def cmd_storage_check(args) -> int:
     return 0 if report.ok or report.repaired else 1
 
 
+def cmd_storage_purge(args) -> int:
+    if not args.older_than >= 0:  # also refuses NaN
+        raise HematoVisionError("--older-than must be a number of days, 0 or more")
+    storage = _storage(args)
+    erased = storage.purge_deleted(timedelta(days=args.older_than))
+    storage.audit.record("cli", "purged", "storage", older_than_days=args.older_than, **erased)
+    out.print(
+        f"erased {erased['predictions']} deleted results and {erased['smear_analyses']} "
+        f"deleted smear analyses (deleted over {args.older_than:g} days ago) and their images"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------- adapt
 def cmd_adapt(args) -> int:
     from .adapt import adapt
@@ -819,6 +833,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_storage_check)
+    pu = ssub.add_parser("purge", help="erase deleted results and free their images")
+    _storage_options(pu)
+    pu.add_argument(
+        "--older-than", type=float, default=30, help="days since their deletion (default 30)"
+    )
+    pu.set_defaults(func=cmd_storage_purge)
     _users_parser(sub)
     _models_parser(sub)
     ad = sub.add_parser("adapt", help="a model taught a lab's own cells (refits its head)")

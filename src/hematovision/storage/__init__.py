@@ -5,6 +5,9 @@ Files and rows are written together: image files first, then one transaction wit
 and one ``ImageRef`` per record's use of an image; if the transaction fails, the files it wrote
 are removed again (unless another record uses them). An image file is deleted with its last
 use, whatever the record type. ``check`` finds what a killed process can still leave behind.
+
+A person's delete is a soft delete (``delete_*``: hidden, with who, when and why); an admin's
+``purge_deleted`` then erases those records and frees their images.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import and_, create_engine, delete, event, func, select
@@ -30,6 +34,8 @@ from .lab import (
     NotFound,
     Samples,
     Users,
+    _actor,
+    _line,
     cells_of_smear,
     cells_of_upload,
 )
@@ -287,27 +293,34 @@ class Storage:
 
     # ---------------------------------------------------------------- reading records
     def get_upload(self, upload_id: int) -> Upload | None:
+        """The upload with its predictions that are not deleted."""
+        shown = selectinload(Upload.predictions.and_(PredictionRecord.deleted_at.is_(None)))
         with self.session() as s:
-            return s.get(Upload, upload_id, options=[selectinload(Upload.predictions)])
+            return s.get(Upload, upload_id, options=[shown])
 
     def get_prediction(self, prediction_id: int) -> PredictionRecord | None:
-        with self.session() as s:
-            return s.get(PredictionRecord, prediction_id)
+        return self._get_shown(PredictionRecord, prediction_id)
 
     def list_predictions(
         self, limit: int = 20, offset: int = 0, label: str | None = None
     ) -> tuple[list[PredictionRecord], int]:
-        query = select(PredictionRecord)
+        query = select(PredictionRecord).where(PredictionRecord.deleted_at.is_(None))
         if label:
             query = query.where(PredictionRecord.label == label)
         return self._page(query, PredictionRecord.id, limit, offset)
 
     def get_smear(self, smear_id: int) -> SmearAnalysis | None:
-        with self.session() as s:
-            return s.get(SmearAnalysis, smear_id)
+        return self._get_shown(SmearAnalysis, smear_id)
 
     def list_smears(self, limit: int = 20, offset: int = 0) -> tuple[list[SmearAnalysis], int]:
-        return self._page(select(SmearAnalysis), SmearAnalysis.id, limit, offset)
+        query = select(SmearAnalysis).where(SmearAnalysis.deleted_at.is_(None))
+        return self._page(query, SmearAnalysis.id, limit, offset)
+
+    def _get_shown(self, model, record_id: int):
+        """A record by id, or None when there is none or it was deleted."""
+        with self.session() as s:
+            record = s.get(model, record_id)
+            return record if record is not None and record.deleted_at is None else None
 
     def _page(self, query, order, limit: int, offset: int):
         with self.session() as s:
@@ -316,8 +329,40 @@ class Storage:
             return list(rows), int(total or 0)
 
     # ---------------------------------------------------------------- deleting records
-    def delete_prediction(self, prediction_id: int) -> bool:
-        """Delete a record (and its upload if it was the last); its image goes with its last use."""
+    def delete_prediction(self, prediction_id: int, reason: str, by: str | None = None) -> None:
+        """Soft-delete a result: hidden from then on, kept with who, when and ``reason``.
+        Raises NotFound (none, or already deleted) or LabError (no reason)."""
+        self._soft_delete(PredictionRecord, prediction_id, reason, by, "prediction")
+
+    def delete_smear(self, smear_id: int, reason: str, by: str | None = None) -> None:
+        """Soft-delete a smear analysis, as ``delete_prediction``."""
+        self._soft_delete(SmearAnalysis, smear_id, reason, by, "smear analysis")
+
+    def _soft_delete(self, model, record_id: int, reason: str, by: str | None, what: str):
+        reason = _line(reason, "a delete's reason", 500)
+        with self.session.begin() as s:
+            record = s.get(model, record_id, with_for_update=True)
+            if record is None or record.deleted_at is not None:
+                raise NotFound(f"no {what} {record_id}")
+            record.deleted_at, record.deleted_by = datetime.now(UTC), _actor(by)
+            record.delete_reason = reason
+
+    def purge_deleted(self, older_than: timedelta = timedelta(0)) -> dict[str, int]:
+        """Erase the records deleted more than ``older_than`` ago, and the images only they
+        used: how an admin wins disk space back. Returns how many of each kind went."""
+        cutoff = datetime.now(UTC) - older_than
+        kinds = {"predictions": (PredictionRecord, self.erase_prediction)}
+        kinds["smear_analyses"] = (SmearAnalysis, self.erase_smear)
+        erased = {}
+        for kind, (model, erase) in kinds.items():
+            with self.session() as s:
+                ids = list(s.scalars(select(model.id).where(model.deleted_at <= cutoff)))
+            erased[kind] = sum(erase(record_id) for record_id in ids)
+        return erased
+
+    def erase_prediction(self, prediction_id: int) -> bool:
+        """Erase a record for good (and its upload if it was the last); its image goes with
+        its last use. People delete (``delete_prediction``); purges erase."""
 
         def remove(s: Session):
             record = s.get(PredictionRecord, prediction_id)
@@ -330,10 +375,10 @@ class Storage:
                 s.delete(s.get(Upload, upload_id))
             return record.image_sha256
 
-        return self._delete("prediction", prediction_id, remove)
+        return self._erase("prediction", prediction_id, remove)
 
-    def delete_smear(self, smear_id: int) -> bool:
-        """Delete a smear analysis; its field images go with their last use."""
+    def erase_smear(self, smear_id: int) -> bool:
+        """Erase a smear analysis for good; its field images go with their last use."""
 
         def remove(s: Session):
             record = s.get(SmearAnalysis, smear_id)
@@ -342,11 +387,9 @@ class Storage:
             s.delete(record)
             return True
 
-        return self._delete("smear", smear_id, remove)
+        return self._erase("smear", smear_id, remove)
 
-    def _delete(
-        self, record_type: str, record_id: int, remove: Callable[[Session], object]
-    ) -> bool:
+    def _erase(self, record_type: str, record_id: int, remove: Callable[[Session], object]) -> bool:
         mine = _uses(record_type, record_id)
         for attempt in (1, 2):
             try:

@@ -35,6 +35,15 @@ class Base(DeclarativeBase):
     pass
 
 
+class SoftDeleted:
+    """A record deleted by a person stays, hidden, with who, when and why (an admin's
+    ``hematovision storage purge`` removes it for good)."""
+
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    delete_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
 class Upload(Base):
     """One request: one or more images classified together (a batch)."""
 
@@ -49,7 +58,7 @@ class Upload(Base):
     )
 
 
-class PredictionRecord(Base):
+class PredictionRecord(SoftDeleted, Base):
     """One classified image."""
 
     __tablename__ = "predictions"
@@ -90,7 +99,7 @@ class PredictionRecord(Base):
         }
 
 
-class SmearAnalysis(Base):
+class SmearAnalysis(SoftDeleted, Base):
     """One smear-field upload: per field, the white cells found (boxes, classes), the red cells
     and platelets (counts and positions)."""
 
@@ -151,7 +160,7 @@ class User(Base):
         }
 
 
-class Sample(Base):
+class Sample(SoftDeleted, Base):
     """A patient sample (accession number or free label): cells and smear fields collected
     over time, reviewed, then signed. ``public_id`` is what URLs carry (not guessable)."""
 
@@ -166,9 +175,6 @@ class Sample(Base):
     amend_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)  # while amending
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     created_by: Mapped[str] = mapped_column(String(64))
-    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    deleted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    delete_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     cells: Mapped[list[SampleCell]] = relationship(order_by="SampleCell.id")
     versions: Mapped[list[SampleVersion]] = relationship(order_by="SampleVersion.version")
 

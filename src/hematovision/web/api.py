@@ -101,9 +101,16 @@ def list_predictions():
 
 @api.delete("/api/v1/predictions/<id:prediction_id>")
 def delete_prediction(prediction_id: int):
-    if not get_storage().delete_prediction(prediction_id):
-        return error_response(404, "not_found", f"no prediction {prediction_id}")
-    audit("deleted", f"prediction:{prediction_id}")
+    return _soft_delete(get_storage().delete_prediction, prediction_id, "prediction")
+
+
+def _soft_delete(delete, record_id: int, kind: str):
+    """A soft delete with the ``reason`` query parameter, audited; 204, 400 or 404."""
+    reason = request.args.get("reason", "")
+    _, failure = _lab_call(lambda: delete(record_id, reason, actor()))
+    if failure:
+        return failure
+    audit("deleted", f"{kind}:{record_id}", reason=reason.strip()[:500])
     return "", 204
 
 
@@ -136,10 +143,7 @@ def get_smear(smear_id: int):
 
 @api.delete("/api/v1/smears/<id:smear_id>")
 def delete_smear(smear_id: int):
-    if not get_storage().delete_smear(smear_id):
-        return error_response(404, "not_found", f"no smear analysis {smear_id}")
-    audit("deleted", f"smear:{smear_id}")
-    return "", 204
+    return _soft_delete(get_storage().delete_smear, smear_id, "smear")
 
 
 # ---------------------------------------------------------------- samples

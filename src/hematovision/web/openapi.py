@@ -285,14 +285,16 @@ def _collection(name: str, item: str, listing: str, params: list, post_summary: 
                 "responses": _responses(f"the {item.lower()}", _ref(item), "404"),
             },
             "delete": {
-                "parameters": id_param,
-                "responses": _responses("deleted", None, "404", status="204"),
+                "summary": "Delete (softly: hidden, kept with who, when and why) with a reason",
+                "parameters": [*id_param, REASON],
+                "responses": _responses("deleted", None, "403", "404", status="204"),
             },
         },
     }
 
 
 UPLOAD_SCHEMA = {"Prediction": "Upload", "Smear": "Smear"}  # what a POST answers
+REASON = {"name": "reason", "in": "query", "required": True, "schema": {**LINE, "maxLength": 500}}
 SAMPLE_ID = {
     "name": "public_id",
     "in": "path",
@@ -314,7 +316,6 @@ def _sample_paths() -> dict:
         "requestBody": FILES_BODY,
         "responses": _responses("added", sample, "403", "404", "409", *UPLOAD_ERRORS, status="201"),
     }
-    reason = {"name": "reason", "in": "query", "required": True, "schema": LINE}
     return {
         "/api/v1/samples": {
             "get": {
@@ -335,7 +336,7 @@ def _sample_paths() -> dict:
             },
             "delete": {
                 "summary": "Delete (softly: kept in the database) with a reason",
-                "parameters": [SAMPLE_ID, reason],
+                "parameters": [SAMPLE_ID, REASON],
                 "responses": _responses("deleted", None, "403", "404", status="204"),
             },
         },

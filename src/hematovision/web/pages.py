@@ -22,9 +22,10 @@ from werkzeug.exceptions import BadRequest
 from ..differential import display_name
 from ..inference.classifier import SAMPLES
 from ..smear import field_differential
+from ..storage import LabError
 from ..tables import write_differential_csv, write_predictions_csv, write_smear_cells_csv
 from . import MAX_ID, static_vendor_dir
-from .auth import audit
+from .auth import actor, audit
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
 from .service import (
     ACCEPTED,
@@ -197,9 +198,7 @@ def smear_differential_csv(smear_id: int):
 
 @pages.post("/smears/<id:smear_id>/delete")
 def delete_smear(smear_id: int):
-    if not get_storage().delete_smear(smear_id):
-        abort(404, description=f"no smear analysis {smear_id}")
-    audit("deleted", f"smear:{smear_id}")
+    _soft_delete(get_storage().delete_smear, smear_id, "smear")
     return redirect(url_for("pages.history", kind="smears", page=_page()), code=303)
 
 
@@ -236,11 +235,19 @@ def history():
 
 @pages.post("/history/<id:prediction_id>/delete")
 def delete(prediction_id: int):
-    if not get_storage().delete_prediction(prediction_id):
-        abort(404, description=f"no prediction {prediction_id}")
-    audit("deleted", f"prediction:{prediction_id}")
+    _soft_delete(get_storage().delete_prediction, prediction_id, "prediction")
     label = request.form.get("label") or None
     return redirect(url_for("pages.history", label=label, page=_page()), code=303)
+
+
+def _soft_delete(delete, record_id: int, kind: str) -> None:
+    """A soft delete with the form's ``reason``, audited; 400 or 404 pages when refused."""
+    reason = request.form.get("reason", "")
+    try:
+        delete(record_id, reason, actor())
+    except LabError as exc:
+        abort(exc.status, description=str(exc))
+    audit("deleted", f"{kind}:{record_id}", reason=reason.strip()[:500])
 
 
 # ---------------------------------------------------------------- model card

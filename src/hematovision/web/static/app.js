@@ -1,5 +1,5 @@
 // HematoVision pages: upload preview, drag and drop, probability bars, heatmap and marks
-// toggles, confirmation before deleting. Loaded as a file: the CSP allows no inline script.
+// toggles, a reason asked before deleting. Loaded as a file: the CSP allows no inline script.
 document.addEventListener("DOMContentLoaded", () => {
   const input = document.getElementById("file-input");
   const zone = document.getElementById("drop-zone");
@@ -56,9 +56,12 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   });
 
-  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+  // a delete asks why: no reason (or Cancel), no delete
+  document.querySelectorAll("form[data-reason]").forEach((form) => {
     form.addEventListener("submit", (e) => {
-      if (!window.confirm(form.dataset.confirm)) e.preventDefault();
+      const reason = window.prompt(form.dataset.reason, "");
+      if (!reason || !reason.trim()) { e.preventDefault(); return; }
+      form.elements.reason.value = reason.trim();
     });
   });
 });
