@@ -189,6 +189,29 @@ def test_the_fhir_report_validates_and_switches_codes_at_sign_off(client):
     assert "signed by <strong>local</strong>" in page and "95% interval" in page
 
 
+def test_the_pdf_report_has_the_differential_signature_and_cells(client):
+    from pypdf import PdfReader
+
+    sample = new_sample(client, SAMPLES[:12])
+    differential = client.get(f"/api/v1/samples/{sample['id']}").get_json()["differential"]
+    unsigned = client.get(f"/samples/{sample['id']}/report.pdf")
+    assert unsigned.status_code == 200 and unsigned.mimetype == "application/pdf"
+    assert "-unsigned.pdf" in unsigned.headers["Content-Disposition"]
+    assert "Not signed" in PdfReader(io.BytesIO(unsigned.data)).pages[0].extract_text()
+    client.post(f"/api/v1/samples/{sample['id']}/sign")
+    signed = client.get(f"/samples/{sample['id']}/report.pdf")
+    assert f"{sample['id']}-v1.pdf" in signed.headers["Content-Disposition"]
+    pdf = PdfReader(io.BytesIO(signed.data))
+    assert pdf.metadata.title == "White-cell differential - HV-0001"
+    text = " ".join(" ".join(page.extract_text().split()) for page in pdf.pages)
+    assert "signed by local" in text and "Model hematovision-efficientnet_lite0" in text
+    for label, v in differential["white_cells"].items():
+        interval = "{:.1f}-{:.1f}".format(*v["ci95"])
+        assert f"{v['count']} {v['percent']:.1f} {interval}" in text, label
+    assert sum(len(page.images) for page in pdf.pages) == 12  # every cell's picture
+    assert client.get("/samples/" + "0" * 20 + "/report.pdf").status_code == 404
+
+
 # ---------------------------------------------------------------- accounts and roles
 @pytest.fixture
 def accounts(app):

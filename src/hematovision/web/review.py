@@ -11,6 +11,7 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 
 from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
+from ..pdf_report import SampleReport, sample_pdf
 from ..storage import LabError
 from ..tables import write_differential_csv
 from .api import model_summary
@@ -26,6 +27,7 @@ from .samples import (
     review_groups,
     sample_differential,
 )
+from .samples import cell_picture as picture_of_cell
 from .service import UploadError
 
 review = Blueprint("review", __name__)
@@ -94,22 +96,59 @@ def _signed_json(record) -> dict | None:
     return record.versions[-1].to_dict() if record.versions else None
 
 
-@review.get("/samples/<public_id>/report")
-def report(public_id: str):
-    """The printable report: the last signed version (or the unreviewed count, marked so)."""
+def _report(public_id: str) -> dict:
+    """What a report shows: the last signed version (or the unreviewed count, marked so)."""
     record = _sample(public_id)
     classes = get_classifier().classes
     differential = sample_differential(record, classes, get_storage())
     signed = _signed_json(record)
+    return {
+        "sample": record,
+        "summary": signed["differential"] if signed else differential_json(record, differential),
+        "signed": signed,
+        "groups": review_groups(record, classes),
+        "model": model_summary(),
+    }
+
+
+@review.get("/samples/<public_id>/report")
+def report(public_id: str):
+    """The printable report (print CSS), with a link to the same as a PDF file."""
+    parts = _report(public_id)
     audit("exported", f"sample:{public_id}", format="report")
-    return render_template(
-        "report.html",
-        sample=record,
-        summary=signed["differential"] if signed else differential_json(record, differential),
-        signed=signed,
-        groups=review_groups(record, classes),
-        model=model_summary(),
+    return render_template("report.html", **parts)
+
+
+@review.get("/samples/<public_id>/report.pdf")
+def report_pdf(public_id: str):
+    """The report as a PDF file (ReportLab), the reviewed cells' pictures included."""
+    parts, storage = _report(public_id), get_storage()
+    record = parts["sample"]
+    document = SampleReport(
+        accession=record.accession,
+        public_id=record.public_id,
+        created=f"{record.created_at:%Y-%m-%d} by {record.created_by}",
+        summary=parts["summary"],
+        model=parts["model"],
+        signed=parts["signed"],
+        groups=[
+            (title, [_thumbnail(picture_of_cell(storage, c)) for c in cells])
+            for _, title, cells in parts["groups"]
+        ],
     )
+    audit("exported", f"sample:{public_id}", format="pdf")
+    version = f"-v{parts['signed']['version']}" if parts["signed"] else "-unsigned"
+    name = f"hematovision-sample-{record.public_id}{version}.pdf"
+    return Response(
+        sample_pdf(document),
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f"attachment; filename={name}"},
+    )
+
+
+def _thumbnail(picture):
+    picture.thumbnail((160, 160))
+    return picture
 
 
 @review.get("/samples/<public_id>/fhir.json")
