@@ -35,9 +35,10 @@ from hematovision.adapt import (
     adapt,
     adapted_calibration,
     anchor_features,
+    choose_pull,
     distances,
     embed_paths,
-    fit_head,
+    fit_views,
     head_weights,
 )
 from hematovision.artifact import ModelArtifact
@@ -121,8 +122,9 @@ def main() -> None:
             w, b, c, lab_ood, pbc_ood_n = w0, b0, artifact.calibration, ood, pbc_ood
             if n:  # what adapt() does: the head refit, the lab's centres, the threshold
                 chosen = draw(pool, labels, groups, n, rng)
-                examples = views[chosen].reshape(-1, views.shape[-1])
-                w, b = fit_head(examples, np.repeat(labels[chosen], 8), w0, b0, anchors)
+                lab = (views[chosen], labels[chosen])
+                pull, _ = choose_pull(*lab, groups[chosen], w0, b0, anchors)
+                w, b = fit_views(*lab, w0, b0, anchors, pull)
                 centres = space.with_lab_centres(features[chosen], labels[chosen])
                 lab_ood = distances(space, centres, features)
                 pbc_ood_n = distances(space, centres, pbc_features)

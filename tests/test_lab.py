@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from sqlalchemy import text
@@ -428,6 +429,11 @@ def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, tmp_
     card = json.loads((out / "model.json").read_text())
     held = card["metrics"]["adaptation"]["held_out"]
     assert held["n"] >= 20 and held["accuracy_after"] >= held["accuracy_before"] + 0.2
+    adaptation = card["metrics"]["adaptation"]
+    assert len(adaptation["pull_cross_validation"]) == 3  # the pull chosen on the lab's cells
+    assert adaptation["pull_cross_validation"][f"{adaptation['pull']:g}"] == max(
+        adaptation["pull_cross_validation"].values()
+    )
     assert card["version"].startswith(Classifier.load().version + "+lab.")
     assert card["ood_threshold"] >= Classifier.load().ood_threshold  # widened, never narrowed
     base, adapted = Classifier.load(), Classifier.load(out)
@@ -442,6 +448,20 @@ def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, tmp_
     assert r.returncode == 0 and json.loads(r.stdout)[0]["label"] in card["classes"]
     again = run_cli("adapt", "--data", str(shifted_lab), "--out", str(out))
     assert again.returncode != 0 and "not empty" in again.stderr
+
+
+def test_the_pull_is_chosen_by_cross_validation_and_ties_keep_the_strongest():
+    from hematovision.adapt import PULL, PULL_CHOICES, choose_pull
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 20)
+    views = rng.normal(0, 0.1, (40, 8, 6)).astype(np.float32)
+    views[:, :, 0] += np.where(labels == 0, 3.0, -3.0)[:, None]  # one clear direction
+    w0, b0 = np.zeros((2, 6), np.float32), np.zeros(2, np.float32)
+    pull, scores = choose_pull(views, labels, np.arange(40), w0, b0, None)
+    assert set(scores) == set(PULL_CHOICES) and all(s == 1.0 for s in scores.values())
+    assert pull == max(PULL_CHOICES)  # every choice perfect: the one nearest the base
+    assert choose_pull(views[:3], labels[:3], np.arange(3), w0, b0, None) == (PULL, {})
 
 
 def test_adapt_refuses_a_worse_model_and_unknown_classes(shifted_lab, tmp_path, monkeypatch):
