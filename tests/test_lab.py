@@ -190,6 +190,20 @@ def test_the_fhir_report_validates_and_switches_codes_at_sign_off(client):
     assert "signed by <strong>local</strong>" in page and "95% interval" in page
 
 
+def test_a_samples_cells_keep_their_pictures_when_their_results_are_purged(app, client):
+    sample = new_sample(client, SAMPLES[:3])
+    for p in client.get("/api/v1/predictions").get_json()["predictions"]:
+        assert client.delete(f"/api/v1/predictions/{p['id']}?reason=test").status_code == 204
+    storage = storage_of(app)
+    assert storage.purge_deleted()["predictions"] == 3
+    assert storage.check().orphan_files == []  # the cells' images are in use, not orphans
+    cells = client.get(f"/api/v1/samples/{sample['id']}").get_json()["cells"]
+    for cell in cells:
+        picture = client.get(f"/samples/{sample['id']}/cells/{cell['id']}.jpg")
+        assert picture.status_code == 200 and picture.mimetype == "image/jpeg"
+    assert client.get(f"/samples/{sample['id']}/report.pdf").status_code == 200
+
+
 def test_the_pdf_report_has_the_differential_signature_and_cells(client):
     from pypdf import PdfReader
 

@@ -191,9 +191,7 @@ class Storage:
         if not shas:
             return
         with self.session() as s:
-            used = set(
-                s.scalars(select(ImageRef.image_sha256).where(ImageRef.image_sha256.in_(shas)))
-            )
+            used = _images_in_use(s, shas)
         for sha in set(shas) - used:
             self._image_path(sha).unlink(missing_ok=True)
             for kind in LEGACY_DERIVED:
@@ -413,7 +411,7 @@ class Storage:
         with self.session() as s:
             mine = set(s.scalars(select(ImageRef.image_sha256).where(uses)))
             query = select(ImageRef.image_sha256).where(ImageRef.image_sha256.in_(mine), ~uses)
-            shared = set(s.scalars(query))
+            shared = set(s.scalars(query)) | _images_in_use(s, mine, records=False)
         for sha in mine - shared:
             self._image_path(sha).unlink(missing_ok=True)
 
@@ -425,7 +423,7 @@ class Storage:
         images as not stored."""
         report = StorageReport()
         with self.session() as s:
-            used = set(s.scalars(select(ImageRef.image_sha256).distinct()))
+            used = _images_in_use(s)
         now = time.time()
         on_disk = set()
         for path in (self.data_dir / "images").glob("*/*"):
@@ -456,6 +454,20 @@ class Storage:
                 ):
                     record.image_stored = False
         report.repaired = True
+
+
+def _images_in_use(s: Session, among=None, records: bool = True) -> set[str]:
+    """The images (of ``among``, default all) that something uses: a result or smear analysis
+    (its ``ImageRef``), or a sample's cell, which keeps its picture whatever becomes of the
+    result it came from (a signed differential shows its cells for good)."""
+    columns = [ImageRef.image_sha256] if records else []
+    used = set()
+    for column in [*columns, SampleCell.image_sha256]:
+        query = select(column).distinct()
+        if among is not None:
+            query = query.where(column.in_(list(among)))
+        used |= set(s.scalars(query))
+    return used
 
 
 def _open_sample_id(s: Session, sample: Sample | None) -> int | None:
