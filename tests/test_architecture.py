@@ -23,6 +23,7 @@ ALLOWED = {
     "smear": {"data", "differential", "inference", "preprocess"},
     "storage": set(),
     "fhir": set(),
+    "pdf_report": {"differential"},
     # the lab's reviewed cells (storage) into a data set, and a model refitted on them
     "adapt": {"artifact", "data", "inference", "preprocess", "smear", "storage"},
     "web": {
@@ -30,6 +31,7 @@ ALLOWED = {
         "differential",
         "fhir",
         "inference",
+        "pdf_report",
         "preprocess",
         "smear",
         "storage",
