@@ -202,9 +202,11 @@ Box = tuple[int, int, int]  # left, top, side: a square in the source image's pi
 
 
 def stain_score(rgb: np.ndarray) -> np.ndarray:
-    """How blue-violet each pixel is, ``B - (R + G) / 2``: Romanowsky-stained nuclei and
-    platelets score high, red cells and background low."""
-    return rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
+    """How blue-violet each pixel of a uint8 image is, ``B - (R + G) / 2``, in halves so that
+    it is an integer (-510..510): Romanowsky-stained nuclei and platelets score high, red
+    cells and background low."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    return 2 * b - r - g
 
 
 def counted_median(counts: np.ndarray) -> float:
@@ -228,8 +230,7 @@ def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     R, G and B), in sixths so that it is an integer: ``4B - 5R - 5G``. Only differences within
     one image are used (Otsu's thresholds, the nuclei's rise above them), so a stain's overall
     cast or a camera's brightness does not matter."""
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
-    return 4 * b - 5 * (r + g)
+    return 3 * stain_score(rgb) - 2 * rgb.sum(-1, dtype=np.int16)
 
 
 NUCLEUS_MIN_RISE = 6 * 20  # in nucleus_score's sixths: the darkest blue must stand out this much
@@ -254,6 +255,21 @@ def cross_morphology(mask: np.ndarray, grow: bool, times: int = 1) -> np.ndarray
             out[[0, -1]] = out[:, [0, -1]] = False  # their neighbour outside is background
         mask = out
     return mask
+
+
+def cross_opening(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_opening`` with its default cross (``cross_morphology``)."""
+    return cross_morphology(cross_morphology(mask, grow=False), grow=True)
+
+
+def centres_and_areas(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) centre and pixel count of each of the ``n`` labelled components, in one
+    counting pass (``ndi.center_of_mass`` and ``ndi.sum`` make one pass per component)."""
+    flat = labels.ravel()
+    ys, xs = np.indices(labels.shape)
+    areas = np.bincount(flat, minlength=n + 1)[1:]
+    sums = [np.bincount(flat, c.ravel(), n + 1)[1:] for c in (ys, xs)]
+    return np.stack(sums, axis=1) / areas[:, None], areas
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -301,17 +317,14 @@ def locate_nucleus(img: Image.Image) -> tuple[float, float, float] | None:
     threshold = _otsu_upper(score)
     if threshold is None or score.max() - threshold < NUCLEUS_MIN_RISE:
         return None
-    opened = cross_morphology(cross_morphology(score > threshold, grow=False), grow=True)
+    opened = cross_opening(score > threshold)
     closed = cross_morphology(cross_morphology(opened, grow=True, times=3), grow=False, times=3)
     labels, n = ndi.label(fill_holes(closed))
     if not n:
         return None
     h, w = labels.shape
-    ys, xs = np.indices(labels.shape)
-    flat = labels.ravel()
-    areas = np.bincount(flat, minlength=n + 1)[1:].astype(float)
-    cx = np.bincount(flat, xs.ravel(), n + 1)[1:] / areas
-    cy = np.bincount(flat, ys.ravel(), n + 1)[1:] / areas
+    centres, areas = centres_and_areas(labels, n)
+    cy, cx = centres[:, 0], centres[:, 1]
     distance = np.hypot(cx - w / 2, cy - h / 2) / max(w, h)
     best = int(np.argmax(areas * np.exp(-4 * distance)))  # large and near the centre
     return cx[best] * f, cy[best] * f, float(np.sqrt(areas[best])) * f

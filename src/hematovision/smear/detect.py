@@ -16,7 +16,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import HematoVisionError
-from ..preprocess import counted_median, cross_morphology, fill_holes
+from ..preprocess import (
+    centres_and_areas,
+    counted_median,
+    cross_morphology,
+    cross_opening,
+    fill_holes,
+    stain_score,
+)
 
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
 BCCD_RED_CELL_PX = 90.6  # estimate_red_cell_diameter's median on BCCD's even fields
@@ -106,13 +113,12 @@ def _red_cells_of(rgb: np.ndarray):
     """(stain score, its median, red-cell mask, the mask's distance transform) of a uint8
     field: computed once, the field's scale and its red cells both come from them.
 
-    The score ``B - (R + G) / 2`` (``preprocess.stain_score``) and the brightness are
-    integers in halves and thirds, so their median and histogram are counts, not sorts."""
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
-    doubled = 2 * b - r - g  # twice the stain score: -510..510
+    The stain score (``preprocess.stain_score``, in halves) and the brightness (R + G + B, in
+    thirds) are integers, so their median and histogram are counts, not sorts."""
+    doubled = stain_score(rgb)
     median = (counted_median(np.bincount(doubled.ravel() + 510, minlength=1021)) - 510) / 2
     score = doubled.astype(np.float32) / 2
-    red = _red_mask(r + g + b, score, median)
+    red = _red_mask(rgb.sum(-1, dtype=np.int16), score, median)
     return score, median, red, ndi.distance_transform_edt(red)
 
 
@@ -164,7 +170,7 @@ def _red_mask(rgb_sum: np.ndarray, score: np.ndarray, score_median) -> np.ndarra
         threshold = threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2))
         cells = (levels < threshold)[rgb_sum]
     violet = cross_morphology(score > score_median + VIOLET_ABOVE_MEDIAN, grow=True, times=2)
-    return fill_holes(_open(cells & ~violet))
+    return fill_holes(cross_opening(cells & ~violet))
 
 
 def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detections:
@@ -183,7 +189,7 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
 
 def _violet_objects(violet, params: SmearParams, shape, found: Detections) -> None:
     height, width = shape
-    cores = _open(violet)
+    cores = cross_opening(violet)
     labels, _ = ndi.label(fill_holes(_close_square(cores, params.merge_iterations)))
     for i, region in enumerate(ndi.find_objects(labels), start=1):
         component = labels[region] == i
@@ -217,7 +223,7 @@ def _cells_of(component: np.ndarray, cores: np.ndarray, params: SmearParams):
     blobs, n = ndi.label(cores)
     if n < 2:
         return whole
-    centres, areas = _centres_and_areas(blobs, n)
+    centres, areas = centres_and_areas(blobs, n)
     nuclei = _nearby_groups(centres, SPLIT_NUCLEUS_DISTANCE * params.cell_px)
     big = [
         g
@@ -244,21 +250,6 @@ def _nearby_groups(points: np.ndarray, distance: float) -> np.ndarray:
     return fcluster(linkage(points, method="single"), t=distance, criterion="distance")
 
 
-def _open(mask: np.ndarray) -> np.ndarray:
-    """``ndi.binary_opening`` with its default cross (``preprocess.cross_morphology``)."""
-    return cross_morphology(cross_morphology(mask, grow=False), grow=True)
-
-
-def _centres_and_areas(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(y, x) centre and pixel count of each of the ``n`` labelled components, in one
-    counting pass (``ndi.center_of_mass`` and ``ndi.sum`` make one pass per component)."""
-    flat = labels.ravel()
-    ys, xs = np.indices(labels.shape)
-    areas = np.bincount(flat, minlength=n + 1)[1:]
-    sums = [np.bincount(flat, c.ravel(), n + 1)[1:] for c in (ys, xs)]
-    return np.stack(sums, axis=1) / areas[:, None], areas
-
-
 def _close_square(mask: np.ndarray, k: int) -> np.ndarray:
     """``binary_closing`` with a 3x3 square ``k`` times (the same as one (2k+1) square), as a
     separable maximum then minimum filter: linear in k instead of k x 9 passes."""
@@ -273,5 +264,5 @@ def _red_cells(distance: np.ndarray, params: SmearParams) -> list[Point]:
         distance > params.red_min_radius
     )
     labels, n = ndi.label(peaks)
-    centres = _centres_and_areas(labels, n)[0] if n else []
+    centres = centres_and_areas(labels, n)[0] if n else []
     return [(int(round(x)), int(round(y))) for y, x in centres]
