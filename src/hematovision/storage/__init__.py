@@ -342,8 +342,7 @@ class Storage:
             record = s.get(model, record_id, with_for_update=True)
             if record is None or record.deleted_at is not None:
                 raise NotFound(f"no {what} {record_id}")
-            record.deleted_at, record.deleted_by = datetime.now(UTC), _actor(by)
-            record.delete_reason = reason
+            record.mark_deleted(_actor(by), reason)
 
     def purge_deleted(self, older_than: timedelta = timedelta(0)) -> dict[str, int]:
         """Erase the records deleted more than ``older_than`` ago, and the images only they
@@ -411,7 +410,7 @@ class Storage:
         with self.session() as s:
             mine = set(s.scalars(select(ImageRef.image_sha256).where(uses)))
             query = select(ImageRef.image_sha256).where(ImageRef.image_sha256.in_(mine), ~uses)
-            shared = set(s.scalars(query)) | _images_in_use(s, mine, records=False)
+            shared = set(s.scalars(query)) | _used(s, SampleCell.image_sha256, mine)
         for sha in mine - shared:
             self._image_path(sha).unlink(missing_ok=True)
 
@@ -456,18 +455,19 @@ class Storage:
         report.repaired = True
 
 
-def _images_in_use(s: Session, among=None, records: bool = True) -> set[str]:
+def _images_in_use(s: Session, among=None) -> set[str]:
     """The images (of ``among``, default all) that something uses: a result or smear analysis
     (its ``ImageRef``), or a sample's cell, which keeps its picture whatever becomes of the
     result it came from (a signed differential shows its cells for good)."""
-    columns = [ImageRef.image_sha256] if records else []
-    used = set()
-    for column in [*columns, SampleCell.image_sha256]:
-        query = select(column).distinct()
-        if among is not None:
-            query = query.where(column.in_(list(among)))
-        used |= set(s.scalars(query))
-    return used
+    return _used(s, ImageRef.image_sha256, among) | _used(s, SampleCell.image_sha256, among)
+
+
+def _used(s: Session, column, among=None) -> set[str]:
+    """The image hashes in ``column`` (of ``among``, default all)."""
+    query = select(column).distinct()
+    if among is not None:
+        query = query.where(column.in_(list(among)))
+    return set(s.scalars(query))
 
 
 def _open_sample_id(s: Session, sample: Sample | None) -> int | None:

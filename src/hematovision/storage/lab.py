@@ -8,7 +8,6 @@ import hashlib
 import secrets
 import shutil
 import unicodedata
-from datetime import UTC, datetime
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -228,9 +227,7 @@ class Samples:
         """A soft delete: the sample disappears from lists and links, its records stay."""
         reason = _line(reason, "a delete's reason", 500)
         with self.session.begin() as s:
-            sample = self._for_update(s, public_id)
-            sample.deleted_at = datetime.now(UTC)
-            sample.deleted_by, sample.delete_reason = _actor(by), reason[:500]
+            self._for_update(s, public_id).mark_deleted(_actor(by), reason)
 
     def reviewed_cells(self):
         """(cell, sample) of every reviewed, not excluded cell of the signed samples' last

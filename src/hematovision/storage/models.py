@@ -43,6 +43,9 @@ class SoftDeleted:
     deleted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     delete_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
+    def mark_deleted(self, by: str, reason: str) -> None:
+        self.deleted_at, self.deleted_by, self.delete_reason = utcnow(), by, reason
+
 
 class Upload(Base):
     """One request: one or more images classified together (a batch)."""
