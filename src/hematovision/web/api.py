@@ -8,7 +8,7 @@ from werkzeug.exceptions import BadRequest
 from ..smear import field_differential
 from ..storage import LabError
 from . import MAX_ID, error_response
-from .auth import actor, audit
+from .auth import actor, audit, delete_audited
 from .openapi import openapi_document
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
 from .samples import add_files, decide, fhir_document, sample_differential, sample_json
@@ -104,14 +104,11 @@ def delete_prediction(prediction_id: int):
     return _soft_delete(get_storage().delete_prediction, prediction_id, "prediction")
 
 
-def _soft_delete(delete, record_id: int, kind: str):
+def _soft_delete(delete, record_id, kind: str):
     """A soft delete with the ``reason`` query parameter, audited; 204, 400 or 404."""
     reason = request.args.get("reason", "")
-    _, failure = _lab_call(lambda: delete(record_id, reason, actor()))
-    if failure:
-        return failure
-    audit("deleted", f"{kind}:{record_id}", reason=reason.strip()[:500])
-    return "", 204
+    _, failure = _lab_call(lambda: delete_audited(delete, record_id, kind, reason))
+    return failure or ("", 204)
 
 
 @api.post("/api/v1/smears")
@@ -257,12 +254,7 @@ def amend_sample(public_id: str):
 
 @api.delete("/api/v1/samples/<public_id>")
 def delete_sample(public_id: str):
-    reason = request.args.get("reason", "")
-    _, failure = _lab_call(lambda: get_storage().samples.delete(public_id, reason, actor()))
-    if failure:
-        return failure
-    audit("deleted", f"sample:{public_id}", reason=reason[:500])
-    return "", 204
+    return _soft_delete(get_storage().samples.delete, public_id, "sample")
 
 
 @api.get("/api/v1/samples/<public_id>/fhir")

@@ -82,6 +82,13 @@ def audit(action: str, target: str, **detail) -> None:
     get_storage().audit.record(actor(), action, target, **detail)
 
 
+def delete_audited(delete, record_id, kind: str, reason: str) -> None:
+    """``delete(record_id, reason, by)`` (a storage soft delete) in the name of the user
+    behind this request, and its audit entry with the reason; raises what it raises."""
+    delete(record_id, reason, actor())
+    audit("deleted", f"{kind}:{record_id}", reason=reason.strip()[:500])
+
+
 def may(role: str) -> bool:
     """Can the user behind this request act as ``role``? (Always, in single-user mode.)"""
     if not accounts_on():

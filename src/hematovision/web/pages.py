@@ -25,7 +25,7 @@ from ..smear import field_differential
 from ..storage import LabError
 from ..tables import write_differential_csv, write_predictions_csv, write_smear_cells_csv
 from . import MAX_ID, static_vendor_dir
-from .auth import actor, audit
+from .auth import audit, delete_audited
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
 from .service import (
     ACCEPTED,
@@ -242,12 +242,10 @@ def delete(prediction_id: int):
 
 def _soft_delete(delete, record_id: int, kind: str) -> None:
     """A soft delete with the form's ``reason``, audited; 400 or 404 pages when refused."""
-    reason = request.form.get("reason", "")
     try:
-        delete(record_id, reason, actor())
+        delete_audited(delete, record_id, kind, request.form.get("reason", ""))
     except LabError as exc:
         abort(exc.status, description=str(exc))
-    audit("deleted", f"{kind}:{record_id}", reason=reason.strip()[:500])
 
 
 # ---------------------------------------------------------------- model card

@@ -15,7 +15,7 @@ from ..pdf_report import SampleReport, sample_pdf
 from ..storage import LabError
 from ..tables import write_differential_csv
 from .api import model_summary
-from .auth import actor, audit, may, requires
+from .auth import actor, audit, delete_audited, may, requires
 from .pages import IMMUTABLE, _csv, _page
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
 from .samples import (
@@ -249,10 +249,9 @@ def amend(public_id: str):
 def delete_sample(public_id: str):
     reason = request.form.get("reason", "")
     try:
-        get_storage().samples.delete(public_id, reason, actor())
+        delete_audited(get_storage().samples.delete, public_id, "sample", reason)
     except LabError as exc:
         return _lab_error(exc, public_id)
-    audit("deleted", f"sample:{public_id}", reason=reason[:500])
     return redirect(url_for("review.samples"), code=303)
 
 
