@@ -11,8 +11,6 @@ import io
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
-from PIL import Image
-
 from .differential import display_name
 
 CELLS_PER_ROW = 10
@@ -29,7 +27,7 @@ class SampleReport:
     summary: dict  # Differential.to_dict() + "target" (the signed version's, once signed)
     model: dict  # name, version
     signed: dict | None = None  # the last signed version (signed_by, signed_at, amend_reason)
-    groups: list[tuple[str, list[Image.Image]]] = field(default_factory=list)  # reviewed cells
+    groups: list[tuple[str, list[bytes]]] = field(default_factory=list)  # cells' JPEGs
 
 
 def sample_pdf(report: SampleReport) -> bytes:
@@ -116,16 +114,11 @@ def _footnote(report: SampleReport) -> str:
     )
 
 
-def _picture_grid(pictures: list[Image.Image], side: float):
+def _picture_grid(pictures: list[bytes], side: float):
     from reportlab.platypus import Image as Picture
     from reportlab.platypus import Table
 
-    cells = []
-    for picture in pictures:
-        jpeg = io.BytesIO()
-        picture.convert("RGB").save(jpeg, format="JPEG", quality=85)
-        jpeg.seek(0)
-        cells.append(Picture(jpeg, width=side, height=side))
+    cells = [Picture(io.BytesIO(jpeg), width=side, height=side) for jpeg in pictures]
     rows = [cells[i : i + CELLS_PER_ROW] for i in range(0, len(cells), CELLS_PER_ROW)]
     rows[-1] += [""] * (CELLS_PER_ROW - len(rows[-1]))
     return Table(rows, colWidths=[side + 2] * CELLS_PER_ROW, hAlign="LEFT")

@@ -27,7 +27,6 @@ from .samples import (
     review_groups,
     sample_differential,
 )
-from .samples import cell_picture as picture_of_cell
 from .service import UploadError
 
 review = Blueprint("review", __name__)
@@ -100,11 +99,14 @@ def _report(public_id: str) -> dict:
     """What a report shows: the last signed version (or the unreviewed count, marked so)."""
     record = _sample(public_id)
     classes = get_classifier().classes
-    differential = sample_differential(record, classes, get_storage())
     signed = _signed_json(record)
+    if signed:
+        summary = signed["differential"]
+    else:
+        summary = differential_json(record, sample_differential(record, classes, get_storage()))
     return {
         "sample": record,
-        "summary": signed["differential"] if signed else differential_json(record, differential),
+        "summary": summary,
         "signed": signed,
         "groups": review_groups(record, classes),
         "model": model_summary(),
@@ -132,8 +134,7 @@ def report_pdf(public_id: str):
         model=parts["model"],
         signed=parts["signed"],
         groups=[
-            (title, [_thumbnail(picture_of_cell(storage, c)) for c in cells])
-            for _, title, cells in parts["groups"]
+            (title, [cell_jpeg(storage, c) for c in cells]) for _, title, cells in parts["groups"]
         ],
     )
     audit("exported", f"sample:{public_id}", format="pdf")
@@ -144,11 +145,6 @@ def report_pdf(public_id: str):
         mimetype="application/pdf",
         headers={"Content-Disposition": f"attachment; filename={name}"},
     )
-
-
-def _thumbnail(picture):
-    picture.thumbnail((160, 160))
-    return picture
 
 
 @review.get("/samples/<public_id>/fhir.json")
