@@ -35,10 +35,9 @@ from hematovision.adapt import (
     adapt,
     adapted_calibration,
     anchor_features,
-    choose_pull,
     distances,
     embed_paths,
-    fit_views,
+    fit_lab_head,
     head_weights,
 )
 from hematovision.artifact import ModelArtifact
@@ -122,9 +121,8 @@ def main() -> None:
             w, b, c, lab_ood, pbc_ood_n = w0, b0, artifact.calibration, ood, pbc_ood
             if n:  # what adapt() does: the head refit, the lab's centres, the threshold
                 chosen = draw(pool, labels, groups, n, rng)
-                lab = (views[chosen], labels[chosen])
-                pull, _ = choose_pull(*lab, groups[chosen], w0, b0, anchors)
-                w, b = fit_views(*lab, w0, b0, anchors, pull)
+                lab = (views[chosen], labels[chosen], groups[chosen])
+                w, b, _, _ = fit_lab_head(*lab, w0, b0, anchors)
                 centres = space.with_lab_centres(features[chosen], labels[chosen])
                 lab_ood = distances(space, centres, features)
                 pbc_ood_n = distances(space, centres, pbc_features)

@@ -313,11 +313,8 @@ def adapt(
     model = onnx.load_from_string(base.model_bytes("fp32"))
     _, weight, bias = _head(model.graph)
     w0, b0 = numpy_helper.to_array(weight), numpy_helper.to_array(bias)
-    anchors = anchor_features(base)
-    pull, pull_scores = choose_pull(
-        cells.views[train], cells.labels[train], cells.groups[train], w0, b0, anchors
-    )
-    w, b = fit_views(cells.views[train], cells.labels[train], w0, b0, anchors, pull)
+    lab = (cells.views[train], cells.labels[train], cells.groups[train])
+    w, b, pull, pull_scores = fit_lab_head(*lab, w0, b0, anchor_features(base))
     before = accuracy(cells.features[test], cells.labels[test], w0, b0)
     after = accuracy(cells.features[test], cells.labels[test], w, b)
     after_tta = accuracy(cells.views[test], cells.labels[test], w, b)
@@ -339,6 +336,13 @@ def adapt(
     )
 
 
+def fit_lab_head(views, labels, groups, w0, b0, anchors):
+    """The head refitted on a lab's cells (n, views, d) with the pull ``choose_pull`` picks:
+    (w, b, pull, every choice's cross-validated score)."""
+    pull, scores = choose_pull(views, labels, groups, w0, b0, anchors)
+    return (*fit_views(views, labels, w0, b0, anchors, pull), pull, scores)
+
+
 def fit_views(views, labels, w0, b0, anchors, pull: float = PULL):
     """``fit_head`` on every view of each cell (n, views, d): the flips and turns as examples."""
     examples = views.reshape(-1, views.shape[-1])
@@ -354,34 +358,32 @@ def choose_pull(views, labels, groups, w0, b0, anchors) -> tuple[float, dict[flo
         return PULL, {}
     scores = {}
     for pull in PULL_CHOICES:
-        right = 0
+        right = 0.0
         for train, test in folds:
             w, b = fit_views(views[train], labels[train], w0, b0, anchors, pull)
-            right += int(((views[test] @ w.T + b).mean(1).argmax(1) == labels[test]).sum())
+            right += accuracy(views[test], labels[test], w, b) * len(test)
         scores[pull] = right / sum(len(test) for _, test in folds)
     best = max(scores.values())
     return max(p for p, s in scores.items() if s == best), scores
 
 
-def _folds(labels: np.ndarray, groups: np.ndarray, n_splits: int) -> list:
-    """(train, test) positions of ``n_splits`` folds by group, stratified; [] if too few."""
+def _folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int = 0) -> list:
+    """(train, test) positions of ``n_splits`` folds by group (near-duplicates of one cell
+    never on both sides), stratified by class; [] when there are too few groups."""
     if len(np.unique(groups)) < 2 * n_splits:
         return []
-    folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=0)
+    folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # a class with fewer cells than folds: fine, said here
         warnings.simplefilter("ignore", UserWarning)
-        return [(a, b) for a, b in folds.split(labels, labels, groups) if len(a) and len(b)]
+        return list(folds.split(labels, labels, groups))
 
 
 def _split(labels: np.ndarray, groups: np.ndarray, held_out: float, seed: int):
-    """Train and held-out positions: by group and stratified by class where the groups
-    allow it (near-duplicates of one cell never on both sides), else by image."""
-    n_splits = max(2, round(1 / held_out))
-    if len(np.unique(groups)) >= 2 * n_splits:
-        folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
-        train, test = next(folds.split(labels, labels, groups))
-        if len(test) and len(train):
-            return train, test
+    """Train and held-out positions: the first of ``_folds`` where the groups allow it,
+    else by image."""
+    folds = _folds(labels, groups, max(2, round(1 / held_out)), seed)
+    if folds and all(len(side) for side in folds[0]):
+        return folds[0]
     index = np.arange(len(labels))
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None
