@@ -62,15 +62,10 @@ class ClassifyBatch:
         for path in paths:
             try:
                 images.append(fetch(path))
-            except (OSError, ValueError, ImportError) as exc:  # an unreachable URI: its row
-                unreachable[path] = f"{path}: cannot fetch: {exc}"
+            except FETCH_ERRORS as exc:  # an unreachable URI: its row
+                unreachable[path] = unreachable_row(path, exc)
         done = iter(self.classifier.predict(images, errors="report", batch_size=len(paths)))
-        rows = [
-            {"path": p, "error": unreachable[p], "code": "unreachable"}
-            if p in unreachable
-            else result_row(p, next(done))
-            for p in paths
-        ]
+        rows = [unreachable.get(p) or result_row(p, next(done)) for p in paths]
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
@@ -83,6 +78,12 @@ def checked_model(path: str | Path) -> tuple[str, list[str]]:
 
 URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 MAX_FETCH_BYTES = 64 * 2**20  # one image from a URI
+FETCH_ERRORS = (OSError, ValueError, ImportError)  # what fetch raises for an unreachable URI
+
+
+def unreachable_row(path: str, exc: Exception) -> dict:
+    """The result row of a path or URI that could not be fetched."""
+    return {"path": path, "error": f"{path}: cannot fetch: {exc}", "code": "unreachable"}
 
 
 def batch_paths(batch: dict, folder: str | None) -> list[str]:

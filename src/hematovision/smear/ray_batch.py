@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import HematoVisionError
-from ..inference.ray_batch import RayJob, batch_paths, checked_model, fetch
+from ..inference.ray_batch import (
+    FETCH_ERRORS,
+    RayJob,
+    batch_paths,
+    checked_model,
+    fetch,
+    unreachable_row,
+)
 from . import analyze_smear, bundled_smear_model, load_smear_classifier
 
 
@@ -60,10 +67,8 @@ class AnalyzeBatch:
                 rows.append({**field, "path": field["path"] or path, "error": None})  # a URI
             except HematoVisionError as exc:
                 rows.append({"path": path, "error": str(exc), "code": exc.code})
-            except (OSError, ValueError, ImportError) as exc:  # an unreachable URI
-                rows.append(
-                    {"path": path, "error": f"{path}: cannot fetch: {exc}", "code": "unreachable"}
-                )
+            except FETCH_ERRORS as exc:  # an unreachable URI
+                rows.append(unreachable_row(path, exc))
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
