@@ -13,7 +13,7 @@ from hematovision.data.labs import combine_labs, near_duplicate_groups
 from hematovision.data.splits import SplitManifest, grouped_split
 from hematovision.inference import DEFAULT_MODEL, Classifier
 from hematovision.preprocess import PreprocessSpec, frame_cell, load_resized, locate_nucleus
-from hematovision.training.augment import RECIPES, augment_batch
+from hematovision.training.augment import RECIPES, augment_batch, random_edge_cut
 from hematovision.training.data import balanced_weights
 
 from conftest import LISC, require
@@ -140,6 +140,25 @@ def test_the_lab_recipe_changes_colour_within_bounds_and_mild_is_unchanged():
     assert lab.shape == mild.shape and lab.min() >= 0 and lab.max() <= 1
     shift = (lab.mean((2, 3)) - batch.permute(0, 3, 1, 2).float().mean((2, 3)) / 255).abs()
     assert shift.max() > 0.02 and RECIPES["lab"].hed > 0
+
+
+def test_edge_cut_keeps_a_centred_square_and_fills_the_rest_with_the_median(pbc_dir):
+    """What framing makes of a cell seen at 2x zoom: the frame's centre, flat beyond."""
+    spec = PreprocessSpec(64, framing="cell")
+    paths = sorted((pbc_dir / "monocyte").glob("*.jpg"))[:4]
+    x = torch.from_numpy(np.stack([load_resized(p, spec) for p in paths]))
+    x = x.permute(0, 3, 1, 2).float() / 255
+    cut = random_edge_cut(x.clone(), torch.Generator().manual_seed(0), least=0.22)
+    for original, image in zip(x, cut):
+        changed = (image != original).any(0)
+        rows, cols = np.flatnonzero(~changed.all(1)), np.flatnonzero(~changed.all(0))
+        kept = (rows.max() - rows.min() + 1) / 64  # the side of the square kept
+        assert 0.4 <= kept <= 1.0
+        assert abs((rows.min() + rows.max()) / 2 - 31.5) <= 0.1 * 64  # near the centre
+        fill = image[:, changed]  # one colour, the background's (about the image's median)
+        assert torch.equal(fill, fill[:, :1].expand_as(fill))
+        assert torch.allclose(fill[:, 0], original.flatten(1).median(1).values, atol=0.05)
+    assert RECIPES["lab-cut"].edge_cut == 0.5 and RECIPES["lab"].edge_cut == 0
 
 
 def test_tta_averages_eight_views_and_flags_disagreement():

@@ -7,7 +7,9 @@ crop-and-resize). Labs differ in stain, camera and light, so a recipe also varie
 * ``lab``: what other labs look like, chosen by leave-one-lab-out measurement
   (benchmarks/bench_crosslab.py): stain jitter in the colour-deconvolution (HED) space of
   scikit-image (Tellez et al., 2018), hue turns, stronger light and saturation changes, zoom
-  in and out, and blur.
+  in and out, and blur;
+* ``lab-cut``: ``lab``, and half of the frames cut close round the cell, as canonical framing
+  sees a cell from a camera that shows less round it (1.5-2x the training lab's zoom).
 
 The result is normalised with the shared spec.
 """
@@ -15,7 +17,7 @@ The result is normalised with the shared spec.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,8 @@ class Recipe:
     hed: float = 0.0  # HED stain jitter: scale 1 +- this, shift +- this
     hue: float = 0.0  # hue turn, in radians: +- this
     blur: float = 0.0  # probability of a slight blur (another focus or optics)
+    edge_cut: float = 0.0  # probability of losing the frame's edges (a camera that zooms in)
+    edge_cut_least: float = 0.22  # the kept square's half side, at least (0.5: the whole frame)
 
 
 RECIPES = {
@@ -46,6 +50,8 @@ RECIPES = {
         blur=0.3,
     ),
 }
+# the lab recipe, and half the cells cut close round the frame's centre (1.5-2x zoom)
+RECIPES["lab-cut"] = replace(RECIPES["lab"], edge_cut=0.5)
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, *shape) -> torch.Tensor:
@@ -73,12 +79,16 @@ def random_resized_crop(
     return out
 
 
+def _median_colour(x: torch.Tensor) -> torch.Tensor:
+    """(n, 3, 1, 1): each image's background colour, the median of its rows' medians."""
+    return x.median(dim=3, keepdim=True).values.median(dim=2, keepdim=True).values
+
+
 def random_zoom_out(x: torch.Tensor, gen: torch.Generator, most: float) -> torch.Tensor:
     """Each image shrunk by up to ``most`` and placed anywhere on its own median colour."""
     n, _, h, w = x.shape
     factors = _uniform(gen, n, 1.0, most)
-    out = x.median(dim=3, keepdim=True).values.median(dim=2, keepdim=True).values.expand_as(x)
-    out = out.clone()
+    out = _median_colour(x).expand_as(x).clone()
     for i in range(n):
         sh, sw = max(8, round(h / factors[i].item())), max(8, round(w / factors[i].item()))
         small = F.interpolate(x[i : i + 1], size=(sh, sw), mode="bilinear", align_corners=False)
@@ -86,6 +96,22 @@ def random_zoom_out(x: torch.Tensor, gen: torch.Generator, most: float) -> torch
         left = int(torch.randint(0, w - sw + 1, (1,), generator=gen))
         out[i, :, top : top + sh, left : left + sw] = small[0]
     return out
+
+
+def random_edge_cut(x: torch.Tensor, gen: torch.Generator, least: float) -> torch.Tensor:
+    """Each image kept only in a square round its centre (half side ``least`` to 0.5 of the
+    frame, moved a little), its own median colour beyond: what canonical framing makes of a
+    cell whose source image was cut close round it (a stronger objective, a smaller sensor)."""
+    n, _, h, w = x.shape
+    fill = _median_colour(x)
+    halves = _uniform(gen, n, least, 0.5)
+    shifts = _uniform(gen, n, -0.05, 0.05, 2)
+    ys = (torch.arange(h) + 0.5) / h - 0.5
+    xs = (torch.arange(w) + 0.5) / w - 0.5
+    inside_y = (ys[None] - shifts[:, :1]).abs() <= halves[:, None]  # n x h
+    inside_x = (xs[None] - shifts[:, 1:]).abs() <= halves[:, None]  # n x w
+    inside = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]  # n x 1 x h x w
+    return torch.where(inside, x, fill)
 
 
 def _hed_matrices():
@@ -141,6 +167,10 @@ def _geometry(x: torch.Tensor, gen: torch.Generator, recipe: Recipe) -> torch.Te
         if shrink.any():
             x[shrink] = random_zoom_out(x[shrink], gen, recipe.zoom_out)
     x = random_resized_crop(x, gen, recipe.crop_scale)
+    if recipe.edge_cut:
+        cut = torch.rand(n, generator=gen) < recipe.edge_cut
+        if cut.any():
+            x[cut] = random_edge_cut(x[cut], gen, recipe.edge_cut_least)
     flip_h = torch.rand(n, generator=gen) < 0.5
     x[flip_h] = x[flip_h].flip(3)
     flip_v = torch.rand(n, generator=gen) < 0.5

@@ -61,8 +61,9 @@ class TrainConfig:
         default="mild",
         metadata=_opt(
             "augmentation recipe: mild (light and colour by 5-10%%), or lab (other labs' stains, "
-            "light, zoom and focus: see training/augment.py)",
-            choices=["mild", "lab"],
+            "light, zoom and focus), or lab-cut (lab, and frames cut close round the cell: "
+            "1.5-2x zoom); see training/augment.py",
+            choices=["mild", "lab", "lab-cut"],
         ),
     )
     framing: str = field(
@@ -117,7 +118,7 @@ class TrainConfig:
         if self.extra_repeat < 1:
             raise HematoVisionError("--extra-repeat must be at least 1")
         for name, allowed in (
-            ("recipe", ("mild", "lab")),
+            ("recipe", ("mild", "lab", "lab-cut")),
             ("framing", ("none", "cell")),
             ("balance", ("none", "lab-class")),
         ):
