@@ -8,8 +8,7 @@ One model for single cells and the white cells of smear fields, trained on three
    benchmarks/bench_smear.py) and links PBC, LISC (near-duplicate copies grouped) and those
    cells into one data set (``hematovision data combine``);
 2. trains EfficientNet-Lite0 (ImageNet weights) at 128 px on it: canonical framing of the cell,
-   the other-lab augmentation recipe with frames cut close round the cell (a camera that
-   zooms in; lab-class balance measured worse on new labs), AdamW + cosine,
+   the other-lab augmentation recipe (lab-class balance measured worse on new labs), AdamW + cosine,
    label smoothing 0.1, batch 32, a stratified 80/10/10 split by group with seed 0 (the recipe
    was chosen by leave-one-lab-out measurement: benchmarks/bench_crosslab.py);
 3. exports it with calibration, out-of-distribution score and int8;
@@ -49,7 +48,7 @@ RECIPE = dict(
     test_fraction=0.1,
     seed=0,
     framing="cell",
-    recipe="lab-cut",  # lab + frames cut close round the cell: 1.5-2x zoom (bench_crosslab.py)
+    recipe="lab",
     balance="none",  # measured: it cost accuracy on 2 of 3 left-out labs (bench_crosslab.py)
 )
 
