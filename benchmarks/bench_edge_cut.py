@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import time
 from pathlib import Path
 
@@ -34,9 +33,10 @@ from PIL import Image
 
 from bench_crosslab import zoomed
 from hematovision.artifact import ModelArtifact
-from hematovision.models import create_model
-from hematovision.preprocess import model_view, resize, to_rgb
+from hematovision.models import create_model, preprocess_spec
+from hematovision.preprocess import model_view, normalize, resize, to_rgb
 from hematovision.training.augment import augment_batch
+from hematovision.training.loop import lr_schedule
 
 from _common import machine, write_section
 
@@ -112,15 +112,7 @@ def fit(x, y, spec, weights, recipe: str, seed: int, device: str, epochs=8, batc
     steps_per_epoch = len(x) // batch
     total = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-
-    def factor(step):
-        if step < steps_per_epoch:
-            return (step + 1) / steps_per_epoch
-        return 0.5 * (
-            1 + math.cos(math.pi * (step - steps_per_epoch) / max(1, total - steps_per_epoch))
-        )
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(steps_per_epoch, total))
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen)
@@ -137,19 +129,15 @@ def fit(x, y, spec, weights, recipe: str, seed: int, device: str, epochs=8, batc
 
 @torch.no_grad()
 def labels_of(model, x, spec, device: str) -> torch.Tensor:
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
     out = []
     for start in range(0, len(x), 256):
-        inputs = (x[start : start + 256].permute(0, 3, 1, 2).float() / 255 - mean) / std
+        inputs = torch.from_numpy(normalize(x[start : start + 256].numpy(), spec))
         out.append(model(inputs.to(device)).argmax(1).cpu())
     return torch.cat(out)
 
 
 def train(packed: Path, device: str, seeds: int) -> None:
-    from hematovision.preprocess import PreprocessSpec
-
-    spec = PreprocessSpec(128, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), framing="cell")
+    spec = preprocess_spec("efficientnet_lite0", 128, framing="cell")
     x, y = _read_jpegs(packed / "train.npz")
     weights = torch.load(packed / WEIGHTS, weights_only=True)
     zoom = {z: _read_jpegs(packed / f"zoom{z}.npz") for z in ZOOMS}

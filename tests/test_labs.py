@@ -14,6 +14,7 @@ from hematovision.data.splits import SplitManifest, grouped_split
 from hematovision.inference import DEFAULT_MODEL, Classifier
 from hematovision.preprocess import PreprocessSpec, frame_cell, load_resized, locate_nucleus
 from hematovision.training.augment import RECIPES, augment_batch, random_edge_cut
+from hematovision.training.config import RECIPE_NAMES
 from hematovision.training.data import balanced_weights
 
 from conftest import LISC, require
@@ -163,6 +164,7 @@ def test_edge_cut_keeps_a_centred_square_and_fills_the_rest_with_the_median(pbc_
         assert torch.equal(fill, fill[:, :1].expand_as(fill))
         assert torch.allclose(fill[:, 0], original.flatten(1).median(1).values, atol=0.05)
     assert RECIPES["lab-cut"].edge_cut == 0.5 and RECIPES["lab"].edge_cut == 0
+    assert set(RECIPES) == set(RECIPE_NAMES)  # every recipe can be asked for on the CLI
 
 
 def test_tta_averages_eight_views_and_flags_disagreement():

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from ..errors import HematoVisionError
 
+RECIPE_NAMES = ("mild", "lab", "lab-cut")  # training/augment.py's RECIPES, without torch
+
 
 def _opt(help: str, **kwargs):  # noqa: A002 - argparse's word
     """Field metadata for the command line: its help text, and e.g. choices."""
@@ -63,7 +65,7 @@ class TrainConfig:
             "augmentation recipe: mild (light and colour by 5-10%%), or lab (other labs' stains, "
             "light, zoom and focus), or lab-cut (lab, and frames cut close round the cell: "
             "1.5-2x zoom); see training/augment.py",
-            choices=["mild", "lab", "lab-cut"],
+            choices=list(RECIPE_NAMES),
         ),
     )
     framing: str = field(
@@ -118,7 +120,7 @@ class TrainConfig:
         if self.extra_repeat < 1:
             raise HematoVisionError("--extra-repeat must be at least 1")
         for name, allowed in (
-            ("recipe", ("mild", "lab", "lab-cut")),
+            ("recipe", RECIPE_NAMES),
             ("framing", ("none", "cell")),
             ("balance", ("none", "lab-class")),
         ):
