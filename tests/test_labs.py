@@ -178,6 +178,32 @@ def test_tta_averages_eight_views_and_flags_disagreement():
     assert tta.predict(noise)[0].uncertain
 
 
+def test_an_artifact_that_says_tta_predicts_with_eight_views_unless_told_not_to(
+    tmp_path, capsys
+):
+    import json
+    import shutil
+
+    from hematovision.cli import main
+
+    model = shutil.copytree(DEFAULT_MODEL, tmp_path / "model")
+    card = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**card, "tta": True}))
+    sample = sorted((DEFAULT_MODEL.parent / "samples").glob("*.jpg"))[:1]
+    assert Classifier.load(model).tta and not Classifier.load(model, tta=False).tta
+    assert not Classifier.load().tta  # the bundled model: one view
+    want = {
+        tta: Classifier.load(tta=tta).predict(sample)[0].probabilities["basophil"]
+        for tta in (False, True)
+    }
+    for flags, tta in (([], True), (["--no-tta"], False), (["--tta"], True)):
+        capsys.readouterr()
+        assert main(["-q", "predict", "--model", str(model), "--format", "json", *flags, str(sample[0])]) == 0
+        got = json.loads(capsys.readouterr().out)[0]["probabilities"]["basophil"]
+        assert got == pytest.approx(want[tta], abs=1e-4)
+    assert want[True] != pytest.approx(want[False], abs=1e-4)  # the two differ at all
+
+
 def test_a_framed_model_puts_its_heatmap_where_it_looked(pbc_dir):
     """The heatmap of a framed view is placed back over the source image."""
     clf = Classifier.load()

@@ -118,6 +118,9 @@ class ModelArtifact:
     metrics: dict = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance)
     path: Path | None = None  # the folder it was loaded from or saved to
+    # predict averages the 8 flips and turns of each cell unless told otherwise (``adapt``
+    # sets it where its held-out cells say it pays)
+    tta: bool = False
 
     # ------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
@@ -134,6 +137,7 @@ class ModelArtifact:
             "temperature": c.temperature,
             "confidence_threshold": c.confidence_threshold,
             "ood_threshold": c.ood_threshold,
+            "tta": self.tta,
             "files": {k: {"path": f.path, "sha256": f.sha256} for k, f in self.files.items()},
             "checks": self.checks,
             "metrics": self.metrics,
@@ -160,6 +164,7 @@ class ModelArtifact:
             dict(d.get("metrics") or {}),
             Provenance.from_dict(d),
             path,
+            bool(d.get("tta", False)),
         )
 
     @classmethod

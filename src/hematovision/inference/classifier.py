@@ -100,12 +100,13 @@ class Classifier:
         precision: str | None = None,
         threads: int | None = None,
         verify: bool = True,
-        tta: bool = False,
+        tta: bool | None = None,
         engine: str = "auto",
     ) -> Classifier:
         """Load an artifact folder (default: the bundled model); ``precision`` fp32 or int8
         (default: fp32 where the artifact has it); ``tta``: average the 8 flips and turns of
-        each cell (8x the compute) and flag cells on which they disagree; ``engine``:
+        each cell (8x the compute) and flag cells on which they disagree (default: the
+        artifact's ``tta``, set by ``adapt`` where it pays); ``engine``:
         onnxruntime, openvino, or auto (``engines.resolve_engine``).
 
         An engine other than ONNX Runtime must agree with it on the bundled samples (top-1,
@@ -117,7 +118,7 @@ class Classifier:
             chosen = open_engine(engine, model, threads)
         except HematoVisionError as exc:
             raise HematoVisionError(f"{artifact.path} ({precision}): {exc}") from None
-        classifier = cls(artifact, chosen, precision, tta)
+        classifier = cls(artifact, chosen, precision, artifact.tta if tta is None else tta)
         if chosen.name != "onnxruntime":
             classifier._check_parity(OnnxRuntimeEngine(model, threads), fall_back=engine == "auto")
         return classifier
