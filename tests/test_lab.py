@@ -443,10 +443,15 @@ def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, tmp_
     card = json.loads((out / "model.json").read_text())
     held = card["metrics"]["adaptation"]["held_out"]
     assert held["n"] >= 20 and held["accuracy_after"] >= held["accuracy_before"] + 0.2
+    # it predicts with the 8 views unless one view did better on the held-out cells
+    assert card["tta"] == held["tta"] == (held["accuracy_after_tta"] >= held["accuracy_after"])
+    assert Classifier.load(out).tta == card["tta"]
+    shown = held["accuracy_after_tta" if card["tta"] else "accuracy_after"]
+    assert f"-> {shown:.1%}" in r.stdout
     adaptation = card["metrics"]["adaptation"]
-    assert len(adaptation["pull_cross_validation"]) == 3  # the pull chosen on the lab's cells
-    assert adaptation["pull_cross_validation"][f"{adaptation['pull']:g}"] == max(
-        adaptation["pull_cross_validation"].values()
+    assert len(adaptation["pull_log_loss"]) == 3  # the pull chosen on the lab's cells
+    assert adaptation["pull_log_loss"][f"{adaptation['pull']:g}"] == min(
+        adaptation["pull_log_loss"].values()
     )
     assert card["version"].startswith(Classifier.load().version + "+lab.")
     assert card["ood_threshold"] >= Classifier.load().ood_threshold  # widened, never narrowed
@@ -464,7 +469,8 @@ def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, tmp_
     assert again.returncode != 0 and "not empty" in again.stderr
 
 
-def test_the_pull_is_chosen_by_cross_validation_and_ties_keep_the_strongest():
+def test_the_pull_is_chosen_by_cross_validation_and_ties_keep_the_strongest(monkeypatch):
+    from hematovision import adapt as adaptation
     from hematovision.adapt import PULL, PULL_CHOICES, choose_pull
 
     rng = np.random.default_rng(0)
@@ -472,10 +478,15 @@ def test_the_pull_is_chosen_by_cross_validation_and_ties_keep_the_strongest():
     views = rng.normal(0, 0.1, (40, 8, 6)).astype(np.float32)
     views[:, :, 0] += np.where(labels == 0, 3.0, -3.0)[:, None]  # one clear direction
     w0, b0 = np.zeros((2, 6), np.float32), np.zeros(2, np.float32)
-    pull, scores = choose_pull(views, labels, np.arange(40), w0, b0, None)
-    assert set(scores) == set(PULL_CHOICES) and all(s == 1.0 for s in scores.values())
-    assert pull == max(PULL_CHOICES)  # every choice perfect: the one nearest the base
+    pull, losses = choose_pull(views, labels, np.arange(40), w0, b0, None)
+    assert set(losses) == set(PULL_CHOICES)
+    # a base that knows nothing: the weakest pull fits the clear direction best
+    assert pull == min(PULL_CHOICES) and losses[pull] < min(losses[max(PULL_CHOICES)], 0.5)
     assert choose_pull(views[:3], labels[:3], np.arange(3), w0, b0, None) == (PULL, {})
+    # every choice as good (here: each fit gives one and the same head): the nearest the base
+    monkeypatch.setattr(adaptation, "fit_views", lambda v, y, w0, b0, *rest: (w0 + 1, b0))
+    pull, losses = choose_pull(views, labels, np.arange(40), w0, b0, None)
+    assert pull == max(PULL_CHOICES) and len(set(losses.values())) == 1
 
 
 def test_adapt_refuses_a_worse_model_and_unknown_classes(shifted_lab, tmp_path, monkeypatch):

@@ -532,9 +532,11 @@ def cmd_adapt(args) -> int:
     base = ModelArtifact.load(args.model or DEFAULT_MODEL)
     artifact = adapt(base, args.data, args.out, held_out=args.held_out, force=args.force)
     held = artifact.metrics["adaptation"]["held_out"]
+    after = held["accuracy_after_tta" if artifact.tta else "accuracy_after"]
+    views = "; it predicts with the 8 flips and turns (--no-tta: one view)" if artifact.tta else ""
     out.print(
         f"{artifact.path}: {artifact.name} {artifact.version}; held-out accuracy "
-        f"{held['accuracy_before']:.1%} -> {held['accuracy_after']:.1%} ({held['n']} cells)"
+        f"{held['accuracy_before']:.1%} -> {after:.1%} ({held['n']} cells){views}"
     )
     return 0
 
@@ -780,9 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--tta",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="test-time augmentation: average the 8 flips and turns of each cell (8x slower) "
-        "and flag cells on which they disagree",
+        "and flag cells on which they disagree (default: as the model says; adapted models "
+        "use it where it paid on their held-out cells)",
     )
     _engine_option(r)
     _ray_option(r)
