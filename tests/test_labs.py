@@ -196,9 +196,10 @@ def test_an_artifact_that_says_tta_predicts_with_eight_views_unless_told_not_to(
         tta: Classifier.load(tta=tta).predict(sample)[0].probabilities["basophil"]
         for tta in (False, True)
     }
+    command = ["-q", "predict", "--model", str(model), "--format", "json", str(sample[0])]
     for flags, tta in (([], True), (["--no-tta"], False), (["--tta"], True)):
         capsys.readouterr()
-        assert main(["-q", "predict", "--model", str(model), "--format", "json", *flags, str(sample[0])]) == 0
+        assert main([*command, *flags]) == 0
         got = json.loads(capsys.readouterr().out)[0]["probabilities"]["basophil"]
         assert got == pytest.approx(want[tta], abs=1e-4)
     assert want[True] != pytest.approx(want[False], abs=1e-4)  # the two differ at all
