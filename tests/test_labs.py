@@ -178,9 +178,7 @@ def test_tta_averages_eight_views_and_flags_disagreement():
     assert tta.predict(noise)[0].uncertain
 
 
-def test_an_artifact_that_says_tta_predicts_with_eight_views_unless_told_not_to(
-    tmp_path, capsys
-):
+def test_an_artifact_that_says_tta_predicts_with_eight_views_unless_told_not_to(tmp_path, capsys):
     import json
     import shutil
 
