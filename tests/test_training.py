@@ -229,3 +229,15 @@ def test_train_runs_unchanged_under_torchrun_on_cpu_and_resumes(synth_dir, tmp_p
     assert {"best.pt", "checkpoint.pt", "run.json", "split.json", "report.html"} <= {
         p.name for p in out.iterdir()
     }
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [("optimizer", "sgd"), ("recipe", "heavy"), ("framing", "nucleus"), ("balance", "lab")],
+)
+def test_the_api_refuses_a_setting_outside_the_clis_choices(setting):
+    from hematovision.training import TrainConfig
+
+    name, value = setting
+    with pytest.raises(HematoVisionError, match=f"--{name} must be one of "):
+        TrainConfig(data="d", out="o", **{name: value}).check()

@@ -6,7 +6,7 @@ written once, here. Torch-free: the CLI imports it to build its parser.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ..errors import HematoVisionError
 
@@ -107,8 +107,11 @@ class TrainConfig:
         """Validate at the edge; resolves ``optimizer='auto'``."""
         if self.epochs < 1 or self.batch_size < 1:
             raise HematoVisionError("--epochs and --batch-size must be at least 1")
-        if self.optimizer not in ("auto", "adam", "adamw"):
-            raise HematoVisionError("--optimizer must be auto, adam or adamw")
+        for f in fields(self):  # optimizer, recipe, framing, balance: the CLI's own choices
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                name = f.name.replace("_", "-")
+                raise HematoVisionError(f"--{name} must be one of {', '.join(allowed)}")
         if self.optimizer == "auto":
             self.optimizer = "adam" if self.arch == "seed-cnn" else "adamw"
         if self.lr <= 0:
@@ -119,13 +122,6 @@ class TrainConfig:
             raise HematoVisionError("--freeze-blocks must be at least 0")
         if self.extra_repeat < 1:
             raise HematoVisionError("--extra-repeat must be at least 1")
-        for name, allowed in (
-            ("recipe", RECIPE_NAMES),
-            ("framing", ("none", "cell")),
-            ("balance", ("none", "lab-class")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise HematoVisionError(f"--{name} must be one of {', '.join(allowed)}")
 
 
 # Settings that must not change between a run and its --resume.
