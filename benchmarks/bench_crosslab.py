@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from hematovision.artifact import RunDir
 from hematovision.data import scan_folder
 from hematovision.data.labs import combine_labs
 from hematovision.evaluation import expected_calibration_error
+from hematovision.evaluation.shifts import zoom_agreement
 from hematovision.export import export_run
 from hematovision.inference import Classifier
 from hematovision.preprocess import to_rgb
@@ -110,31 +110,9 @@ def score(clf: Classifier, paths: list[Path], labels: np.ndarray) -> dict:
     }
 
 
-def zoomed(img: Image.Image, z: float) -> Image.Image:
-    """The same field of view at zoom ``z``: shrunk onto its median colour, or enlarged and
-    centre-cropped (what another camera or objective shows of the same cell)."""
-    size = img.size
-    scaled = img.resize((round(img.width * z), round(img.height * z)), Image.BILINEAR)
-    if z >= 1:
-        left, top = (scaled.width - size[0]) // 2, (scaled.height - size[1]) // 2
-        return scaled.crop((left, top, left + size[0], top + size[1]))
-    fill = tuple(int(v) for v in np.median(np.asarray(img).reshape(-1, 3), axis=0))
-    canvas = Image.new("RGB", size, fill)
-    canvas.paste(scaled, ((size[0] - scaled.width) // 2, (size[1] - scaled.height) // 2))
-    return canvas
-
-
-def zoom_agreement(clf: Classifier, paths: list[Path]) -> dict:
-    pictures = [to_rgb(p) for p in paths]
-    base = [p.label for p in clf.predict(pictures)]
-    return {
-        str(z): float(
-            np.mean(
-                [p.label == b for p, b in zip(clf.predict([zoomed(x, z) for x in pictures]), base)]
-            )
-        )
-        for z in ZOOMS
-    }
+def zoom_agreement_of(clf: Classifier, paths: list[Path]) -> dict:
+    agreement = zoom_agreement(clf, [to_rgb(p) for p in paths], ZOOMS)
+    return {str(z): a for z, a in agreement.items()}
 
 
 def run_fold(left_out: str, sources: dict[str, Path], epochs: int, results: dict, save) -> None:
@@ -153,7 +131,7 @@ def run_fold(left_out: str, sources: dict[str, Path], epochs: int, results: dict
             if wants_zoom and "zoom_agreement" not in results[key]:  # a run made before
                 run = RunDir(OUT / "runs" / key.replace(" ", "_"))
                 clf = Classifier.load(run.path / "artifact")
-                results[key]["zoom_agreement"] = zoom_agreement(clf, unseen_pbc(run, data))
+                results[key]["zoom_agreement"] = zoom_agreement_of(clf, unseen_pbc(run, data))
                 save()
             continue
         start = time.perf_counter()
@@ -178,7 +156,7 @@ def run_fold(left_out: str, sources: dict[str, Path], epochs: int, results: dict
         if name == TTA_VARIANT:
             entry["left_out_tta"] = score(Classifier.load(artifact.path, tta=True), paths, labels)
         if wants_zoom:
-            entry["zoom_agreement"] = zoom_agreement(clf, unseen_pbc(run, data))
+            entry["zoom_agreement"] = zoom_agreement_of(clf, unseen_pbc(run, data))
         results[key] = entry
         save()
         print(key, json.dumps(entry), flush=True)

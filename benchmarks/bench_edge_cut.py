@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench_crosslab import zoomed
 from hematovision.artifact import ModelArtifact
+from hematovision.evaluation.shifts import zoomed
 from hematovision.models import create_model, preprocess_spec
 from hematovision.preprocess import model_view, normalize, resize, to_rgb
 from hematovision.training.augment import augment_batch
