@@ -10,6 +10,10 @@ at 96 px with 150 images per lab and class, so the 12 runs fit in about half an 
 Also: agreement of a cell's class at 0.5x-2x zoom with its class at 1x, with and without framing.
 
     python benchmarks/bench_crosslab.py [--epochs 6] [--fresh]
+    # another seed (another sample of the training labs, another initialisation of the head)
+    # of some recipes and folds, added as rows of their own:
+    python benchmarks/bench_crosslab.py --seed 1 --left-out pbc \
+        --recipes "+ other-lab augmentation,other-lab augmentation + edge cut"
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def zoom_agreement_of(clf: Classifier, paths: list[Path]) -> dict:
     return {str(z): a for z, a in agreement.items()}
 
 
-def run_fold(left_out: str, sources: dict[str, Path], epochs: int, results: dict, save) -> None:
+def run_fold(left_out: str, sources: dict[str, Path], args, results: dict, save) -> None:
     training = {lab: path for lab, path in sources.items() if lab != left_out}
     data = combine_labs(
         OUT / f"without-{left_out}",
@@ -125,7 +129,9 @@ def run_fold(left_out: str, sources: dict[str, Path], epochs: int, results: dict
         show_progress=False,
     )
     for name, variant in VARIANTS.items():
-        key = f"{left_out} | {name}"
+        if args.recipes and name not in args.recipes:
+            continue
+        key = f"{left_out} | {name}" + (f" | seed {args.seed}" if args.seed else "")
         wants_zoom = left_out == "lisc" and name in ZOOM_VARIANTS
         if key in results:
             if wants_zoom and "zoom_agreement" not in results[key]:  # a run made before
@@ -139,9 +145,9 @@ def run_fold(left_out: str, sources: dict[str, Path], epochs: int, results: dict
             TrainConfig(
                 data=str(data),
                 out=str(OUT / "runs" / key.replace(" ", "_")),
-                epochs=epochs,
+                epochs=args.epochs,
                 overwrite=True,
-                **COMMON,
+                **{**COMMON, "seed": args.seed},
                 **variant,
             )
         )
@@ -167,6 +173,12 @@ def unseen_pbc(run, data: Path) -> list[Path]:
     return [data / f["path"] for f in run.manifest().entries("test") if f.get("lab") == "pbc"]
 
 
+def _lab_and_recipe(key: str) -> tuple[str, str]:
+    """'pbc | recipe' or 'pbc | recipe | seed 1' -> ('pbc', 'recipe' or 'recipe (seed 1)')."""
+    lab, name, *seed = key.split(" | ")
+    return lab, name + "".join(f" ({s})" for s in seed)
+
+
 def table(results: dict) -> str:
     lines = [
         "| left-out lab | recipe | accuracy | macro-F1 | wrong and not flagged | flagged "
@@ -176,7 +188,7 @@ def table(results: dict) -> str:
     for key, r in results.items():
         if "|" not in key:
             continue
-        lab, name = key.split(" | ")
+        lab, name = _lab_and_recipe(key)
         for suffix, s in (("", r["left_out"]), (" + TTA", r.get("left_out_tta"))):
             if s:
                 lines.append(
@@ -192,7 +204,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--fresh", action="store_true", help="forget earlier results")
+    ap.add_argument("--seed", type=int, default=0, help="runs of another seed: rows of their own")
+    ap.add_argument("--left-out", default="lisc,bccd,pbc", help="the folds to run")
+    ap.add_argument("--recipes", help="only these recipes (comma-separated names)")
     args = ap.parse_args()
+    args.recipes = set(args.recipes.split(",")) if args.recipes else None
+    unknown = (args.recipes or set()) - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown recipes {sorted(unknown)}; known: {list(VARIANTS)}")
+    if not set(args.left_out.split(",")) <= {"lisc", "bccd", "pbc"}:
+        ap.error("--left-out: lisc, bccd and/or pbc")
     OUT.mkdir(parents=True, exist_ok=True)
     store = OUT / "results.json"
     results = {} if args.fresh or not store.exists() else json.loads(store.read_text())
@@ -202,10 +223,10 @@ def main() -> None:
         store.write_text(json.dumps(results, indent=1))
 
     sources = labs()
-    for left_out in ("lisc", "bccd", "pbc"):
-        run_fold(left_out, sources, args.epochs, results, save)
+    for left_out in args.left_out.split(","):
+        run_fold(left_out, sources, args, results, save)
     zoom = {
-        k.split(" | ")[1]: v["zoom_agreement"]
+        _lab_and_recipe(k)[1]: v["zoom_agreement"]
         for k, v in results.items()
         if isinstance(v, dict) and "zoom_agreement" in v
     }
