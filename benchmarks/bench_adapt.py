@@ -45,7 +45,12 @@ from hematovision.adapt import (
 from hematovision.artifact import ModelArtifact
 from hematovision.data.labs import near_duplicate_groups
 from hematovision.export.calibration import softmax
-from hematovision.inference.classifier import DIHEDRAL, TTA_MIN_AGREEMENT, Classifier
+from hematovision.inference.classifier import (
+    DIHEDRAL,
+    TTA_MIN_AGREEMENT,
+    Classifier,
+    average_views,
+)
 
 from _common import DEFAULT_PBC, machine, write_section
 
@@ -63,8 +68,7 @@ def scores(views, view_ood, labels, w, b, c, tta=False) -> tuple[float, float, f
         views, view_ood = views[:, :1], view_ood[:, :1]
     n, v, d = views.shape
     per_view = softmax(views.reshape(n * v, d) @ w.T + b, c.temperature).reshape(n, v, -1)
-    p, ood = per_view.mean(1), view_ood.mean(1)
-    agreement = (per_view.argmax(2) == p.argmax(1)[:, None]).mean(1)
+    (p, agreement), ood = average_views(per_view), view_ood.mean(1)
     wrong = p.argmax(1) != labels
     flagged = (
         (p.max(1) < c.confidence_threshold)

@@ -24,14 +24,8 @@ def zoomed(img: Image.Image, z: float) -> Image.Image:
 def zoom_agreement(classifier, pictures: list[Image.Image], zooms) -> dict[float, float]:
     """For each zoom, the share of ``pictures`` whose class is the one they get at 1x."""
     base = [p.label for p in classifier.predict(pictures)]
-    return {
-        z: float(
-            np.mean(
-                [
-                    p.label == b
-                    for p, b in zip(classifier.predict([zoomed(x, z) for x in pictures]), base)
-                ]
-            )
-        )
-        for z in zooms
-    }
+    agreement = {}
+    for z in zooms:
+        labels = [p.label for p in classifier.predict([zoomed(x, z) for x in pictures])]
+        agreement[z] = float(np.mean([a == b for a, b in zip(labels, base)]))
+    return agreement

@@ -34,6 +34,13 @@ DIHEDRAL = [
 ]
 
 
+def average_views(per_view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Test-time augmentation's answer from each view's probabilities (images, views,
+    classes): the mean probabilities, and the share of views whose top class is theirs."""
+    probs = per_view.mean(1)
+    return probs, (per_view.argmax(2) == probs.argmax(1)[:, None]).mean(1)
+
+
 @dataclass
 class Prediction:
     """One image's result, or (``error`` set) why it could not be classified.
@@ -228,9 +235,7 @@ class Classifier:
             probs, cams, oods = self.predict_arrays(batch)
             return probs, cams, oods, np.ones(len(batch))
         runs = [self.predict_arrays(np.ascontiguousarray(view(batch))) for view in DIHEDRAL]
-        probs = np.mean([r[0] for r in runs], axis=0)
-        votes = np.stack([r[0].argmax(1) for r in runs])  # views x images
-        agreement = (votes == probs.argmax(1)).mean(0)
+        probs, agreement = average_views(np.stack([r[0] for r in runs], axis=1))
         return probs, runs[0][1], np.mean([r[2] for r in runs], axis=0), agreement
 
     def _prediction(self, picture, box, p, cam, ood, agreement, want_heatmap) -> Prediction:
