@@ -119,6 +119,22 @@ def test_fill_holes_is_scipys_binary_fill_holes(seed):
 
 
 @pytest.mark.parametrize("seed", range(5))
+def test_centres_and_areas_are_scipys_center_of_mass_and_sum(seed):
+    from scipy import ndimage as ndi
+
+    from hematovision.preprocess import centres_and_areas, nucleus_score, stain_score
+
+    rng = np.random.default_rng(seed)
+    labels, n = ndi.label(rng.random((rng.integers(2, 60), rng.integers(2, 60))) > 0.6)
+    centres, areas = centres_and_areas(labels, n)
+    index = np.arange(1, n + 1)
+    assert np.array_equal(areas, ndi.sum_labels(np.ones_like(labels), labels, index))
+    assert np.allclose(centres, ndi.center_of_mass(np.ones_like(labels), labels, index))
+    rgb = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)  # and the score's two readings agree
+    assert np.array_equal(nucleus_score(rgb), 3 * stain_score(rgb) - 2 * rgb.sum(-1, dtype=int))
+
+
+@pytest.mark.parametrize("seed", range(5))
 def test_cross_morphology_is_scipys_binary_dilation_and_erosion(seed):
     from scipy import ndimage as ndi
 

@@ -230,7 +230,8 @@ def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     R, G and B), in sixths so that it is an integer: ``4B - 5R - 5G``. Only differences within
     one image are used (Otsu's thresholds, the nuclei's rise above them), so a stain's overall
     cast or a camera's brightness does not matter."""
-    return 3 * stain_score(rgb) - 2 * rgb.sum(-1, dtype=np.int16)
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    return 4 * b - 5 * (r + g)  # = 3 * stain_score - 2 * (R + G + B), in a third of the time
 
 
 NUCLEUS_MIN_RISE = 6 * 20  # in nucleus_score's sixths: the darkest blue must stand out this much
@@ -264,11 +265,12 @@ def cross_opening(mask: np.ndarray) -> np.ndarray:
 
 def centres_and_areas(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(y, x) centre and pixel count of each of the ``n`` labelled components, in one
-    counting pass (``ndi.center_of_mass`` and ``ndi.sum`` make one pass per component)."""
-    flat = labels.ravel()
-    ys, xs = np.indices(labels.shape)
-    areas = np.bincount(flat, minlength=n + 1)[1:]
-    sums = [np.bincount(flat, c.ravel(), n + 1)[1:] for c in (ys, xs)]
+    counting pass over the labelled pixels (``ndi.center_of_mass`` and ``ndi.sum`` make one
+    pass over the whole image per component)."""
+    where = np.flatnonzero(labels)
+    component = labels.ravel()[where]
+    areas = np.bincount(component, minlength=n + 1)[1:]
+    sums = [np.bincount(component, c, n + 1)[1:] for c in np.divmod(where, labels.shape[1])]
     return np.stack(sums, axis=1) / areas[:, None], areas
 
 
