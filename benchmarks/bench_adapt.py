@@ -41,6 +41,7 @@ from hematovision.adapt import (
     embed_paths,
     fit_lab_head,
     head_weights,
+    out_of_fold_distances,
 )
 from hematovision.artifact import ModelArtifact
 from hematovision.data.labs import near_duplicate_groups
@@ -76,12 +77,6 @@ def scores(views, view_ood, labels, w, b, c, tta=False) -> tuple[float, float, f
         | (agreement < TTA_MIN_AGREEMENT)
     )
     return float(1 - wrong.mean()), float((wrong & ~flagged).mean()), float(flagged.mean())
-
-
-def view_distances(space, centres, views) -> np.ndarray:
-    """The distance score of each view of each image: (images, views)."""
-    n, v, d = views.shape
-    return distances(space, centres, views.reshape(n * v, d)).reshape(n, v)
 
 
 def lisc_cells(artifact):
@@ -176,16 +171,20 @@ class Lab:
         """What adapt()'s head refit, the lab's centres and threshold give when fitted on
         every ``chosen`` cell: LISC test (accuracy, unflagged, flagged) and PBC accuracy, with
         one view, then with 8."""
-        w, b, c, lab_ood = self.w0, self.b0, self.artifact.calibration, self.ood
+        w, b, lab_ood = self.w0, self.b0, self.ood
+        calibration = dict.fromkeys((False, True), self.artifact.calibration)
         if len(chosen):
             fit = (self.views[chosen], self.labels[chosen], self.groups[chosen])
             w, b, _, _ = fit_lab_head(*fit, self.w0, self.b0, self.anchors)
             centres = self.space.with_lab_centres(self.views[chosen, 0], self.labels[chosen])
-            lab_ood = view_distances(self.space, centres, self.views)
-            pbc_ood = view_distances(self.space, centres, pbc_views)
-            c = adapted_calibration(c, lab_ood[chosen, 0])
+            lab_ood = distances(self.space, centres, self.views)
+            pbc_ood = distances(self.space, centres, pbc_views)
+            for tta, seen in ((False, fit[0][:, :1]), (True, fit[0])):  # as adapt() does
+                known = out_of_fold_distances(self.space, seen, *fit[1:])
+                calibration[tta] = adapted_calibration(calibration[tta], known)
         row = ()
         for tta in (False, True):
+            c = calibration[tta]
             lisc = scores(self.views[test], lab_ood[test], self.labels[test], w, b, c, tta)
             row += (*lisc, scores(pbc_views, pbc_ood, pbc_labels, w, b, c, tta)[0])
         return row

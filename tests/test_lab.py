@@ -455,6 +455,11 @@ def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, tmp_
     )
     assert card["version"].startswith(Classifier.load().version + "+lab.")
     assert card["ood_threshold"] >= Classifier.load().ood_threshold  # widened, never narrowed
+    # its held-out cells: fewer of them flagged as unlike the training images, and said so
+    assert held["far_after"] < held["far_before"]
+    assert f"unlike the training images {held['far_before']:.0%} -> {held['far_after']:.0%}" in (
+        r.stdout
+    )
     base, adapted = Classifier.load(), Classifier.load(out)
     cells = sorted(shifted_lab.rglob("*.png"))[::7]
     flagged = [sum(p.uncertain for p in c.predict(cells)) for c in (base, adapted)]
@@ -487,6 +492,38 @@ def test_the_pull_is_chosen_by_cross_validation_and_ties_keep_the_strongest(monk
     monkeypatch.setattr(adaptation, "fit_views", lambda v, y, w0, b0, *rest: (w0 + 1, b0))
     pull, losses = choose_pull(views, labels, np.arange(40), w0, b0, None)
     assert pull == max(PULL_CHOICES) and len(set(losses.values())) == 1
+
+
+def test_a_labs_distance_threshold_comes_from_its_cells_measured_without_them():
+    from dataclasses import replace
+
+    from onnx import numpy_helper
+
+    from hematovision.adapt import (
+        LAB_OOD_PERCENTILE,
+        OodSpace,
+        adapted_calibration,
+        distances,
+        out_of_fold_distances,
+    )
+    from hematovision.artifact import Calibration
+
+    rng = np.random.default_rng(0)
+    base_centres = np.full((2, 16), 50.0, np.float32) * np.eye(2, 16, dtype=np.float32)
+    space = OodSpace(np.zeros(16), np.eye(16), numpy_helper.from_array(base_centres, "centres"))
+    labels, groups = np.repeat([0, 1], 20), np.arange(40) // 2  # two crops of each cell
+    cells = rng.normal(0, 1, (20, 16))[groups] + np.where(labels == 0, 5.0, -5.0)[:, None]
+    views = (cells[:, None] + rng.normal(0, 0.1, (40, 8, 16))).astype(np.float32)
+    known = out_of_fold_distances(space, views, labels, groups)
+    in_sample = distances(space, space.with_lab_centres(views[:, 0], labels), views).mean(1)
+    assert known.shape == in_sample.shape == (40,)
+    assert (known > in_sample).all()  # each cell's own centre left out: always farther
+    base = Calibration(1.0, 0.5, 1.0)
+    widened = adapted_calibration(base, known)
+    assert widened.ood_threshold == pytest.approx(np.percentile(known, LAB_OOD_PERCENTILE))
+    wide = replace(base, ood_threshold=1e3)
+    assert adapted_calibration(wide, known) == wide  # never narrowed
+    assert out_of_fold_distances(space, views[:6], labels[:6], groups[:6]).size == 0
 
 
 def test_adapt_refuses_a_worse_model_and_unknown_classes(shifted_lab, tmp_path, monkeypatch):
@@ -523,6 +560,8 @@ def test_admins_activate_a_model_version_and_roll_back(app, client, shifted_lab,
     login(client, "admin")
     page = client.get("/admin/models").data.decode()
     assert adapted.version in page and "held out" in page
+    far = adapted.metrics["adaptation"]["held_out"]
+    assert f"unlike the training images {far['far_before']:.0%} → {far['far_after']:.0%}" in page
     assert client.post("/admin/models/activate", data={"slug": "nope"}).status_code == 404
     assert client.post("/admin/models/activate", data={"slug": slug}).status_code == 303
 

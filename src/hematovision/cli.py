@@ -536,7 +536,9 @@ def cmd_adapt(args) -> int:
     views = "; it predicts with the 8 flips and turns (--no-tta: one view)" if artifact.tta else ""
     out.print(
         f"{artifact.path}: {artifact.name} {artifact.version}; held-out accuracy "
-        f"{held['accuracy_before']:.1%} -> {after:.1%} ({held['n']} cells){views}"
+        f"{held['accuracy_before']:.1%} -> {after:.1%} ({held['n']} cells){views}; "
+        f"flagged as unlike the training images {held['far_before']:.0%} -> "
+        f"{held['far_after']:.0%}"
     )
     return 0
 
