@@ -46,6 +46,9 @@ VARIANTS = {  # cumulative: each adds one step
     "+ other-lab augmentation": dict(framing="cell", recipe="lab", balance="none"),
     "+ lab-class balance": dict(framing="cell", recipe="lab", balance="lab-class"),
     "other-lab augmentation + edge cut": dict(framing="cell", recipe="lab-cut", balance="none"),
+    "other-lab augmentation + mild edge cut": dict(
+        framing="cell", recipe="lab-cut-mild", balance="none"
+    ),
 }
 TTA_VARIANT = "+ lab-class balance"
 # agreement at other zooms, on the lisc fold's unseen PBC cells
@@ -54,6 +57,7 @@ ZOOM_VARIANTS = (
     "+ canonical framing",
     "+ other-lab augmentation",
     "other-lab augmentation + edge cut",
+    "other-lab augmentation + mild edge cut",
 )
 COMMON = dict(
     arch="efficientnet_lite0",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 
 from ..errors import HematoVisionError
 
-RECIPE_NAMES = ("mild", "lab", "lab-cut")  # training/augment.py's RECIPES, without torch
+RECIPE_NAMES = ("mild", "lab", "lab-cut", "lab-cut-mild")  # training/augment.py's RECIPES, without torch
 
 
 def _opt(help: str, **kwargs):  # noqa: A002 - argparse's word
@@ -64,7 +64,8 @@ class TrainConfig:
         metadata=_opt(
             "augmentation recipe: mild (light and colour by 5-10%%), or lab (other labs' stains, "
             "light, zoom and focus), or lab-cut (lab, and frames cut close round the cell: "
-            "1.5-2x zoom); see training/augment.py",
+            "1.5-2x zoom), or lab-cut-mild (fewer frames, cut less close: up to 1.5x); "
+            "see training/augment.py",
             choices=list(RECIPE_NAMES),
         ),
     )
