@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields
 
 from ..errors import HematoVisionError
 
-RECIPE_NAMES = ("mild", "lab", "lab-cut", "lab-cut-mild")  # training/augment.py's RECIPES, without torch
+# training/augment.py's RECIPES, without importing torch
+RECIPE_NAMES = ("mild", "lab", "lab-cut", "lab-cut-mild")
 
 
 def _opt(help: str, **kwargs):  # noqa: A002 - argparse's word
