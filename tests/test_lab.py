@@ -526,6 +526,38 @@ def test_a_labs_distance_threshold_comes_from_its_cells_measured_without_them():
     assert out_of_fold_distances(space, views[:6], labels[:6], groups[:6]).size == 0
 
 
+def test_adapt_shows_its_progress(shifted_lab, tmp_path, monkeypatch):
+    import contextlib
+    import shutil
+
+    from hematovision import adapt as adaptation
+    from hematovision.adapt import PULL_CHOICES, PULL_FOLDS
+    from hematovision.artifact import ModelArtifact
+
+    for label in ("lymphocyte", "neutrophil"):
+        (tmp_path / "cells" / label).mkdir(parents=True)
+        for image in sorted((shifted_lab / label).glob("*.png"))[:6]:
+            shutil.copy(image, tmp_path / "cells" / label)
+    bars = {}
+
+    @contextlib.contextmanager
+    def recording_bar(description, total, enabled=True, status=""):
+        bars[description] = {"total": total, "done": 0, "enabled": enabled}
+
+        class Bar:
+            def advance(self, n=1, **fields):
+                bars[description]["done"] += n
+
+        yield Bar()
+
+    monkeypatch.setattr(adaptation, "progress_bar", recording_bar)
+    base = ModelArtifact.load(DEFAULT_MODEL)
+    adaptation.adapt(base, tmp_path / "cells", tmp_path / "out", force=True, show_progress=True)
+    assert bars["embedding the cells"] == {"total": 12, "done": 12, "enabled": True}
+    fits = len(PULL_CHOICES) * PULL_FOLDS + 1  # the cross-validation's, then the chosen one
+    assert bars["fitting the head"] == {"total": fits, "done": fits, "enabled": True}
+
+
 def test_adapt_refuses_a_worse_model_and_unknown_classes(shifted_lab, tmp_path, monkeypatch):
     from hematovision import adapt as adaptation
     from hematovision.artifact import ModelArtifact

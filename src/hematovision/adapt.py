@@ -32,6 +32,7 @@ from .data.folders import scan_folder
 from .errors import HematoVisionError
 from .inference.classifier import DIHEDRAL, SAMPLES
 from .preprocess import model_input, model_view, resize, to_rgb
+from .progress import progress_bar
 
 # chosen on validation data (PBC's validation split and half of the LISC pool, never the test
 # halves): benchmarks/bench_adapt.py
@@ -139,27 +140,27 @@ def _feature_session(artifact: ModelArtifact):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), name
 
 
-def embed_paths(artifact: ModelArtifact, paths, batch_size: int = 64, views=(None,)):
+def embed_paths(
+    artifact: ModelArtifact, paths, batch_size: int = 64, views=(None,), show_progress=False
+):
     """(pooled features, OOD scores) of image files, framed and computed as when serving;
     with ``views`` (e.g. ``DIHEDRAL``, the 8 flips and turns), shaped (images, views, ...)."""
     session, name = _feature_session(artifact)
     spec, features, ood = artifact.preprocess, [], []
-    for start in range(0, len(paths), batch_size):
-        batch = np.stack(
-            [
-                resize(model_view(to_rgb(p), spec)[0], spec)
-                for p in paths[start : start + batch_size]
+    with progress_bar("embedding the cells", len(paths), enabled=show_progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            batch = np.stack([resize(model_view(to_rgb(p), spec)[0], spec) for p in chunk])
+            runs = [
+                session.run(
+                    [name, "ood"],
+                    {session.get_inputs()[0].name: model_input(_view(batch, view), spec)},
+                )
+                for view in views
             ]
-        )
-        runs = [
-            session.run(
-                [name, "ood"],
-                {session.get_inputs()[0].name: model_input(_view(batch, view), spec)},
-            )
-            for view in views
-        ]
-        features.append(np.stack([f for f, _ in runs], 1))
-        ood.append(np.stack([o for _, o in runs], 1))
+            features.append(np.stack([f for f, _ in runs], 1))
+            ood.append(np.stack([o for _, o in runs], 1))
+            bar.advance(len(chunk))
     features, ood = np.concatenate(features).astype(np.float32), np.concatenate(ood)
     return (features[:, 0], ood[:, 0]) if views == (None,) else (features, ood)
 
@@ -168,7 +169,7 @@ def _view(batch: np.ndarray, view) -> np.ndarray:
     return batch if view is None else np.ascontiguousarray(view(batch))
 
 
-def embed(artifact: ModelArtifact, folder: str | Path) -> LabCells:
+def embed(artifact: ModelArtifact, folder: str | Path, show_progress: bool = False) -> LabCells:
     """The pooled features of every image of a class-per-folder set (classes: the model's)."""
     images = scan_folder(folder)
     unknown = sorted(set(images.classes) - set(artifact.classes))
@@ -178,7 +179,7 @@ def embed(artifact: ModelArtifact, folder: str | Path) -> LabCells:
             f"(it has {', '.join(artifact.classes)})"
         )
     # a cell has no orientation: its 8 flips and turns are 8 examples (and TTA's views)
-    views, ood = embed_paths(artifact, images.paths, views=DIHEDRAL)
+    views, ood = embed_paths(artifact, images.paths, views=DIHEDRAL, show_progress=show_progress)
     labels = np.array([artifact.classes.index(images.classes[y]) for y in images.labels])
     groups = images.groups if images.groups is not None else np.arange(len(labels))
     return LabCells(views, labels, [str(p) for p in images.paths], groups, ood)
@@ -327,13 +328,14 @@ def adapt(
     held_out: float = 0.3,
     force: bool = False,
     seed: int = 0,
+    show_progress: bool = False,
 ) -> ModelArtifact:
     """A new artifact in ``out``: ``base`` with its head refitted on the cells in ``data``."""
     import onnx
     from onnx import numpy_helper
 
     started = time.perf_counter()
-    cells = embed(base, data)
+    cells = embed(base, data, show_progress)
     if len(cells.labels) < 10:
         raise HematoVisionError(f"{data}: {len(cells.labels)} images; adapting needs at least 10")
     train, test = _split(cells.labels, cells.groups, held_out, seed)
@@ -341,7 +343,9 @@ def adapt(
     _, weight, bias = _head(model.graph)
     w0, b0 = numpy_helper.to_array(weight), numpy_helper.to_array(bias)
     lab = (cells.views[train], cells.labels[train], cells.groups[train])
-    w, b, pull, pull_losses = fit_lab_head(*lab, w0, b0, anchor_features(base))
+    fits = len(PULL_CHOICES) * PULL_FOLDS + 1  # the cross-validation's, then the chosen one
+    with progress_bar("fitting the head", fits, enabled=show_progress) as bar:
+        w, b, pull, pull_losses = fit_lab_head(*lab, w0, b0, anchor_features(base), bar.advance)
     views, labels = cells.views[test], cells.labels[test]
     before = accuracy(views if base.tta else views[:, 0], labels, w0, b0)  # as the base predicts
     after, after_tta = accuracy(views[:, 0], labels, w, b), accuracy(views, labels, w, b)
@@ -403,11 +407,13 @@ def _share_beyond(distance: np.ndarray, threshold: float | None) -> float:
     return float((distance > threshold).mean()) if threshold is not None else 0.0
 
 
-def fit_lab_head(views, labels, groups, w0, b0, anchors):
+def fit_lab_head(views, labels, groups, w0, b0, anchors, fitted=lambda: None):
     """The head refitted on a lab's cells (n, views, d) with the pull ``choose_pull`` picks:
-    (w, b, pull, every choice's cross-validated log-loss)."""
-    pull, losses = choose_pull(views, labels, groups, w0, b0, anchors)
-    return (*fit_views(views, labels, w0, b0, anchors, pull), pull, losses)
+    (w, b, pull, every choice's cross-validated log-loss). ``fitted`` is called after each fit."""
+    pull, losses = choose_pull(views, labels, groups, w0, b0, anchors, fitted)
+    head = fit_views(views, labels, w0, b0, anchors, pull)
+    fitted()
+    return (*head, pull, losses)
 
 
 def fit_views(views, labels, w0, b0, anchors, pull: float = PULL):
@@ -416,7 +422,9 @@ def fit_views(views, labels, w0, b0, anchors, pull: float = PULL):
     return fit_head(examples, np.repeat(labels, views.shape[1]), w0, b0, anchors, pull)
 
 
-def choose_pull(views, labels, groups, w0, b0, anchors) -> tuple[float, dict[float, float]]:
+def choose_pull(
+    views, labels, groups, w0, b0, anchors, fitted=lambda: None
+) -> tuple[float, dict[float, float]]:
     """The pull (of ``PULL_CHOICES``) whose head predicts the lab's own cells best when fitted
     without them: the lowest mean log-loss over ``PULL_FOLDS`` folds by group, the 8 views'
     logits averaged (as ``--tta``); of equal losses, the strongest. Returns it and every
@@ -429,6 +437,7 @@ def choose_pull(views, labels, groups, w0, b0, anchors) -> tuple[float, dict[flo
         loss = 0.0
         for train, test in folds:
             w, b = fit_views(views[train], labels[train], w0, b0, anchors, pull)
+            fitted()
             log_p = _log_softmax((views[test] @ w.T + b).mean(1))
             loss -= float(log_p[np.arange(len(test)), labels[test]].sum())
         losses[pull] = loss / sum(len(test) for _, test in folds)

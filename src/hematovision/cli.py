@@ -530,7 +530,14 @@ def cmd_adapt(args) -> int:
     if Path(args.out).exists() and any(Path(args.out).iterdir()):
         raise HematoVisionError(f"{args.out} exists and is not empty: choose a new --out")
     base = ModelArtifact.load(args.model or DEFAULT_MODEL)
-    artifact = adapt(base, args.data, args.out, held_out=args.held_out, force=args.force)
+    artifact = adapt(
+        base,
+        args.data,
+        args.out,
+        held_out=args.held_out,
+        force=args.force,
+        show_progress=not args.quiet,
+    )
     held = artifact.metrics["adaptation"]["held_out"]
     after = held["accuracy_after_tta" if artifact.tta else "accuracy_after"]
     views = "; it predicts with the 8 flips and turns (--no-tta: one view)" if artifact.tta else ""
