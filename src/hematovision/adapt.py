@@ -346,36 +346,40 @@ def adapt(
     fits = len(PULL_CHOICES) * PULL_FOLDS + 1  # the cross-validation's, then the chosen one
     with progress_bar("fitting the head", fits, enabled=show_progress) as bar:
         w, b, pull, pull_losses = fit_lab_head(*lab, w0, b0, anchor_features(base), bar.advance)
-    views, labels = cells.views[test], cells.labels[test]
-    before = accuracy(views if base.tta else views[:, 0], labels, w0, b0)  # as the base predicts
-    after, after_tta = accuracy(views[:, 0], labels, w, b), accuracy(views, labels, w, b)
-    # a head fitted on a new lab's cells answers better on the 8 views averaged than on one
-    # (LISC, 100 crops: 96.7% against 94.2%; on every left-out lab, issue 11): worth 8x the
-    # model's time unless the held-out cells say one view does better
-    tta = bool(after_tta >= after)
-    as_predicted = after_tta if tta else after
-    if not as_predicted >= before and not force:  # NaN (a fit gone wrong) is refused too
+    held = _held_out_scores(base, cells.views[test], cells.labels[test], (w0, b0), (w, b))
+    as_predicted = held["accuracy_after_tta" if held["tta"] else "accuracy_after"]
+    if not as_predicted >= held["accuracy_before"] and not force:  # NaN (a failed fit) too
         raise HematoVisionError(
             f"the adapted model is worse on the held-out cells ({as_predicted:.1%} vs "
-            f"{before:.1%} for the base): nothing written (use --force to write it anyway)"
+            f"{held['accuracy_before']:.1%} for the base): nothing written (use --force to "
+            "write it anyway)"
         )
     weight.CopyFrom(numpy_helper.from_array(w, weight.name))
     bias.CopyFrom(numpy_helper.from_array(b, bias.name))
-    calibration, far = _lab_distance_rule(model.graph, base, cells, train, test, tta)
+    calibration, far = _lab_distance_rule(model.graph, base, cells, train, test, held["tta"])
     scores = {
-        "held_out": {
-            "n": int(len(test)),
-            "accuracy_before": before,
-            "accuracy_after": after,
-            "accuracy_after_tta": after_tta,  # predict --tta: the 8 views averaged
-            "tta": tta,  # so the artifact predicts with them by default
-            **far,  # the share flagged as unlike the training images, before and after
-        },
+        "held_out": {**held, **far},  # far: the share flagged as unlike, before and after
         "pull": pull,  # and each choice's cross-validated log-loss on the lab's cells
         "pull_log_loss": {f"{k:g}": v for k, v in pull_losses.items()},
     }
     seconds = time.perf_counter() - started
     return _write(base, model, out, cells, train, scores, calibration, seconds)
+
+
+def _held_out_scores(base: ModelArtifact, views, labels, base_head, head) -> dict:
+    """Accuracy on the held-out cells (n, views, d) before (as the base predicts) and after,
+    with one view and with the 8 averaged, and whether the adapted model is to use the 8."""
+    after, after_tta = accuracy(views[:, 0], labels, *head), accuracy(views, labels, *head)
+    return {
+        "n": int(len(labels)),
+        "accuracy_before": accuracy(views if base.tta else views[:, 0], labels, *base_head),
+        "accuracy_after": after,
+        "accuracy_after_tta": after_tta,  # predict --tta: the 8 views averaged
+        # a head fitted on a new lab's cells answers better on the 8 views averaged than on
+        # one (LISC, 100 crops: 96.7% against 94.2%; on every left-out lab, issue 11): worth
+        # 8x the model's time unless the held-out cells say one view does better
+        "tta": bool(after_tta >= after),
+    }
 
 
 def _lab_distance_rule(graph, base: ModelArtifact, cells: LabCells, train, test, tta: bool):
