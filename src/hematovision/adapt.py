@@ -388,19 +388,20 @@ def _lab_distance_rule(graph, base: ModelArtifact, cells: LabCells, train, test,
     the share of held-out cells beyond the threshold, before and after."""
     from onnx import numpy_helper
 
-    n_views = 8 if tta else 1  # the views the model will average
+    def seen(predicts_with_tta: bool) -> int:  # how many views a model averages
+        return len(DIHEDRAL) if predicts_with_tta else 1
+
     space = OodSpace.of(graph)
     if space is None:  # no centres to add: the distances as the base measures them
-        known, after = (cells.ood[part, :n_views].mean(1) for part in (train, test))
-        calibration = adapted_calibration(base.calibration, known)
-    else:
-        views, lab = cells.views[:, :n_views], (cells.labels[train], cells.groups[train])
+        known, after = (cells.ood[part, : seen(tta)].mean(1) for part in (train, test))
+    else:  # measured before the lab's centres go into the graph: out of fold, then with them
+        views, lab = cells.views[:, : seen(tta)], (cells.labels[train], cells.groups[train])
         known = out_of_fold_distances(space, views[train], *lab)
-        calibration = adapted_calibration(base.calibration, known)
         centres = space.with_lab_centres(cells.features[train], cells.labels[train])
         space.centres.CopyFrom(numpy_helper.from_array(centres, space.centres.name))
         after = distances(space, centres, views[test]).mean(1)
-    before = cells.ood[test, : 8 if base.tta else 1].mean(1)  # as the base predicts
+    calibration = adapted_calibration(base.calibration, known)
+    before = cells.ood[test, : seen(base.tta)].mean(1)  # as the base predicts
     return calibration, {
         "far_before": _share_beyond(before, base.calibration.ood_threshold),
         "far_after": _share_beyond(after, calibration.ood_threshold),
