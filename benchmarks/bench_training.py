@@ -8,7 +8,8 @@ Side by side, in one script, on one machine:
     warm-up + cosine, label smoothing 0.1, 10 epochs, batch 32;
   * (c) the fast recipe (issue 10: >= 98.5% in <= 10 minutes on 2 cores): (b) with the stem
     and first three blocks frozen (--freeze-blocks 3), twice the learning rate, 4 epochs;
-    reported as time to accuracy, epoch by epoch (validation) and at the end (test);
+  * (d) (c) with progressive resizing (--start-size 96: 96, 112, 112, 128 px);
+    (c) and (d) reported as time to accuracy, epoch by epoch (validation) and at the end (test);
 both on the same fixed 80/10/10 stratified split (seed 0). Results: benchmarks/out/*.json and
 the "training" section of benchmarks/RESULTS.md.
 
@@ -58,6 +59,8 @@ RECIPES = {
 }
 # (c): (b) made fast: the high-resolution early layers frozen, a higher rate, fewer epochs
 RECIPES["c"] = {**RECIPES["b"], "epochs": 4, "freeze_blocks": 3, "lr": 2e-3, "warmup_epochs": 0.3}
+# (d): (c) with progressive resizing: 96 px in the first epoch, growing to 128 px by the last
+RECIPES["d"] = {**RECIPES["c"], "start_size": 96}
 
 
 def bench_pipeline(data: Path, n: int = 600, repeats: int = 3) -> dict:
@@ -126,6 +129,7 @@ def run_recipe(key: str, data: Path, cache_dir: Path) -> dict:
                 "epoch": int(h["epoch"]),
                 "seconds": float(h["seconds"]),
                 "val": float(h["val_accuracy"]),
+                "image_size": int(h.get("image_size") or RECIPES[key]["image_size"]),
             }
             for h in history
         ],
@@ -170,28 +174,41 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def time_to_accuracy(r: dict) -> str:
-    """Recipe (c) epoch by epoch: minutes since the start of training and val accuracy."""
+def time_to_accuracy(results: dict) -> str:
+    """Recipes (c) and (d) epoch by epoch: minutes since the start of training, input size and
+    val accuracy; then each one's test accuracy and wall time."""
+    runs = {k: results[k] for k in ("c", "d") if k in results}
+    c = next(iter(runs.values()))
+    recipe = c["recipe"]
     lines = [
         "## Training time to accuracy (issue 10)\n",
-        f"Machine: {r['machine']}. Measured {r['date']}. Recipe (c): EfficientNet-Lite0 from "
-        f"ImageNet weights, {r['recipe']['image_size']} px, the stem and first "
-        f"{r['recipe']['freeze_blocks']} blocks frozen, AdamW at lr {r['recipe']['lr']}, "
-        f"warm-up {r['recipe']['warmup_epochs']} epoch then cosine, label smoothing 0.1, "
-        f"{r['recipe']['epochs']} epochs, batch 32; PBC, fixed stratified 80/10/10 split, "
-        f"seed 0 ({r['test_n']} test images).\n",
-        "| epoch | minutes of training (cumulative) | val accuracy |",
-        "|---|---|---|",
+        f"Machine: {c['machine']}. Measured {c['date']}. Recipe (c): EfficientNet-Lite0 from "
+        f"ImageNet weights, {recipe['image_size']} px, the stem and first "
+        f"{recipe['freeze_blocks']} blocks frozen, AdamW at lr {recipe['lr']}, "
+        f"warm-up {recipe['warmup_epochs']} epoch then cosine, label smoothing 0.1, "
+        f"{recipe['epochs']} epochs, batch 32. Recipe (d): (c) with progressive resizing "
+        "(`--start-size 96`: the input grows from 96 px in the first epoch to 128 px in the last). "
+        f"PBC, fixed stratified 80/10/10 split, seed 0 ({c['test_n']} test images).\n",
+        "| epoch | " + " | ".join(f"({k}) px, minutes of training (cumulative), val accuracy"
+                              for k in runs) + " |",
+        "|---|" + "---|" * len(runs),
     ]
-    total = 0.0
-    for e in r["epochs"]:
-        total += e["seconds"]
-        lines.append(f"| {e['epoch']} | {total / 60:.1f} | {100 * e['val']:.2f}% |")
-    lines.append(
-        f"\nTest accuracy of the best epoch ({r['best_epoch']}): {100 * r['test_accuracy']:.2f}% "
-        f"after {r['wall_seconds'] / 60:.1f} minutes of wall time in all (decoding, "
-        f"{r['epochs_run']} epochs, evaluation)."
-    )
+    totals = dict.fromkeys(runs, 0.0)
+    for i in range(max(len(r["epochs"]) for r in runs.values())):
+        cells = []
+        for k, r in runs.items():
+            e = r["epochs"][i]
+            totals[k] += e["seconds"]
+            size = e.get("image_size", r["recipe"]["image_size"])
+            cells.append(f"{size} px, {totals[k] / 60:.1f} min, {100 * e['val']:.2f}%")
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for k, r in runs.items():
+        lines.append(
+            f"- ({k}): test accuracy of the best epoch ({r['best_epoch']}) "
+            f"{100 * r['test_accuracy']:.2f}% after {r['wall_seconds'] / 60:.1f} minutes of wall "
+            f"time in all (decoding, {r['epochs_run']} epochs, evaluation)."
+        )
     return "\n".join(lines)
 
 
@@ -212,7 +229,7 @@ def main() -> None:
     if "pipeline" in todo:
         results["pipeline"] = bench_pipeline(args.data)
         print(json.dumps(results["pipeline"]), flush=True)
-    for key in ("a", "b", "c"):
+    for key in ("a", "b", "c", "d"):
         if key in todo:
             results[key] = run_recipe(key, args.data, OUT / "cache")
             results[key].update(machine=machine(), date=time.strftime("%Y-%m-%d"))
@@ -222,9 +239,9 @@ def main() -> None:
     if {"pipeline", "a", "b"} & set(todo):
         write_section("training", render(results))
         print(render(results))
-    if "c" in todo:
-        write_section("training-fast", time_to_accuracy(results["c"]))
-        print(time_to_accuracy(results["c"]))
+    if {"c", "d"} & set(todo):
+        write_section("training-fast", time_to_accuracy(results))
+        print(time_to_accuracy(results))
 
 
 if __name__ == "__main__":

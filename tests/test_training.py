@@ -6,7 +6,7 @@ import pytest
 
 import hematovision.training.loop as loop
 from hematovision.errors import HematoVisionError, TrainingInterrupted
-from hematovision.training import train
+from hematovision.training import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,8 @@ def test_same_seed_same_split_and_same_result(synth_dir, synth_run, tmp_path):
 @pytest.mark.pbc
 def test_transfer_learning_on_real_pbc_beats_chance(pbc_dir, tmp_path):
     """A short EfficientNet-Lite0 run on a small subset of the real PBC images, with the stem
-    and the first two blocks frozen: they keep their ImageNet weights and statistics."""
+    and the first two blocks frozen (they keep their ImageNet weights and statistics) and
+    progressive resizing (80 px growing to the final 96)."""
     import torch
 
     from hematovision.models import create_model
@@ -134,9 +135,12 @@ def test_transfer_learning_on_real_pbc_beats_chance(pbc_dir, tmp_path):
         lr=2e-3,
         image_size=96,
         freeze_blocks=2,
+        start_size=80,
         seed=0,
         show_progress=False,
     )
+    with open(run.history_file) as fh:
+        assert [int(h["image_size"]) for h in csv.DictReader(fh)] == [80, 96, 96]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == 80
     assert metrics["test"]["accuracy"] >= 0.5  # 8 classes: chance is 0.125
@@ -155,6 +159,22 @@ def test_freeze_blocks_is_checked_at_the_edge(synth_dir, tmp_path):
     ):
         with pytest.raises(HematoVisionError, match=message):
             train(data=str(synth_dir), out=str(tmp_path / arch), arch=arch, freeze_blocks=blocks)
+
+
+def test_progressive_resizing_grows_to_the_image_size_and_is_checked(synth_dir, tmp_path):
+    def sizes(**settings):
+        cfg = TrainConfig("d", **settings)
+        return [loop.epoch_image_size(cfg, e) for e in range(1, cfg.epochs + 1)]
+
+    assert sizes(epochs=4, start_size=96) == [96, 112, 112, 128]  # ends at the serving size
+    assert sizes(epochs=1, start_size=96) == [128]
+    assert sizes(epochs=3) == [128, 128, 128]
+    for arch, start, message in (
+        ("efficientnet_lite0", 160, "between 32 and --image-size"),
+        ("seed-cnn", 64, "needs a model with global pooling"),
+    ):
+        with pytest.raises(HematoVisionError, match=message):
+            train(data=str(synth_dir), out=str(tmp_path / arch), arch=arch, start_size=start)
 
 
 def test_init_keeps_the_split_and_extra_images_only_train(synth_dir, synth_run, tmp_path):

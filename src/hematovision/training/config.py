@@ -31,6 +31,13 @@ class TrainConfig:
     epochs: int = field(default=10, metadata=_opt("at most this many epochs"))
     batch_size: int = field(default=32, metadata=_opt("images per step"))
     image_size: int = field(default=128, metadata=_opt("square input size in pixels"))
+    start_size: int | None = field(
+        default=None,
+        metadata=_opt(
+            "progressive resizing (not seed-cnn): train the first epoch at this size, growing "
+            "to --image-size by the last (cheaper early epochs)"
+        ),
+    )
     val_fraction: float = field(default=0.2, metadata=_opt("share of images for validation"))
     test_fraction: float = field(default=0.1, metadata=_opt("share of images held out for test"))
     seed: int = field(default=0, metadata=_opt("fixes the split, the order and the augmentation"))
@@ -120,6 +127,10 @@ class TrainConfig:
             raise HematoVisionError("--lr must be positive")
         if self.val_fraction <= 0:
             raise HematoVisionError("--val-fraction must be above 0: early stopping needs it")
+        if self.start_size is not None and not 32 <= self.start_size <= self.image_size:
+            raise HematoVisionError("--start-size must be between 32 and --image-size")
+        if self.start_size is not None and self.arch == "seed-cnn":  # it flattens a fixed size
+            raise HematoVisionError("--start-size needs a model with global pooling, not seed-cnn")
         if self.freeze_blocks < 0:
             raise HematoVisionError("--freeze-blocks must be at least 0")
         if self.extra_repeat < 1:

@@ -135,6 +135,7 @@ def train_one_epoch(
     order = rng.permutation(n) if data.weights is None else rng.choice(n, n, p=data.weights)
     order = procs.shard(order)
     steps = math.ceil(len(order) / cfg.batch_size)
+    size = epoch_image_size(cfg, epoch)
     seen, loss_sum, correct, start = 0, 0.0, 0, time.perf_counter()
     with progress_bar(f"epoch {epoch}/{cfg.epochs}", steps, enabled=cfg.show_progress) as bar:
         for step in range(steps):
@@ -145,6 +146,8 @@ def train_one_epoch(
                 if cfg.augment
                 else torch.from_numpy(normalize(batch, data.spec))
             )
+            if size < cfg.image_size:  # a smaller image of the same augmented view
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
             x, y = x.to(device), torch.from_numpy(data.y_train[idx]).to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
@@ -161,7 +164,19 @@ def train_one_epoch(
         "train_loss": loss_sum / seen,
         "train_accuracy": correct / seen,
         "train_images_per_second": round(seen / (time.perf_counter() - start), 1),
+        "image_size": size,
     }
+
+
+def epoch_image_size(cfg: TrainConfig, epoch: int) -> int:
+    """Progressive resizing (``start_size``): the input grows linearly from ``start_size`` in
+    the first epoch to ``image_size`` in the last, in steps of 16 px. The last epoch trains at
+    the size evaluation and serving use, so its batch statistics are those of that size."""
+    if cfg.start_size is None or cfg.epochs == 1:
+        return cfg.image_size
+    t = (epoch - 1) / (cfg.epochs - 1)
+    size = cfg.start_size + t * (cfg.image_size - cfg.start_size)
+    return min(cfg.image_size, 16 * round(size / 16))
 
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, data: TrainingData) -> dict:
@@ -314,7 +329,8 @@ def restore(cfg: TrainConfig, run: RunDir, model, optimizer, scheduler, device) 
 
 def _write_history(path: Path, history: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        # every key of every epoch: a run resumed across versions may add a column
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for h in history for k in h)))
         writer.writeheader()
         writer.writerows(history)
 
