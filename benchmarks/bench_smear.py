@@ -30,13 +30,16 @@ DEFAULT_BCCD = DEFAULT_PBC.parent / "bccd"
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT_BCCD)
-    ap.add_argument("--model", type=Path, default=None, help="default: the bundled smear model")
+    ap.add_argument("--model", type=Path, default=None, help="another smear model, compared too")
     ap.add_argument("--precision", choices=["fp32", "int8"], default=None)
     args = ap.parse_args()
     candidates = {"bundled default model": Classifier.load()}
-    if args.model or bundled_smear_model() != DEFAULT_MODEL:  # a separate smear model, compared
+    if bundled_smear_model() != DEFAULT_MODEL:  # a separate smear model, compared
+        smear = load_smear_classifier(precision=args.precision)
+        candidates[f"{smear.name} {smear.version}"] = smear
+    if args.model:
         other = load_smear_classifier(args.model, precision=args.precision)
-        candidates[f"{other.name} {other.version}"] = other
+        candidates[f"{other.name} {other.version} ({args.model.name})"] = other
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "models": {}}
     for name, classifier in candidates.items():
         results["models"][name] = {
@@ -64,14 +67,16 @@ def main() -> None:
         )
     lines += [
         "\nWhite-cell type on the cells found (fields whose labels.csv row names one of "
-        "neutrophil, eosinophil, lymphocyte, monocyte):\n",
+        "neutrophil, eosinophil, lymphocyte, monocyte): accuracy of the cells scored, and the "
+        "share wrong and not flagged:\n",
         "| classifier | tuning (even fields) | held out (odd fields) |",
         "|---|---|---|",
     ]
     for name, m in results["models"].items():
         h = m["halves"]
         cells = [
-            f"{100 * r['white_cell_accuracy']:.1f}% of {r['white_cells_classified']}"
+            f"{100 * r['white_cell_accuracy']:.1f}% of {r['white_cells_classified']}, "
+            f"{100 * r['white_cells_wrong_unflagged']:.1f}%"
             for r in h.values()
         ]
         lines.append(f"| {name}: {m['model']} | {cells[0]} | {cells[1]} |")

@@ -189,8 +189,9 @@ def time_to_accuracy(results: dict) -> str:
         f"{recipe['epochs']} epochs, batch 32. Recipe (d): (c) with progressive resizing "
         "(`--start-size 96`: the input grows from 96 px in the first epoch to 128 px in the last). "
         f"PBC, fixed stratified 80/10/10 split, seed 0 ({c['test_n']} test images).\n",
-        "| epoch | " + " | ".join(f"({k}) px, minutes of training (cumulative), val accuracy"
-                              for k in runs) + " |",
+        "| epoch | "
+        + " | ".join(f"({k}) px, minutes of training (cumulative), val accuracy" for k in runs)
+        + " |",
         "|---|" + "---|" * len(runs),
     ]
     totals = dict.fromkeys(runs, 0.0)

@@ -18,7 +18,8 @@ HALVES = {"even": "tuning (even fields)", "odd": "held out (odd fields)"}
 def score_fields(data: Path, classifier) -> dict:
     """Per half (even: tuning, odd: held out): white-cell recall and precision at IoU >= 0.5,
     red-cell and platelet count errors per field, seconds per field, and the classifier's
-    accuracy on the white cells found in fields with one labelled type."""
+    accuracy (and share wrong and not flagged) on the white cells found in fields with one
+    labelled type."""
     labels = field_labels(Path(data) / "labels.csv")
     out = {}
     for parity, name in HALVES.items():
@@ -30,6 +31,7 @@ def score_fields(data: Path, classifier) -> dict:
             plt_err=[],
             seconds=[],
             correct=0,
+            wrong_unflagged=0,
             classified=0,
             confusion={},
         )
@@ -45,6 +47,7 @@ def score_fields(data: Path, classifier) -> dict:
             "seconds_per_field": float(np.median(h["seconds"])),
             "white_cell_accuracy": h["correct"] / max(1, h["classified"]),
             "white_cells_classified": h["classified"],
+            "white_cells_wrong_unflagged": h["wrong_unflagged"] / max(1, h["classified"]),
             "confusion": h["confusion"],
         }
     return out
@@ -66,6 +69,7 @@ def _score_field(h: dict, image: Path, truth: dict, kind: str | None, classifier
             predicted = result.white_cells[i].label
             h["classified"] += 1
             h["correct"] += predicted == kind
+            h["wrong_unflagged"] += predicted != kind and not result.white_cells[i].uncertain
             h["confusion"].setdefault(kind, {}).setdefault(predicted, 0)
             h["confusion"][kind][predicted] += 1
 
