@@ -220,6 +220,25 @@ def test_touching_white_cells_give_two_boxes_and_pale_fields_count_red_cells(bcc
     assert len(locate_cells(np.asarray(Image.open(pale).convert("RGB"))).red_cells) >= 12
 
 
+def test_a_paler_stain_keeps_its_white_cells(bccd):
+    """A field blended 35% towards white (a paler stain, a brighter lamp) fades the nuclei's
+    violet as much as its brightness contrast: the stain threshold follows the contrast, so
+    each white cell is still found (a threshold fixed above the median lost these four)."""
+    from hematovision.smear.detect import _red_cells_of
+    from hematovision.smear.scoring import SHIFTS
+
+    for number in ("00070", "00072", "00160", "00180"):  # tuning (even) fields
+        picture = Image.open(bccd / "JPEGImages" / f"BloodImage_{number}.jpg").convert("RGB")
+        pale = np.asarray(SHIFTS["pale stain"](picture)[0])
+        truth = voc_boxes(bccd / "Annotations" / f"BloodImage_{number}.xml")["WBC"]
+        as_recorded = match(locate_cells(np.asarray(picture)).white_cells, truth)
+        assert as_recorded and len(match(locate_cells(pale).white_cells, truth)) == len(
+            as_recorded
+        ), number
+        ratio = _red_cells_of(pale).contrast / _red_cells_of(np.asarray(picture)).contrast
+        assert ratio == pytest.approx(0.65, abs=0.05)
+
+
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_the_merge_closing_is_scipys_closing_with_a_square(k):
     from scipy import ndimage as ndi
@@ -232,8 +251,9 @@ def test_the_merge_closing_is_scipys_closing_with_a_square(k):
 
 
 def test_counted_red_mask_equals_the_pixelwise_definition(bccd):
-    """The red-cell mask from counts (median and Otsu from histograms, shifted morphology) is
-    the one the detector is defined by: np.median, Otsu on every pixel, scipy's morphology."""
+    """The red-cell mask and the brightness contrast from counts (median and Otsu from
+    histograms, shifted morphology) are the ones the detector is defined by: np.median, Otsu
+    on every pixel, scipy's morphology."""
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
@@ -242,12 +262,14 @@ def test_counted_red_mask_equals_the_pixelwise_definition(bccd):
 
     for image in [*_fields(bccd, 4), bccd / "JPEGImages" / "BloodImage_00291.jpg"]:
         rgb = np.asarray(Image.open(image).convert("RGB"))
-        score, median, red, _ = _red_cells_of(rgb)
+        score, median, contrast, red, _ = _red_cells_of(rgb)
         pixels = rgb.astype(np.float32)
         expected_score = pixels[..., 2] - (pixels[..., 0] + pixels[..., 1]) / 2
         lum = pixels.mean(-1)
         above = expected_score > np.median(expected_score) + VIOLET_ABOVE_MEDIAN
         violet = ndi.binary_dilation(above, iterations=2)
-        expected = fill_holes(ndi.binary_opening((lum < threshold_otsu(lum)) & ~violet))
+        darker = lum < threshold_otsu(lum)
+        expected = fill_holes(ndi.binary_opening(darker & ~violet))
         assert median == np.median(expected_score) and np.array_equal(score, expected_score)
         assert np.array_equal(red, expected), image.name
+        assert contrast == pytest.approx(lum[~darker].mean() - lum[darker].mean(), rel=1e-4)

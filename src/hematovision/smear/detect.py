@@ -11,6 +11,7 @@ fields and checked on the odd ones (benchmarks/bench_smear.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -29,6 +30,10 @@ BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams
 BCCD_RED_CELL_PX = 90.6  # estimate_red_cell_diameter's median on BCCD's even fields
 BCCD_MEDIAN_STAIN = -4.0  # the stain score's median over a BCCD field (thresholds are relative)
 VIOLET_ABOVE_MEDIAN = 30.0  # stain score above the field's median: violet (nucleus, platelet)
+# background minus cell brightness (Otsu's two classes), median over BCCD's even fields: a paler
+# stain or a brighter lamp narrows it, and the stain score's contrast with it
+BCCD_CONTRAST = 30.2
+CONTRAST_RANGE = (0.5, 1.5)  # how far the stain threshold follows a field's contrast
 # the spread of the estimate over one microscope's fields (BCCD: 0.86-1.40 of its median): a field
 # inside it is taken at the tuned scale, so the estimate's noise costs nothing there
 SAME_SCALE = (0.8, 1.3)
@@ -105,21 +110,30 @@ def estimate_red_cell_diameter(rgb: np.ndarray) -> float | None:
     Cells are what is darker than the background (Otsu's threshold on brightness), red cells
     what of them is not violet; in each clump of touching red cells the distance transform
     peaks at about one red cell's radius, so the area-weighted median peak gives the size."""
-    _, _, red, distance = _red_cells_of(rgb)
-    return _red_cell_diameter(red, distance)
+    stats = _red_cells_of(rgb)
+    return _red_cell_diameter(stats.red, stats.distance)
 
 
-def _red_cells_of(rgb: np.ndarray):
-    """(stain score, its median, red-cell mask, the mask's distance transform) of a uint8
-    field: computed once, the field's scale and its red cells both come from them.
+class FieldStats(NamedTuple):
+    """What one field's detection is computed from, once: its scale and its cells."""
+
+    score: np.ndarray  # the stain score, B - (R + G) / 2
+    median: float  # the score's median over the field
+    contrast: float  # mean brightness of the background minus that of the cells
+    red: np.ndarray  # red-cell mask
+    distance: np.ndarray  # the red-cell mask's distance transform
+
+
+def _red_cells_of(rgb: np.ndarray) -> FieldStats:
+    """A uint8 field's ``FieldStats``.
 
     The stain score (``preprocess.stain_score``, in halves) and the brightness (R + G + B, in
     thirds) are integers, so their median and histogram are counts, not sorts."""
     doubled = stain_score(rgb)
     median = (counted_median(np.bincount(doubled.ravel() + 510, minlength=1021)) - 510) / 2
     score = doubled.astype(np.float32) / 2
-    red = _red_mask(rgb.sum(-1, dtype=np.int16), score, median)
-    return score, median, red, ndi.distance_transform_edt(red)
+    red, contrast = _red_mask(rgb.sum(-1, dtype=np.int16), score, median)
+    return FieldStats(score, median, contrast, red, ndi.distance_transform_edt(red))
 
 
 def _red_cell_diameter(red: np.ndarray, distance: np.ndarray) -> float | None:
@@ -154,37 +168,45 @@ def _params_for(diameter: float | None) -> SmearParams:
     return SmearParams.for_cell_size(float(np.clip(BCCD_CELL_PX * scale, MIN_CELL_PX, 4000)))
 
 
-def _red_mask(rgb_sum: np.ndarray, score: np.ndarray, score_median) -> np.ndarray:
+def _red_mask(rgb_sum: np.ndarray, score: np.ndarray, score_median) -> tuple[np.ndarray, float]:
     """Red-cell pixels: darker than the field's background (Otsu's threshold on brightness,
-    ``R + G + B`` over 3), and not violet (nor next to it)."""
+    ``R + G + B`` over 3), and not violet (nor next to it); and the brightness contrast
+    between the background and the cells."""
     from skimage.filters import threshold_otsu
 
     counts = np.bincount(rgb_sum.ravel(), minlength=766)
     levels = np.arange(766, dtype=np.float32) / np.float32(3)  # each sum's brightness
     present = counts > 0
-    if present.sum() < 2:
-        cells = np.zeros(rgb_sum.shape, bool)  # one brightness: nothing stands out
-    else:
-        shown = levels[present]  # the same 256 bins as a histogram of every pixel's brightness
-        hist, edges = np.histogram(shown, 256, (shown[0], shown[-1]), weights=counts[present])
-        threshold = threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2))
-        cells = (levels < threshold)[rgb_sum]
+    if present.sum() < 2:  # one brightness: nothing stands out
+        return np.zeros(rgb_sum.shape, bool), BCCD_CONTRAST
+    shown = levels[present]  # the same 256 bins as a histogram of every pixel's brightness
+    hist, edges = np.histogram(shown, 256, (shown[0], shown[-1]), weights=counts[present])
+    threshold = threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2))
+    darker = levels < threshold
+    contrast = np.average(levels[~darker], weights=counts[~darker]) - np.average(
+        levels[darker], weights=counts[darker]
+    )
     violet = cross_morphology(score > score_median + VIOLET_ABOVE_MEDIAN, grow=True, times=2)
-    return fill_holes(cross_opening(cells & ~violet))
+    return fill_holes(cross_opening(darker[rgb_sum] & ~violet)), float(contrast)
 
 
 def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detections:
     """White-cell boxes and red-cell and platelet centres in an H x W x 3 uint8 array; ``params``
     default to ``field_params`` (the field's own scale)."""
-    score, median, red, distance = _red_cells_of(rgb)
-    params = params or _params_for(_red_cell_diameter(red, distance))
-    # the stain threshold is relative to the field's own median colour: a colour cast or a
-    # paler stain moves both
-    threshold = params.stain_threshold + float(median) - BCCD_MEDIAN_STAIN
+    stats = _red_cells_of(rgb)
+    params = params or _params_for(_red_cell_diameter(stats.red, stats.distance))
     found = Detections()
-    _violet_objects(score > threshold, params, rgb.shape[:2], found)
-    found.red_cells = _red_cells(distance, params)
+    _violet_objects(stats.score > _stain_threshold(stats, params), params, rgb.shape[:2], found)
+    found.red_cells = _red_cells(stats.distance, params)
     return found
+
+
+def _stain_threshold(stats: FieldStats, params: SmearParams) -> float:
+    """The stain score above which a pixel is violet, from the field's own statistics: above
+    its median colour (a colour cast moves both) by a margin that narrows with its brightness
+    contrast (a paler stain or a brighter lamp fades the nuclei's violet as much)."""
+    fade = np.clip(stats.contrast / BCCD_CONTRAST, *CONTRAST_RANGE)
+    return float(stats.median) + (params.stain_threshold - BCCD_MEDIAN_STAIN) * float(fade)
 
 
 def _violet_objects(violet, params: SmearParams, shape, found: Detections) -> None:
