@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from hematovision.artifact import RunDir
 from hematovision.data.labs import combine_labs
+from hematovision.errors import HematoVisionError
 from hematovision.export import export_run
 from hematovision.inference import Classifier
 from hematovision.smear.crops import bccd_white_cells
@@ -143,4 +145,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except HematoVisionError as exc:  # e.g. an export check that fails: one line, no traceback
+        sys.exit(f"error: {exc}")
