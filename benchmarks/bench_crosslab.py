@@ -2,7 +2,8 @@
 
 An ablation, each step added to the one before: the original recipe; canonical framing of the
 cell; augmentation that imitates other labs; lab-and-class balance; test-time augmentation.
-Last, edge cut (``--recipe lab-cut``) and a milder one (``lab-cut-mild``) added to the
+Last, edge cut (``--recipe lab-cut``) and a milder one (``lab-cut-mild``), and the stem and
+first 3 or 5 blocks frozen at their ImageNet weights (``--freeze-blocks``), each added to the
 other-lab augmentation step (the bundled model's recipe, without the balance).
 For each: accuracy, macro-F1, "wrong and not flagged" (wrong and not uncertain: what reaches a
 report unreviewed) and ECE on the left-out lab, whose images no run saw. Recipes are compared
@@ -48,6 +49,14 @@ VARIANTS = {  # cumulative: each adds one step
     "other-lab augmentation + edge cut": dict(framing="cell", recipe="lab-cut", balance="none"),
     "other-lab augmentation + mild edge cut": dict(
         framing="cell", recipe="lab-cut-mild", balance="none"
+    ),
+    # fine-tuning every layer on two labs may learn their look; early blocks kept at their
+    # ImageNet weights (as the fast recipe does for speed) keep more general features
+    "other-lab augmentation + 3 blocks frozen": dict(
+        framing="cell", recipe="lab", balance="none", freeze_blocks=3
+    ),
+    "other-lab augmentation + 5 blocks frozen": dict(
+        framing="cell", recipe="lab", balance="none", freeze_blocks=5
     ),
 }
 TTA_VARIANT = "+ lab-class balance"
