@@ -343,9 +343,7 @@ def adapt(
     _, weight, bias = _head(model.graph)
     w0, b0 = numpy_helper.to_array(weight), numpy_helper.to_array(bias)
     lab = (cells.views[train], cells.labels[train], cells.groups[train])
-    fits = len(PULL_CHOICES) * PULL_FOLDS + 1  # the cross-validation's, then the chosen one
-    with progress_bar("fitting the head", fits, enabled=show_progress) as bar:
-        w, b, pull, pull_losses = fit_lab_head(*lab, w0, b0, anchor_features(base), bar.advance)
+    w, b, pull, pull_losses = fit_lab_head(*lab, w0, b0, anchor_features(base), show_progress)
     held = _held_out_scores(base, cells.views[test], cells.labels[test], (w0, b0), (w, b))
     as_predicted = held["accuracy_after_tta" if held["tta"] else "accuracy_after"]
     if not as_predicted >= held["accuracy_before"] and not force:  # NaN (a failed fit) too
@@ -412,12 +410,15 @@ def _share_beyond(distance: np.ndarray, threshold: float | None) -> float:
     return float((distance > threshold).mean()) if threshold is not None else 0.0
 
 
-def fit_lab_head(views, labels, groups, w0, b0, anchors, fitted=lambda: None):
+def fit_lab_head(views, labels, groups, w0, b0, anchors, show_progress: bool = False):
     """The head refitted on a lab's cells (n, views, d) with the pull ``choose_pull`` picks:
-    (w, b, pull, every choice's cross-validated log-loss). ``fitted`` is called after each fit."""
-    pull, losses = choose_pull(views, labels, groups, w0, b0, anchors, fitted)
-    head = fit_views(views, labels, w0, b0, anchors, pull)
-    fitted()
+    (w, b, pull, every choice's cross-validated log-loss), with a bar over the fits."""
+    folds = _folds(labels, groups, PULL_FOLDS)
+    fits = len(PULL_CHOICES) * len(folds) + 1  # the cross-validation's, then the chosen one
+    with progress_bar("fitting the head", fits, enabled=show_progress) as bar:
+        pull, losses = _cross_validated_pull(views, labels, folds, w0, b0, anchors, bar.advance)
+        head = fit_views(views, labels, w0, b0, anchors, pull)
+        bar.advance()
     return (*head, pull, losses)
 
 
@@ -427,14 +428,17 @@ def fit_views(views, labels, w0, b0, anchors, pull: float = PULL):
     return fit_head(examples, np.repeat(labels, views.shape[1]), w0, b0, anchors, pull)
 
 
-def choose_pull(
-    views, labels, groups, w0, b0, anchors, fitted=lambda: None
-) -> tuple[float, dict[float, float]]:
+def choose_pull(views, labels, groups, w0, b0, anchors) -> tuple[float, dict[float, float]]:
     """The pull (of ``PULL_CHOICES``) whose head predicts the lab's own cells best when fitted
     without them: the lowest mean log-loss over ``PULL_FOLDS`` folds by group, the 8 views'
     logits averaged (as ``--tta``); of equal losses, the strongest. Returns it and every
     choice's loss."""
     folds = _folds(labels, groups, PULL_FOLDS)
+    return _cross_validated_pull(views, labels, folds, w0, b0, anchors)
+
+
+def _cross_validated_pull(views, labels, folds, w0, b0, anchors, fitted=lambda: None):
+    """``choose_pull`` over given folds; ``fitted`` is called after each fit."""
     if not folds:  # too few cells to cross-validate: the default
         return PULL, {}
     losses = {}
