@@ -33,14 +33,13 @@ import numpy as np
 import onnx
 
 from hematovision.adapt import (
-    OodSpace,
     adapt,
     adapted_calibration,
     anchor_features,
-    distances,
     embed_paths,
     fit_lab_head,
     head_weights,
+    ood_space,
     out_of_fold_distances,
 )
 from hematovision.artifact import ModelArtifact
@@ -162,13 +161,14 @@ class Lab:
         self.seconds = time.perf_counter() - t
         self.w0, self.b0 = head_weights(artifact)
         self.anchors = anchor_features(artifact)
-        self.space = OodSpace.of(onnx.load_from_string(artifact.model_bytes("fp32")).graph)
+        graph = onnx.load_from_string(artifact.model_bytes("fp32")).graph
+        self.space = ood_space(graph, self.views.shape[-1])
 
     def draw(self, pool, n, rng) -> np.ndarray:
         return draw(pool, self.labels, self.groups, n, rng)
 
     def curve_point(self, chosen, test, pbc_views, pbc_ood, pbc_labels) -> tuple:
-        """What adapt()'s head refit, the lab's centres and threshold give when fitted on
+        """What adapt()'s head refit, distance score and threshold give when fitted on
         every ``chosen`` cell: LISC test (accuracy, unflagged, flagged) and PBC accuracy, with
         one view, then with 8."""
         w, b, lab_ood = self.w0, self.b0, self.ood
@@ -176,12 +176,12 @@ class Lab:
         if len(chosen):
             fit = (self.views[chosen], self.labels[chosen], self.groups[chosen])
             w, b, _, _ = fit_lab_head(*fit, self.w0, self.b0, self.anchors)
-            centres = self.space.with_lab_centres(self.views[chosen, 0], self.labels[chosen])
-            lab_ood = distances(self.space, centres, self.views)
-            pbc_ood = distances(self.space, centres, pbc_views)
+            known = self.space.with_lab(self.views[chosen, 0], self.labels[chosen])
+            lab_ood = self.space.distances(known, self.views)
+            pbc_ood = self.space.distances(known, pbc_views)
             for tta, seen in ((False, fit[0][:, :1]), (True, fit[0])):  # as adapt() does
-                known = out_of_fold_distances(self.space, seen, *fit[1:])
-                calibration[tta] = adapted_calibration(calibration[tta], known)
+                lab_known = out_of_fold_distances(self.space, seen, *fit[1:])
+                calibration[tta] = adapted_calibration(calibration[tta], lab_known)
         row = ()
         for tta in (False, True):
             c = calibration[tta]

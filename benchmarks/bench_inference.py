@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hematovision.export import ServingGraph, with_static_padding
+from hematovision.export import ANCHORS, ServingGraph, with_static_padding
 from hematovision.export.onnx_export import quantize_int8
 from hematovision.inference import DEFAULT_MODEL, Classifier
 from hematovision.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
@@ -123,13 +123,8 @@ def build_engines(clf: Classifier, pixels: np.ndarray) -> dict:
     with torch.no_grad():
         width = net.forward_features(torch.zeros(1, 3, spec.input_size, spec.input_size)).shape[1]
     # the same operations and shapes as the ONNX graph (the artifact ships no torch weights)
-    graph = ServingGraph(
-        with_static_padding(net, spec.input_size),
-        np.zeros(width),
-        np.zeros((width, 64)),
-        np.zeros((len(clf.classes), 64)),
-        spec,
-    ).eval()
+    anchors = np.random.default_rng(0).standard_normal((ANCHORS, width))
+    graph = ServingGraph(with_static_padding(net, spec.input_size), anchors, spec).eval()
 
     @torch.no_grad()
     def eager(batch):

@@ -6,14 +6,17 @@ confidence, out-of-distribution distance and TTA agreement are recorded once; th
 scored: the share of cells wrong and not flagged (target <= 3%) and the share flagged (the
 review work it costs). The rule is a confidence floor (at least the model's own threshold,
 fitted on its validation images), a distance threshold as a multiple of the model's own (the
-export's rule: 0.6 x the 99th percentile of its validation images' distances), and,
-optionally, TTA disagreement.
+export's rule, ``artifact.ood_threshold_of``), and, optionally, TTA disagreement.
 
-    python benchmarks/bench_uncertainty.py      (after bench_crosslab.py)
+    python benchmarks/bench_uncertainty.py [--export]     (after bench_crosslab.py)
+
+``--export`` first re-exports each fold's run with the present exporter (its distance score
+and thresholds); each fold's recorded scores are kept in out/crosslab/records/.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 from pathlib import Path
@@ -21,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from bench_crosslab import OUT, labs, left_out_images
+from hematovision.artifact import OOD_PERCENTILE
+from hematovision.export import export_run
 from hematovision.inference import Classifier
 from hematovision.inference.classifier import DIHEDRAL
 from hematovision.preprocess import model_view, resize, to_rgb
@@ -35,7 +40,7 @@ FOLDS = {
     "PBC, seed 1": ("pbc", " | seed 1"),
 }
 FLOORS = (None, 0.9, 0.97, 0.99)  # None: the model's own threshold
-OOD_SCALES = (1.0, 0.8, 0.6)
+OOD_SCALES = (1.5, 1.25, 1.0, 0.8, 0.6)
 TTA = (False, True)
 
 
@@ -63,14 +68,32 @@ def score(rec: dict, labels: np.ndarray, clf: Classifier, floor, scale, tta) -> 
     return {"wrong_unflagged": float((wrong & ~flagged).mean()), "flagged": float(flagged.mean())}
 
 
+def save_record(name: str, rec: dict, labels: np.ndarray, clf: Classifier) -> None:
+    """The fold's scores with its labels and thresholds, to try other rules without rerunning."""
+    (OUT / "records").mkdir(exist_ok=True)
+    np.savez(
+        OUT / "records" / f"{name.replace(' ', '_').replace(',', '')}.npz",
+        labels=labels,
+        confidence_threshold=clf.confidence_threshold,
+        ood_threshold=clf.ood_threshold,
+        **rec,
+    )
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--export", action="store_true", help="re-export each fold's run first")
+    args = ap.parse_args()
     sources = labs()
     rows = {}
     for fold, (left_out, seed) in FOLDS.items():
-        artifact = OUT / "runs" / f"{left_out} | {RECIPE}{seed}".replace(" ", "_") / "artifact"
-        clf = Classifier.load(artifact)
+        run = OUT / "runs" / f"{left_out} | {RECIPE}{seed}".replace(" ", "_")
+        if args.export:
+            export_run(run, int8=False, overwrite=True, show_progress=False)
+        clf = Classifier.load(run / "artifact")
         paths, labels = left_out_images(sources[left_out], clf.classes)
         rec = record(clf, paths)
+        save_record(fold, rec, labels, clf)
         for floor, scale, tta in itertools.product(FLOORS, OOD_SCALES, TTA):
             rows.setdefault((floor, scale, tta), {})[fold] = score(
                 rec, labels, clf, floor, scale, tta
@@ -83,8 +106,8 @@ def main() -> None:
         f"Machine: {machine()}. Models of bench_crosslab.py's recipe `{RECIPE}` (the bundled "
         "model's), each scored on the lab it never saw: wrong and not flagged / flagged. "
         "Confidence floor: the least confidence not flagged (model's own: fitted on "
-        "validation); distance: the model's out-of-distribution threshold (0.6 x the 99th "
-        "percentile of its validation distances) times this.\n",
+        "validation); distance: the model's out-of-distribution threshold (the "
+        f"{OOD_PERCENTILE}th percentile of its validation images' distances) times this.\n",
         f"| confidence floor | distance x | TTA | {' | '.join(FOLDS)} "
         "| worst wrong and not flagged | mean flagged |",
         "|---|---|---|" + "---|" * len(FOLDS) + "---|---|",

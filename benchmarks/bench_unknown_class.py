@@ -9,7 +9,10 @@ most 5%), beside the share of the known classes' own test cells flagged (the rev
 Immature granulocytes are the nearest cousins of myeloblasts; monocytes and lymphocytes are the
 mononuclear cells blasts are most often mistaken for. Rules scored as in bench_uncertainty.py.
 
-    python benchmarks/bench_unknown_class.py [--classes ig,monocyte,lymphocyte]
+    python benchmarks/bench_unknown_class.py [--classes ig,monocyte,lymphocyte] [--export-only]
+
+``--export-only`` re-exports the runs already trained (the present exporter's score and
+thresholds) instead of training them again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 
 from bench_crosslab import DATA, OUT
 from bench_training import RECIPES
-from bench_uncertainty import FLOORS, OOD_SCALES, TTA, record, score
+from bench_uncertainty import FLOORS, OOD_SCALES, TTA, record, save_record, score
+from hematovision.artifact import RunDir
 from hematovision.data import scan_folder
 from hematovision.export import export_run
 from hematovision.inference import Classifier
@@ -49,10 +53,13 @@ def without(left_out: str) -> Path:
     return root
 
 
-def run_left_out(left_out: str) -> dict:
+def run_left_out(left_out: str, export_only: bool = False) -> dict:
     data = without(left_out)
     out = OUT / "unknown" / "runs" / left_out
-    run = train(TrainConfig(data=str(data), out=str(out), overwrite=True, **SETTINGS))
+    if export_only:
+        run = RunDir(out).require()
+    else:
+        run = train(TrainConfig(data=str(data), out=str(out), overwrite=True, **SETTINGS))
     clf = Classifier.load(export_run(run, int8=False, overwrite=True, show_progress=False).path)
     pbc = scan_folder(DATA / "pbc")
     unknown = [p for p, y in zip(pbc.paths, pbc.labels) if pbc.classes[y] == left_out]
@@ -62,6 +69,8 @@ def run_left_out(left_out: str) -> dict:
     known_labels = np.array([clf.classes.index(f["label"]) for f in known])
     rec_unknown = record(clf, unknown)
     rec_known = record(clf, [data / f["path"] for f in known])
+    save_record(f"without {left_out}, untaught", rec_unknown, np.full(len(unknown), -1), clf)
+    save_record(f"without {left_out}, known", rec_known, known_labels, clf)
     rows = {}
     for floor, scale, tta in itertools.product(FLOORS, OOD_SCALES, TTA):
         passed = score(rec_unknown, np.full(len(unknown), -1), clf, floor, scale, tta)
@@ -115,12 +124,13 @@ def render(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--classes", default=",".join(HELD_OUT))
+    ap.add_argument("--export-only", action="store_true", help="re-export the runs, no training")
     args = ap.parse_args()
     store = OUT / "unknown.json"
     results = json.loads(store.read_text()) if store.exists() else {"folds": {}}
     results["machine"] = machine()
     for left_out in args.classes.split(","):
-        results["folds"][left_out] = run_left_out(left_out)
+        results["folds"][left_out] = run_left_out(left_out, args.export_only)
         store.write_text(json.dumps(results, indent=1))
         print(left_out, json.dumps(results["folds"][left_out]["rules"][str((0.97, 1.0, False))]))
     write_section("unknown_class", render(results))

@@ -60,6 +60,36 @@ def test_the_exported_graph_takes_pixels_and_normalises_them_itself(artifact):
     assert json.loads((artifact / "model.json").read_text())["preprocess"]["input"] == "uint8"
 
 
+def test_the_distance_score_is_the_kth_nearest_anchor(artifact, synth_run, synth_dir):
+    """The graph's "ood" output: cosine distance to the 10th nearest of the anchors (the same
+    training images as anchors.npz, stored once in float16), and noise lies farther."""
+    import onnx
+    from onnx import numpy_helper
+
+    from hematovision.artifact import NEIGHBOUR_K, neighbour_distances, unit_rows
+    from hematovision.export.graph import pooled_features
+    from hematovision.models import load_trained
+    from hematovision.preprocess import model_view, resize, to_rgb
+
+    clf = Classifier.load(artifact, engine="onnxruntime")  # the reference engine, in fp32
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    (stored,) = [i for i in graph.initializer if i.name == "anchors"]
+    with np.load(artifact / "anchors.npz") as saved:
+        anchors = saved["features"].astype(np.float32)
+    assert stored.data_type == onnx.TensorProto.FLOAT16 and len(anchors) > NEIGHBOUR_K
+    assert np.allclose(numpy_helper.to_array(stored), unit_rows(anchors), atol=2e-3)
+    cells = sorted((synth_dir / "lymphocyte").iterdir())[:6]
+    pixels = np.stack([resize(model_view(to_rgb(p), clf.spec)[0], clf.spec) for p in cells])
+    model, info = load_trained(synth_run)
+    features = pooled_features(model, pixels, info.preprocess)  # as training computes them
+    ood = clf.predict_arrays(pixels)[2]
+    assert np.allclose(ood, neighbour_distances(unit_rows(anchors), features), atol=2e-3)
+    noise = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), np.uint8)
+    far = clf.predict(list(noise))
+    assert min(clf.predict_arrays(noise)[2]) > max(ood)
+    assert all("unlike the training images" in " ".join(p.reasons) for p in far)
+
+
 def test_temperature_is_applied_to_the_probabilities(artifact, synth_dir):
     import onnxruntime as ort
 

@@ -494,31 +494,38 @@ def test_the_pull_is_chosen_by_cross_validation_and_ties_keep_the_strongest(monk
     assert pull == max(PULL_CHOICES) and len(set(losses.values())) == 1
 
 
-def test_a_labs_distance_threshold_comes_from_its_cells_measured_without_them():
-    from dataclasses import replace
-
+def _spaces():
+    """The two distance scores adapt knows, as small hand-made graphs' initializers."""
     from onnx import numpy_helper
 
-    from hematovision.adapt import (
-        LAB_OOD_PERCENTILE,
-        OodSpace,
-        adapted_calibration,
-        distances,
-        out_of_fold_distances,
-    )
+    from hematovision.adapt import CentreSpace, NeighbourSpace
+    from hematovision.artifact import unit_rows
+
+    centres = np.full((2, 16), 50.0, np.float32) * np.eye(2, 16, dtype=np.float32)
+    anchors = unit_rows(np.random.default_rng(1).normal(0, 1, (30, 16))).astype(np.float16)
+    return [
+        CentreSpace(np.zeros(16), np.eye(16), numpy_helper.from_array(centres, "centres")),
+        NeighbourSpace(numpy_helper.from_array(anchors, "anchors")),
+    ]
+
+
+@pytest.mark.parametrize("space", _spaces(), ids=["class centres", "nearest anchors"])
+def test_a_labs_distance_threshold_comes_from_its_cells_measured_without_them(space):
+    from dataclasses import replace
+
+    from hematovision.adapt import LAB_OOD_PERCENTILE, adapted_calibration, out_of_fold_distances
     from hematovision.artifact import Calibration
 
     rng = np.random.default_rng(0)
-    base_centres = np.full((2, 16), 50.0, np.float32) * np.eye(2, 16, dtype=np.float32)
-    space = OodSpace(np.zeros(16), np.eye(16), numpy_helper.from_array(base_centres, "centres"))
     labels, groups = np.repeat([0, 1], 20), np.arange(40) // 2  # two crops of each cell
     cells = rng.normal(0, 1, (20, 16))[groups] + np.where(labels == 0, 5.0, -5.0)[:, None]
     views = (cells[:, None] + rng.normal(0, 0.1, (40, 8, 16))).astype(np.float32)
     known = out_of_fold_distances(space, views, labels, groups)
-    in_sample = distances(space, space.with_lab_centres(views[:, 0], labels), views).mean(1)
+    in_sample = space.distances(space.with_lab(views[:, 0], labels), views).mean(1)
     assert known.shape == in_sample.shape == (40,)
-    assert (known > in_sample).all()  # each cell's own centre left out: always farther
-    base = Calibration(1.0, 0.5, 1.0)
+    # each cell's own centre (or its own crops, among the neighbours) left out: farther
+    assert (known > in_sample).all()
+    base = Calibration(1.0, 0.5, float(known.min()) / 2)  # narrower than the lab's cells need
     widened = adapted_calibration(base, known)
     assert widened.ood_threshold == pytest.approx(np.percentile(known, LAB_OOD_PERCENTILE))
     wide = replace(base, ood_threshold=1e3)

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from .artifact import Calibration, ModelArtifact
+from .artifact import Calibration, ModelArtifact, neighbour_distances, unit_rows
 from .data.folders import scan_folder
 from .errors import HematoVisionError
 from .inference.classifier import DIHEDRAL, SAMPLES
@@ -44,9 +44,9 @@ ANCHOR_WEIGHT = 5.0
 # 92.4% -> 94.1% with the 8 views; bench_adapt.py); of equal losses, the strongest
 PULL_CHOICES = (1e-4, 1e-3, 1e-2)
 PULL_FOLDS = 2  # each choice fitted twice on half the cells: seconds, not minutes
-# A cell of the lab is "unlike the training images" when it lies farther from the nearest
-# class centre than this percentile of the lab's own cells do from centres fitted without
-# them (out of fold, OOD_FOLDS folds by group). The export's rule for validation images
+# A cell of the lab is "unlike the training images" when its distance score is above this
+# percentile of the lab's own cells' scores measured without them (out of fold, OOD_FOLDS
+# folds by group). The export's rule for validation images
 # (0.6 x their 99th percentile) never widened the threshold for a new lab, which left 55-65%
 # of its cells flagged after adapting; chosen on validation cells (the LISC pool's cells not
 # drawn, 25-100 drawn, 3 draws; bench_adapt.py): the 75th flagged 30-43% with 0-0.6% wrong
@@ -63,7 +63,7 @@ class LabCells:
     labels: np.ndarray  # (n,) indices into the model's classes
     paths: list[str]
     groups: np.ndarray  # images of one group (one cell, one sample) stay on one side
-    ood: np.ndarray  # (n, 8): the distance score of each view, against the base's centres
+    ood: np.ndarray  # (n, 8): the distance score of each view, as the base computes it
 
     @property
     def features(self) -> np.ndarray:
@@ -186,16 +186,43 @@ def embed(artifact: ModelArtifact, folder: str | Path, show_progress: bool = Fal
 
 
 @dataclass
-class OodSpace:
-    """The distance score's parts in the graph: pooled features minus ``pca_mean``, times
-    ``projection``, the distance to the nearest of ``centres`` (export/graph.py)."""
+class NeighbourSpace:
+    """The graph's distance score (export/graph.py): cosine distance to the k-th nearest of
+    its ``anchors``, training images' features. A lab's cells join the anchors."""
+
+    initializer: object  # the ONNX initializer "anchors" (unit rows, float16)
+
+    @classmethod
+    def of(cls, graph) -> NeighbourSpace | None:
+        found = [i for i in graph.initializer if i.name == "anchors"]
+        return cls(found[0]) if found else None
+
+    @property
+    def dims(self) -> int:
+        return int(self.initializer.dims[1])
+
+    def with_lab(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        from onnx import numpy_helper
+
+        known = numpy_helper.to_array(self.initializer)
+        return np.concatenate([known, unit_rows(features).astype(known.dtype)])
+
+    def distances(self, known: np.ndarray, features: np.ndarray) -> np.ndarray:
+        return neighbour_distances(known.astype(np.float32), features)
+
+
+@dataclass
+class CentreSpace:
+    """The distance score of artifacts exported by 0.2 and earlier (the graph's ``pca_mean``,
+    ``projection``, ``centres``): whitened distance to the nearest class centre. A lab's
+    cells add their classes' centres."""
 
     pca_mean: np.ndarray
     projection: np.ndarray
-    centres: object  # the ONNX initializer
+    initializer: object  # the ONNX initializer "centres"
 
     @classmethod
-    def of(cls, graph) -> OodSpace | None:
+    def of(cls, graph) -> CentreSpace | None:
         from onnx import numpy_helper
 
         inits = {i.name: i for i in graph.initializer}
@@ -204,32 +231,50 @@ class OodSpace:
         array = numpy_helper.to_array
         return cls(array(inits["pca_mean"]), array(inits["projection"]), inits["centres"])
 
-    def with_lab_centres(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """The centres, plus the centre of each class among the lab's cells."""
+    @property
+    def dims(self) -> int:
+        return len(self.pca_mean)
+
+    def with_lab(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         from onnx import numpy_helper
 
         z = (features - self.pca_mean) @ self.projection
         lab = [z[labels == k].mean(0) for k in np.unique(labels)]
-        return np.concatenate([numpy_helper.to_array(self.centres), lab]).astype(np.float32)
+        return np.concatenate([numpy_helper.to_array(self.initializer), lab]).astype(np.float32)
+
+    def distances(self, known: np.ndarray, features: np.ndarray) -> np.ndarray:
+        z = (features - self.pca_mean) @ self.projection
+        return np.sqrt(((z[..., None, :] - known) ** 2).sum(-1)).min(-1)
 
 
-def distances(space: OodSpace, centres: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """The distance score of ``features`` (..., d) against ``centres`` (what the graph
-    computes): one per feature vector, shaped (...)."""
-    z = (features - space.pca_mean) @ space.projection
-    return np.sqrt(((z[..., None, :] - centres) ** 2).sum(-1)).min(-1)
+def ood_space(graph, dims: int) -> NeighbourSpace | CentreSpace | None:
+    """The distance score's parts in an ONNX graph, or None where it has none we know or its
+    features are not the ``dims`` the final linear layer takes (a head of several layers).
+
+    Both spaces: ``with_lab(features, labels)`` -> what the graph knows with the lab's cells
+    added; ``distances(known, features (..., d))`` -> the score the graph computes, (...)."""
+    space = NeighbourSpace.of(graph) or CentreSpace.of(graph)
+    return space if space is not None and space.dims == dims else None
 
 
-def out_of_fold_distances(space: OodSpace, views, labels, groups) -> np.ndarray:
+def store_known(space, known: np.ndarray) -> None:
+    """Write ``known`` (``space.with_lab``'s result) into the graph's initializer."""
+    from onnx import numpy_helper
+
+    space.initializer.CopyFrom(numpy_helper.from_array(known, space.initializer.name))
+
+
+def out_of_fold_distances(space, views, labels, groups) -> np.ndarray:
     """Each cell's distance score (the mean over its ``views``, (n, views, d), as the
-    Classifier averages them) with the lab's class centres fitted on the other cells, in
-    ``OOD_FOLDS`` folds by group: how far a new cell of the lab lies. In-sample distances
-    understate it, each cell pulling its own centre towards it. Empty with too few groups."""
+    Classifier averages them) with the lab's other cells known, in ``OOD_FOLDS`` folds by
+    group: how far a new cell of the lab lies. In-sample distances understate it (a cell is
+    its own nearest neighbour, or pulls its class centre towards it). Empty with too few
+    groups."""
     folds = _folds(labels, groups, OOD_FOLDS)
     out = np.zeros(len(labels) if folds else 0)
     for train, test in folds:
-        centres = space.with_lab_centres(views[train, 0], labels[train])
-        out[test] = distances(space, centres, views[test]).mean(1)
+        known = space.with_lab(views[train, 0], labels[train])
+        out[test] = space.distances(known, views[test]).mean(1)
     return out
 
 
@@ -381,24 +426,23 @@ def _held_out_scores(base: ModelArtifact, views, labels, base_head, head) -> dic
 
 
 def _lab_distance_rule(graph, base: ModelArtifact, cells: LabCells, train, test, tta: bool):
-    """The lab's cells become "known": their class centres join the distance score in
-    ``graph`` and its threshold widens (``adapted_calibration``). Returns the calibration and
-    the share of held-out cells beyond the threshold, before and after."""
-    from onnx import numpy_helper
+    """The lab's cells become "known" to the distance score in ``graph`` (``ood_space``) and
+    its threshold widens (``adapted_calibration``). Returns the calibration and the share of
+    held-out cells beyond the threshold, before and after."""
 
     def seen(predicts_with_tta: bool) -> int:  # how many views a model averages
         return len(DIHEDRAL) if predicts_with_tta else 1
 
-    space = OodSpace.of(graph)
-    if space is None:  # no centres to add: the distances as the base measures them
-        known, after = (cells.ood[part, : seen(tta)].mean(1) for part in (train, test))
-    else:  # measured before the lab's centres go into the graph: out of fold, then with them
+    space = ood_space(graph, cells.views.shape[-1])
+    if space is None:  # nothing to add the cells to: the distances as the base measures them
+        lab_distances, after = (cells.ood[part, : seen(tta)].mean(1) for part in (train, test))
+    else:  # measured before the lab's cells go into the graph: out of fold, then with them
         views, lab = cells.views[:, : seen(tta)], (cells.labels[train], cells.groups[train])
-        known = out_of_fold_distances(space, views[train], *lab)
-        centres = space.with_lab_centres(cells.features[train], cells.labels[train])
-        space.centres.CopyFrom(numpy_helper.from_array(centres, space.centres.name))
-        after = distances(space, centres, views[test]).mean(1)
-    calibration = adapted_calibration(base.calibration, known)
+        lab_distances = out_of_fold_distances(space, views[train], *lab)
+        known = space.with_lab(cells.features[train], cells.labels[train])
+        store_known(space, known)
+        after = space.distances(known, views[test]).mean(1)
+    calibration = adapted_calibration(base.calibration, lab_distances)
     before = cells.ood[test, : seen(base.tta)].mean(1)  # as the base predicts
     return calibration, {
         "far_before": _share_beyond(before, base.calibration.ood_threshold),

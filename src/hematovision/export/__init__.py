@@ -1,9 +1,10 @@
 """Export a training run to the model artifact (``model.onnx`` + ``model.int8.onnx`` +
 ``model.json``), checked against PyTorch and fitted with what serving needs:
 
-* ``graph``: the network plus class-activation maps and an out-of-distribution distance;
+* ``graph``: the network plus class-activation maps and an out-of-distribution distance (to
+  the nearest "anchors", training images also kept in ``anchors.npz`` for ``adapt``);
 * ``calibration``: a temperature and a confidence threshold fitted on the validation split,
-  and the distance threshold (99th percentile of the images the model knows);
+  and the distance threshold (from the distances of the images the model knows);
 * ``onnx_export``: the ONNX files, the fp32 parity check and the int8 agreement check.
 """
 
@@ -25,11 +26,12 @@ from ..errors import HematoVisionError
 from ..evaluation import classification_metrics, expected_calibration_error, plot_confusion
 from ..files import sha256_file
 from ..models import load_trained
-from .calibration import calibrate, choose_confidence_threshold, fit_ood, fit_temperature, softmax
+from .calibration import calibrate, choose_confidence_threshold, fit_temperature, softmax
 from .graph import ServingGraph, pooled_features, run_graph, with_static_padding
 from .onnx_export import export_fp32, export_int8, onnx_logits
 
 __all__ = [
+    "ANCHORS",
     "ServingGraph",
     "choose_confidence_threshold",
     "export_run",
@@ -38,9 +40,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("hematovision")
-OOD_FIT_IMAGES = 3000  # training images (at most) the distance score is fitted on
-# training features kept in the artifact for lab adaptation: 1,200 kept PBC's validation
-# accuracy after adapting to LISC better than 400 at the same cost (benchmarks/RESULTS.md)
+OOD_FIT_IMAGES = 3000  # training images (at most) the anchors are drawn from
+# training features kept in the artifact, the distance score's neighbours and what lab
+# adaptation keeps the model's answers on: 1,200 kept PBC's validation accuracy after adapting
+# to LISC better than 400 at the same cost, and find untaught cells as well as 3,000 do
+# (benchmarks/RESULTS.md)
 ANCHORS = 1200
 
 
@@ -76,13 +80,14 @@ def export_run(
     spec = replace(info.preprocess, input="uint8")
     images = _export_images(run, info, data_dir, show_progress)
     train_x, train_y = images.train
-    train_features = pooled_features(model, train_x, info.preprocess)
-    ood = fit_ood(train_features, train_y, len(classes))
-    graph = ServingGraph(with_static_padding(model, spec.input_size), *ood, spec).eval()
+    anchors, anchor_labels = anchor_sample(
+        pooled_features(model, train_x, info.preprocess), train_y
+    )
+    graph = ServingGraph(with_static_padding(model, spec.input_size), anchors, spec).eval()
     val_x, val_y = images.val
-    calibration, val_logits = calibrate(graph, val_x, val_y, images.known_extra)
+    calibration, val_logits, val_ood = calibrate(graph, val_x, val_y, images.known_extra)
     files, checks = _write_onnx(graph, out, val_x, spec, val_logits, int8)
-    files["anchors"] = write_anchors(out / "anchors.npz", train_features, train_y)
+    files["anchors"] = write_anchors(out / "anchors.npz", anchors, anchor_labels)
     artifact = ModelArtifact(
         name=f"hematovision-{info.architecture}",
         version=datetime.now(UTC).strftime("%Y.%m.%d"),
@@ -92,7 +97,7 @@ def export_run(
         calibration=calibration,
         files=files,
         checks=checks,
-        metrics=_metrics(graph, images, calibration, val_logits, info, out, int8),
+        metrics=_metrics(graph, images, calibration, (val_logits, val_ood), info, out, int8),
         provenance=_provenance(info, images.root, run.manifest(), provenance),
         path=out,
     )
@@ -109,15 +114,20 @@ def export_run(
     return artifact
 
 
-def write_anchors(path: Path, features: np.ndarray, labels: np.ndarray, n: int = ANCHORS):
-    """A class-balanced sample of training features (float16), what ``hematovision adapt``
-    keeps the model's answers on while it learns a new lab's cells."""
+def anchor_sample(features: np.ndarray, labels: np.ndarray, n: int = ANCHORS):
+    """A class-balanced sample of training features and their labels: (features, labels)."""
     rng = np.random.default_rng(0)
     per_class = max(1, n // max(1, len(np.unique(labels))))
     keep = np.concatenate(
         [rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in np.unique(labels)]
     )
-    np.savez_compressed(path, features=features[keep].astype(np.float16), labels=labels[keep])
+    return features[keep], labels[keep]
+
+
+def write_anchors(path: Path, features: np.ndarray, labels: np.ndarray) -> ArtifactFile:
+    """The anchors' features (float16): what ``hematovision adapt`` keeps the model's answers
+    on while it learns a new lab's cells."""
+    np.savez_compressed(path, features=features.astype(np.float16), labels=labels)
     return ArtifactFile(path.name, sha256_file(path))
 
 
@@ -194,17 +204,19 @@ def _known_extra(info: RunInfo, show_progress: bool) -> tuple[np.ndarray, np.nda
 
 
 def _metrics(
-    graph, images: ExportImages, calibration, val_logits, info: RunInfo, out: Path, int8: bool
+    graph, images: ExportImages, calibration, val_outputs, info: RunInfo, out: Path, int8: bool
 ) -> dict:
-    """Calibration on val; accuracy, ECE and flagged share on test (and int8's accuracy)."""
-    t, threshold = calibration.temperature, calibration.confidence_threshold
+    """Calibration on val; accuracy, ECE and flagged share on test (and int8's accuracy).
+    ``val_outputs``: the validation images' (logits, distances)."""
+    t = calibration.temperature
+    val_logits, val_ood = val_outputs
     val_y = images.val[1]
     val_probs = softmax(val_logits, t)
     metrics = {
         "val": {
             "ece_before": expected_calibration_error(val_y, softmax(val_logits)),
             "ece_after": expected_calibration_error(val_y, val_probs),
-            "flagged_uncertain": float((val_probs.max(1) < threshold).mean()),
+            "flagged_uncertain": float(flagged_uncertain(val_probs, val_ood, calibration).mean()),
         }
     }
     if images.test is None:
@@ -213,7 +225,7 @@ def _metrics(
     logits, _, ood = run_graph(graph, test_x)
     probs = softmax(logits, t)
     m = classification_metrics(test_y, probs, info.classes)
-    flagged = (probs.max(1) < threshold) | (ood > calibration.ood_threshold)
+    flagged = flagged_uncertain(probs, ood, calibration)
     metrics["test"] = {
         key: m[key] for key in ("n", "accuracy", "f1_macro", "per_class", "confusion_matrix")
     }
@@ -239,6 +251,14 @@ def _metrics(
             "top1_agreement_with_fp32": float((q == logits.argmax(1)).mean()),
         }
     return metrics
+
+
+def flagged_uncertain(probs: np.ndarray, ood: np.ndarray, calibration) -> np.ndarray:
+    """Which images the Classifier flags (without TTA): low confidence or far from training."""
+    flagged = probs.max(1) < calibration.confidence_threshold
+    if calibration.ood_threshold is None:
+        return flagged
+    return flagged | (ood > calibration.ood_threshold)
 
 
 def _provenance(info: RunInfo, root: Path, manifest, note: str | None) -> Provenance:

@@ -49,26 +49,14 @@ def choose_confidence_threshold(
     return 0.99
 
 
-def fit_ood(features: np.ndarray, labels: np.ndarray, n_classes: int, dims: int = 64):
-    """PCA whitening of pooled features and the class centres in that space."""
-    from sklearn.decomposition import PCA
-
-    pca = PCA(
-        n_components=min(dims, features.shape[1], len(features) - 1), whiten=True, random_state=0
-    ).fit(features)
-    projection = pca.components_.T / np.sqrt(pca.explained_variance_)
-    z = (features - pca.mean_) @ projection
-    centres = np.stack([z[labels == k].mean(0) for k in range(n_classes)])
-    return pca.mean_, projection, centres
-
-
 def calibrate(
     graph: ServingGraph,
     val_x: np.ndarray,
     val_y: np.ndarray,
     known_x: np.ndarray,
-) -> tuple[Calibration, np.ndarray]:
-    """Fit the calibration on the validation images; returns it and the val logits.
+) -> tuple[Calibration, np.ndarray, np.ndarray]:
+    """Fit the calibration on the validation images; returns it and their logits and
+    distances.
 
     ``known_x``: images added to the training split only (--extra-train, e.g. cells from
     another lab's smears) are part of what the model knows: the distance score must not
@@ -79,4 +67,4 @@ def calibrate(
     known_ood = run_graph(graph, known_x)[2] if len(known_x) else np.zeros(0)
     known = np.concatenate([val_ood, known_ood])
     ood_threshold = ood_threshold_of(known)
-    return Calibration(temperature, threshold, ood_threshold), val_logits
+    return Calibration(temperature, threshold, ood_threshold), val_logits, val_ood

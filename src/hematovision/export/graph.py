@@ -1,8 +1,9 @@
 """The serving graph: the network plus what serving needs, so that it needs no torch.
 
 Outputs: the logits; class-activation maps (CAM) for heatmaps; and an out-of-distribution
-score, the distance of the image's pooled features to the nearest class centre (PCA-whitened,
-fitted on training images). Every model has timm's ``forward_features`` / ``forward_head`` /
+score, the cosine distance of the image's pooled features to its k-th nearest "anchor", a
+class-balanced sample of training images (Sun et al., 2022, "Out-of-distribution detection
+with deep nearest neighbors"). Every model has timm's ``forward_features`` / ``forward_head`` /
 ``get_classifier``, so nothing here depends on the architecture.
 """
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..artifact import NEIGHBOUR_K, unit_rows
 from ..preprocess import PreprocessSpec, model_input
 
 
@@ -19,12 +21,11 @@ class ServingGraph(nn.Module):
     """(logits, cam, ood) for a batch fed as ``spec`` says: NHWC uint8 pixels, normalised in
     the graph, when ``spec.input`` is "uint8"; else the normalised NCHW float batch."""
 
-    def __init__(self, model: nn.Module, pca_mean, projection, centres, spec: PreprocessSpec):
+    def __init__(self, model: nn.Module, anchors: np.ndarray, spec: PreprocessSpec):
         super().__init__()
         self.model, self.spec = model, spec
-        self.register_buffer("pca_mean", torch.as_tensor(pca_mean, dtype=torch.float32))
-        self.register_buffer("projection", torch.as_tensor(projection, dtype=torch.float32))
-        self.register_buffer("centres", torch.as_tensor(centres, dtype=torch.float32))
+        # stored in float16 (half the artifact's bytes; the distances differ by < 1e-3)
+        self.register_buffer("anchors", torch.as_tensor(unit_rows(anchors), dtype=torch.float16))
         # (x / 255 - mean) / std as one multiply-add per channel
         std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
         mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -42,8 +43,9 @@ class ServingGraph(nn.Module):
             cam = torch.einsum("kc,nchw->nkhw", head.weight, fmap)
         else:  # any other head: the mean activation, the same map for every class
             cam = fmap.mean(1, keepdim=True).expand(-1, logits.shape[1], -1, -1)
-        z = (fmap.mean((2, 3)) - self.pca_mean) @ self.projection
-        ood = torch.cdist(z, self.centres).min(dim=1).values
+        features = nn.functional.normalize(fmap.mean((2, 3)), dim=1)
+        similarity = features @ self.anchors.float().T
+        ood = 1 - similarity.topk(NEIGHBOUR_K, dim=1).values[:, -1]
         return logits, cam, ood
 
 

@@ -1,0 +1,143 @@
+"""Which out-of-distribution score flags what the model does not know, at equal review cost?
+
+Two scores of the pooled features, each beside the product's confidence rule (below
+max(0.97, the model's own threshold): "uncertain"), thresholded at a percentile of the model's
+validation images' scores:
+
+* class centre: whitened (PCA, 64 components) distance to the nearest class centre, the
+  export's score before 0.9 (fitted here on the artifact's anchors);
+* nearest anchors: cosine distance to the 10th nearest anchor (the export's score since 0.9,
+  ``artifact.neighbour_distances``).
+
+Scored on the models bench_unknown_class.py trained without one PBC class (the untaught
+class's images passed as a confident known class / the known classes' test cells flagged) and
+on bench_crosslab.py's leave-one-lab-out models of the bundled recipe (the left-out lab's
+cells wrong and not flagged / flagged). Needs those runs exported (bench_uncertainty.py
+--export, bench_unknown_class.py --export-only); features are computed with ONNX Runtime.
+
+    python benchmarks/bench_ood_scores.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from bench_crosslab import DATA, OUT, labs, left_out_images
+from bench_uncertainty import FOLDS, RECIPE
+from hematovision.adapt import embed_paths, head_weights
+from hematovision.artifact import ModelArtifact, RunDir, neighbour_distances, unit_rows
+from hematovision.data import scan_folder
+from hematovision.export.calibration import CONFIDENCE_FLOOR, softmax
+
+from _common import machine, write_section
+
+UNTAUGHT = ("ig", "monocyte", "lymphocyte")
+PERCENTILES = (95, 90, 85, 80, 70, 60)
+UNKNOWN_PER_CLASS = 300  # as bench_unknown_class.py
+
+
+def score_functions(artifact: ModelArtifact) -> dict:
+    """name -> f(features) for both scores, fitted on the artifact's anchors."""
+    with np.load(artifact.path / "anchors.npz") as saved:
+        anchors, labels = saved["features"].astype(np.float32), saved["labels"]
+    pca = PCA(64, whiten=True, random_state=0).fit(anchors)
+    projection = pca.components_.T / np.sqrt(pca.explained_variance_)
+    centres = np.stack(
+        [((anchors[labels == k] - pca.mean_) @ projection).mean(0) for k in np.unique(labels)]
+    )
+
+    def centre(f):
+        z = (f - pca.mean_) @ projection
+        return np.sqrt(((z[:, None] - centres) ** 2).sum(-1)).min(1)
+
+    unit = unit_rows(anchors)
+    return {"class centre": centre, "nearest anchors": lambda f: neighbour_distances(unit, f)}
+
+
+def scored(artifact: ModelArtifact, paths) -> dict:
+    """Calibrated probabilities and both scores of image files, as served."""
+    features, _ = embed_paths(artifact, paths)
+    w, b = head_weights(artifact)
+    out = {"probs": softmax(features @ w.T + b, artifact.calibration.temperature)}
+    out.update({name: f(features) for name, f in score_functions(artifact).items()})
+    return out
+
+
+def flagged(sets: dict, name: str, score: str, q: float, threshold: float) -> np.ndarray:
+    d = sets[name]
+    limit = np.percentile(sets["val"][score], q)
+    return (d["probs"].max(1) < max(CONFIDENCE_FLOOR, threshold)) | (d[score] > limit)
+
+
+def split_paths(run: Path, split: str) -> tuple[list[Path], list[str]]:
+    manifest = RunDir(run).manifest()
+    entries = manifest.entries(split)
+    return [Path(manifest.data_root) / f["path"] for f in entries], [f["label"] for f in entries]
+
+
+def untaught_model(left_out: str) -> dict:
+    run = OUT / "unknown" / "runs" / left_out
+    artifact = ModelArtifact.load(run / "artifact")
+    pbc = scan_folder(DATA / "pbc")
+    unknown = [p for p, y in zip(pbc.paths, pbc.labels) if pbc.classes[y] == left_out]
+    unknown = [unknown[i] for i in np.random.default_rng(0).permutation(len(unknown))]
+    sets = {
+        "val": scored(artifact, split_paths(run, "val")[0]),
+        "known": scored(artifact, split_paths(run, "test")[0]),
+        "unknown": scored(artifact, unknown[:UNKNOWN_PER_CLASS]),
+    }
+    return {"sets": sets, "threshold": artifact.calibration.confidence_threshold}
+
+
+def left_out_lab_model(fold: str) -> dict:
+    left_out, seed = FOLDS[fold]
+    run = OUT / "runs" / f"{left_out} | {RECIPE}{seed}".replace(" ", "_")
+    artifact = ModelArtifact.load(run / "artifact")
+    paths, labels = left_out_images(labs()[left_out], artifact.classes)
+    sets = {"val": scored(artifact, split_paths(run, "val")[0]), "new": scored(artifact, paths)}
+    return {"sets": sets, "labels": labels, "threshold": artifact.calibration.confidence_threshold}
+
+
+def row(untaught: dict, folds: dict, score: str, q: float) -> str:
+    cells = []
+    for m in untaught.values():
+        passed = ~flagged(m["sets"], "unknown", score, q, m["threshold"])
+        own = flagged(m["sets"], "known", score, q, m["threshold"])
+        cells.append(f"{100 * passed.mean():.1f}% / {100 * own.mean():.0f}%")
+    worst, shares = 0.0, []
+    for m in folds.values():
+        f = flagged(m["sets"], "new", score, q, m["threshold"])
+        wrong = m["sets"]["new"]["probs"].argmax(1) != m["labels"]
+        worst, shares = max(worst, float((wrong & ~f).mean())), [*shares, f.mean()]
+    cells.append(f"{100 * worst:.1f}% / {100 * np.mean(shares):.0f}%")
+    return f"| {score} | p{q} | " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    untaught = {c: untaught_model(c) for c in UNTAUGHT}
+    folds = {fold: left_out_lab_model(fold) for fold in FOLDS}
+    lines = [
+        "## Out-of-distribution scores at equal review cost (issue 11)\n",
+        f"Machine: {machine()}. Each score beside the product's confidence rule, thresholded "
+        "at a percentile of the model's validation images' scores. Untaught class: models "
+        "trained on PBC without it (bench_unknown_class.py), its images passed as a confident "
+        "known class / the known classes' test cells flagged. Left-out labs: the worst of "
+        f"{len(FOLDS)} folds' cells wrong and not flagged / the mean flagged "
+        "(bench_uncertainty.py's models).\n",
+        "| score | threshold | "
+        + " | ".join(f"untaught {c}" for c in UNTAUGHT)
+        + " | left-out labs |",
+        "|---|---|" + "---|" * (len(UNTAUGHT) + 1),
+    ]
+    for q in PERCENTILES:
+        for score in ("class centre", "nearest anchors"):
+            lines.append(row(untaught, folds, score, q))
+    write_section("ood_scores", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
