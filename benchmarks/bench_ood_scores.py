@@ -5,9 +5,11 @@ max(0.97, the model's own threshold): "uncertain"), thresholded at a percentile 
 validation images' scores:
 
 * class centre: whitened (PCA, 64 components) distance to the nearest class centre, the
-  export's score before 0.9 (fitted here on the artifact's anchors);
-* nearest anchors: cosine distance to the 10th nearest anchor (the export's score since 0.9,
-  ``artifact.neighbour_distances``).
+  export's score until session 10 (fitted here on the artifact's anchors);
+* nearest anchors: cosine distance to the 10th nearest anchor (the export's score since
+  session 10, ``artifact.neighbour_distances``);
+* nearest anchors of its class: the same among the anchors of the predicted class only;
+* energy: -logsumexp of the logits (Liu et al., 2020), no features needed.
 
 Scored on the models bench_unknown_class.py trained without one PBC class (the untaught
 class's images passed as a confident known class / the known classes' test cells flagged) and
@@ -23,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 from sklearn.decomposition import PCA
 
 from bench_crosslab import DATA, OUT, labs, left_out_images
@@ -39,8 +42,11 @@ PERCENTILES = (95, 90, 85, 80, 70, 60)
 UNKNOWN_PER_CLASS = 300  # as bench_unknown_class.py
 
 
+SCORES = ("class centre", "nearest anchors", "nearest anchors of its class", "energy")
+
+
 def score_functions(artifact: ModelArtifact) -> dict:
-    """name -> f(features) for both scores, fitted on the artifact's anchors."""
+    """name -> f(features, logits) for each score, fitted on the artifact's anchors."""
     with np.load(artifact.path / "anchors.npz") as saved:
         anchors, labels = saved["features"].astype(np.float32), saved["labels"]
     pca = PCA(64, whiten=True, random_state=0).fit(anchors)
@@ -49,20 +55,33 @@ def score_functions(artifact: ModelArtifact) -> dict:
         [((anchors[labels == k] - pca.mean_) @ projection).mean(0) for k in np.unique(labels)]
     )
 
-    def centre(f):
+    def centre(f, logits):
         z = (f - pca.mean_) @ projection
         return np.sqrt(((z[:, None] - centres) ** 2).sum(-1)).min(1)
 
     unit = unit_rows(anchors)
-    return {"class centre": centre, "nearest anchors": lambda f: neighbour_distances(unit, f)}
+
+    def own_class(f, logits):
+        predicted, out = logits.argmax(1), np.zeros(len(f))
+        for k in np.unique(predicted):
+            out[predicted == k] = neighbour_distances(unit[labels == k], f[predicted == k])
+        return out
+
+    return {
+        "class centre": centre,
+        "nearest anchors": lambda f, logits: neighbour_distances(unit, f),
+        "nearest anchors of its class": own_class,
+        "energy": lambda f, logits: -logsumexp(logits, axis=1),
+    }
 
 
 def scored(artifact: ModelArtifact, paths) -> dict:
     """Calibrated probabilities and both scores of image files, as served."""
     features, _ = embed_paths(artifact, paths)
     w, b = head_weights(artifact)
-    out = {"probs": softmax(features @ w.T + b, artifact.calibration.temperature)}
-    out.update({name: f(features) for name, f in score_functions(artifact).items()})
+    logits = features @ w.T + b
+    out = {"probs": softmax(logits, artifact.calibration.temperature)}
+    out.update({name: f(features, logits) for name, f in score_functions(artifact).items()})
     return out
 
 
@@ -133,7 +152,7 @@ def main() -> None:
         "|---|---|" + "---|" * (len(UNTAUGHT) + 1),
     ]
     for q in PERCENTILES:
-        for score in ("class centre", "nearest anchors"):
+        for score in SCORES:
             lines.append(row(untaught, folds, score, q))
     write_section("ood_scores", "\n".join(lines))
     print("\n".join(lines))

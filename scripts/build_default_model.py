@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.artifact import RunDir
+from hematovision.artifact import ModelArtifact, RunDir
 from hematovision.data.labs import combine_labs
 from hematovision.errors import HematoVisionError
 from hematovision.export import export_run
@@ -119,7 +119,11 @@ def main() -> None:
         action="store_true",
         help="ship fp32 only (when int8 misses its agreement check)",
     )
-    ap.add_argument("--provenance", help="a note on how the run was made, kept in model.json")
+    ap.add_argument(
+        "--provenance",
+        help="a note on how the run was made, kept in model.json (with --skip-train, default: "
+        "the bundled model's note, so that a re-export does not lose it)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # epochs, export
     if not args.skip_train:
@@ -134,10 +138,11 @@ def main() -> None:
                 **RECIPE,
             )
         )
-    artifact = export_run(
-        args.run, int8=not args.no_int8, overwrite=True, provenance=args.provenance
-    )
     target = ASSETS / "default_model"
+    note = args.provenance
+    if note is None and args.skip_train and (target / "model.json").is_file():
+        note = ModelArtifact.load(target).provenance.note
+    artifact = export_run(args.run, int8=not args.no_int8, overwrite=True, provenance=note)
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(artifact.path, target)
     count = write_samples(args.run, Classifier.load(target))

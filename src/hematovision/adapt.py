@@ -213,9 +213,9 @@ class NeighbourSpace:
 
 @dataclass
 class CentreSpace:
-    """The distance score of artifacts exported by 0.2 and earlier (the graph's ``pca_mean``,
-    ``projection``, ``centres``): whitened distance to the nearest class centre. A lab's
-    cells add their classes' centres."""
+    """The distance score of artifacts exported before the nearest-anchor score (the graph's
+    ``pca_mean``, ``projection``, ``centres``): whitened distance to the nearest class centre.
+    A lab's cells add their classes' centres."""
 
     pca_mean: np.ndarray
     projection: np.ndarray
