@@ -90,6 +90,16 @@ def test_the_distance_score_is_the_kth_nearest_anchor(artifact, synth_run, synth
     assert all("unlike the training images" in " ".join(p.reasons) for p in far)
 
 
+def test_too_few_training_images_for_the_distance_score_is_a_clear_error():
+    from hematovision.export import ServingGraph
+    from hematovision.models import create_model
+    from hematovision.preprocess import PreprocessSpec
+
+    net = create_model("seed-cnn", 2, input_size=64)
+    with pytest.raises(HematoVisionError, match="needs at least 10"):
+        ServingGraph(net, np.ones((9, 32)), PreprocessSpec(input_size=64))
+
+
 def test_temperature_is_applied_to_the_probabilities(artifact, synth_dir):
     import onnxruntime as ort
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..artifact import NEIGHBOUR_K, unit_rows
+from ..errors import HematoVisionError
 from ..preprocess import PreprocessSpec, model_input
 
 
@@ -23,6 +24,11 @@ class ServingGraph(nn.Module):
 
     def __init__(self, model: nn.Module, anchors: np.ndarray, spec: PreprocessSpec):
         super().__init__()
+        if len(anchors) < NEIGHBOUR_K:
+            raise HematoVisionError(
+                f"{len(anchors)} training images: the distance score needs at least "
+                f"{NEIGHBOUR_K} (its {NEIGHBOUR_K}th nearest)"
+            )
         self.model, self.spec = model, spec
         # stored in float16 (half the artifact's bytes; the distances differ by < 1e-3)
         self.register_buffer("anchors", torch.as_tensor(unit_rows(anchors), dtype=torch.float16))
