@@ -30,7 +30,7 @@ from sklearn.decomposition import PCA
 
 from bench_crosslab import DATA, OUT, labs, left_out_images
 from bench_uncertainty import FOLDS, RECIPE
-from hematovision.adapt import embed_paths, head_weights
+from hematovision.adapt import CentreSpace, embed_paths, head_weights
 from hematovision.artifact import ModelArtifact, RunDir, neighbour_distances, unit_rows
 from hematovision.data import scan_folder
 from hematovision.export.calibration import CONFIDENCE_FLOOR, softmax
@@ -54,11 +54,7 @@ def score_functions(artifact: ModelArtifact) -> dict:
     centres = np.stack(
         [((anchors[labels == k] - pca.mean_) @ projection).mean(0) for k in np.unique(labels)]
     )
-
-    def centre(f, logits):
-        z = (f - pca.mean_) @ projection
-        return np.sqrt(((z[:, None] - centres) ** 2).sum(-1)).min(1)
-
+    space = CentreSpace(pca.mean_, projection, initializer=None)  # the old graph's score
     unit = unit_rows(anchors)
 
     def own_class(f, logits):
@@ -68,21 +64,25 @@ def score_functions(artifact: ModelArtifact) -> dict:
         return out
 
     return {
-        "class centre": centre,
+        "class centre": lambda f, logits: space.distances(centres, f),
         "nearest anchors": lambda f, logits: neighbour_distances(unit, f),
         "nearest anchors of its class": own_class,
         "energy": lambda f, logits: -logsumexp(logits, axis=1),
     }
 
 
-def scored(artifact: ModelArtifact, paths) -> dict:
-    """Calibrated probabilities and both scores of image files, as served."""
-    features, _ = embed_paths(artifact, paths)
-    w, b = head_weights(artifact)
-    logits = features @ w.T + b
-    out = {"probs": softmax(logits, artifact.calibration.temperature)}
-    out.update({name: f(features, logits) for name, f in score_functions(artifact).items()})
-    return out
+def scorer(artifact: ModelArtifact):
+    """paths -> the calibrated probabilities and every score of those image files, as served
+    (the scores fitted once per artifact)."""
+    scores, (w, b) = score_functions(artifact), head_weights(artifact)
+
+    def scored(paths) -> dict:
+        features, _ = embed_paths(artifact, paths)
+        logits = features @ w.T + b
+        out = {"probs": softmax(logits, artifact.calibration.temperature)}
+        return out | {name: f(features, logits) for name, f in scores.items()}
+
+    return scored
 
 
 def flagged(sets: dict, name: str, score: str, q: float, threshold: float) -> np.ndarray:
@@ -91,10 +91,9 @@ def flagged(sets: dict, name: str, score: str, q: float, threshold: float) -> np
     return (d["probs"].max(1) < max(CONFIDENCE_FLOOR, threshold)) | (d[score] > limit)
 
 
-def split_paths(run: Path, split: str) -> tuple[list[Path], list[str]]:
+def split_paths(run: Path, split: str) -> list[Path]:
     manifest = RunDir(run).manifest()
-    entries = manifest.entries(split)
-    return [Path(manifest.data_root) / f["path"] for f in entries], [f["label"] for f in entries]
+    return [Path(manifest.data_root) / f["path"] for f in manifest.entries(split)]
 
 
 def untaught_model(left_out: str) -> dict:
@@ -103,10 +102,11 @@ def untaught_model(left_out: str) -> dict:
     pbc = scan_folder(DATA / "pbc")
     unknown = [p for p, y in zip(pbc.paths, pbc.labels) if pbc.classes[y] == left_out]
     unknown = [unknown[i] for i in np.random.default_rng(0).permutation(len(unknown))]
+    scored = scorer(artifact)
     sets = {
-        "val": scored(artifact, split_paths(run, "val")[0]),
-        "known": scored(artifact, split_paths(run, "test")[0]),
-        "unknown": scored(artifact, unknown[:UNKNOWN_PER_CLASS]),
+        "val": scored(split_paths(run, "val")),
+        "known": scored(split_paths(run, "test")),
+        "unknown": scored(unknown[:UNKNOWN_PER_CLASS]),
     }
     return {"sets": sets, "threshold": artifact.calibration.confidence_threshold}
 
@@ -116,7 +116,8 @@ def left_out_lab_model(fold: str) -> dict:
     run = OUT / "runs" / f"{left_out} | {RECIPE}{seed}".replace(" ", "_")
     artifact = ModelArtifact.load(run / "artifact")
     paths, labels = left_out_images(labs()[left_out], artifact.classes)
-    sets = {"val": scored(artifact, split_paths(run, "val")[0]), "new": scored(artifact, paths)}
+    scored = scorer(artifact)
+    sets = {"val": scored(split_paths(run, "val")), "new": scored(paths)}
     return {"sets": sets, "labels": labels, "threshold": artifact.calibration.confidence_threshold}
 
 

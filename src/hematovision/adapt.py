@@ -46,11 +46,12 @@ PULL_CHOICES = (1e-4, 1e-3, 1e-2)
 PULL_FOLDS = 2  # each choice fitted twice on half the cells: seconds, not minutes
 # A cell of the lab is "unlike the training images" when its distance score is above this
 # percentile of the lab's own cells' scores measured without them (out of fold, OOD_FOLDS
-# folds by group). The export's rule for validation images
-# (0.6 x their 99th percentile) never widened the threshold for a new lab, which left 55-65%
-# of its cells flagged after adapting; chosen on validation cells (the LISC pool's cells not
-# drawn, 25-100 drawn, 3 draws; bench_adapt.py): the 75th flagged 30-43% with 0-0.6% wrong
-# and not flagged (at most 1.8%), the 90th 24-34% with up to 1.1% (at most 1.9%).
+# folds by group). The export's rule for validation images at the time (the class-centre
+# distance, 0.6 x their 99th percentile) never widened the threshold for a new lab, which
+# left 55-65% of its cells flagged after adapting; chosen on validation cells (the LISC
+# pool's cells not drawn, 25-100 drawn, 3 draws; bench_adapt.py): the 75th flagged 30-43%
+# with 0-0.6% wrong and not flagged (at most 1.8%), the 90th 24-34% with up to 1.1% (at
+# most 1.9%). With the nearest-anchor distance, 100 crops: 29.6% flagged, 0.6% (RESULTS.md).
 LAB_OOD_PERCENTILE = 75
 OOD_FOLDS = 5
 
