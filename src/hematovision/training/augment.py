@@ -10,7 +10,13 @@ crop-and-resize). Labs differ in stain, camera and light, so a recipe also varie
   in and out, and blur;
 * ``lab-cut``: ``lab``, and half of the frames cut close round the cell, as canonical framing
   sees a cell from a camera that shows less round it (1.5-2x the training lab's zoom);
-* ``lab-cut-mild``: ``lab``, and 30% of the frames cut less close (at most 1.5x zoom).
+* ``lab-cut-mild``: ``lab``, and 30% of the frames cut less close (at most 1.5x zoom);
+* ``lab-strong``: ``lab`` with twice the stain, hue and light jitter (Tellez et al., 2019:
+  the strongest HED jitter generalised best to unseen centres);
+* ``lab-grey``: ``lab``, and a fifth of the frames in grey (the model must also know a cell
+  by its shape and texture);
+* ``lab-mix``: ``lab``, and half of the frames take another frame's colour statistics
+  (MixStyle of Zhou et al., 2021, on pixels; akin to RandStainNA's sampled stain statistics).
 
 The result is normalised with the shared spec.
 """
@@ -37,6 +43,8 @@ class Recipe:
     blur: float = 0.0  # probability of a slight blur (another focus or optics)
     edge_cut: float = 0.0  # probability of losing the frame's edges (a camera that zooms in)
     edge_cut_least: float = 0.22  # the kept square's half side, at least (0.5: the whole frame)
+    grey: float = 0.0  # probability of a grey frame
+    style_mix: float = 0.0  # probability of taking another frame's channel means and spreads
 
 
 RECIPES = {
@@ -55,6 +63,9 @@ RECIPES = {
 RECIPES["lab-cut"] = replace(RECIPES["lab"], edge_cut=0.5)
 # fewer cells, cut less close (up to 1.5x zoom): lab-cut's trade without its full strength
 RECIPES["lab-cut-mild"] = replace(RECIPES["lab"], edge_cut=0.3, edge_cut_least=0.33)
+RECIPES["lab-strong"] = replace(RECIPES["lab"], colour=0.3, stain_gain=0.15, hed=0.2, hue=0.3)
+RECIPES["lab-grey"] = replace(RECIPES["lab"], grey=0.2)
+RECIPES["lab-mix"] = replace(RECIPES["lab"], style_mix=0.5)
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, *shape) -> torch.Tensor:
@@ -154,6 +165,29 @@ def hue_turn(x: torch.Tensor, gen: torch.Generator, most: float) -> torch.Tensor
     return torch.einsum("nij,njhw->nihw", transform, x).clamp(0, 1)
 
 
+def style_mix(x: torch.Tensor, gen: torch.Generator, probability: float) -> torch.Tensor:
+    """Chosen frames take a mix of their own and another frame's per-channel mean and
+    spread (the batch mixes labs: one lab's cells in another's colours)."""
+    n = x.shape[0]
+    chosen = torch.rand(n, generator=gen) < probability
+    if n < 2 or not chosen.any():
+        return x
+    mean = x.mean((2, 3), keepdim=True)
+    std = x.std((2, 3), keepdim=True) + 1e-4
+    other = torch.randperm(n, generator=gen)
+    weight = _uniform(gen, n, 0.0, 1.0, 1, 1, 1)  # 1: wholly the other frame's colours
+    new_mean = weight * mean[other] + (1 - weight) * mean
+    new_std = weight * std[other] + (1 - weight) * std
+    mixed = ((x - mean) / std * new_std + new_mean).clamp(0, 1)
+    return torch.where(chosen[:, None, None, None], mixed, x)
+
+
+def _grey(x: torch.Tensor, gen: torch.Generator, probability: float) -> torch.Tensor:
+    chosen = torch.rand(x.shape[0], generator=gen) < probability
+    luminance = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    return torch.where(chosen[:, None, None, None], luminance.expand_as(x), x)
+
+
 def _light(x: torch.Tensor, gen: torch.Generator, colour: float) -> torch.Tensor:
     n = x.shape[0]
     x = x * _uniform(gen, n, 1 - colour, 1 + colour, 1, 1, 1)  # brightness
@@ -199,6 +233,8 @@ def augment_batch(
     """NHWC uint8 -> augmented, normalised NCHW float32 (on the CPU)."""
     r = RECIPES[recipe]
     x = _geometry(batch_uint8.permute(0, 3, 1, 2).float() / 255.0, gen, r)
+    if r.style_mix:
+        x = style_mix(x, gen, r.style_mix)
     if r.hed:
         x = hed_jitter(x, gen, r.hed)
     if r.hue:
@@ -207,6 +243,8 @@ def augment_batch(
     x = x * _uniform(gen, x.shape[0], 1 - r.stain_gain, 1 + r.stain_gain, 3, 1, 1)  # stain balance
     if r.blur:
         x = _blur(x, gen, r.blur)
+    if r.grey:
+        x = _grey(x, gen, r.grey)
     x = x.clamp_(0, 1)
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
