@@ -14,7 +14,13 @@ from hematovision.data.splits import SplitManifest, grouped_split
 from hematovision.evaluation.shifts import zoom_agreement, zoomed
 from hematovision.inference import DEFAULT_MODEL, Classifier
 from hematovision.preprocess import PreprocessSpec, frame_cell, load_resized, locate_nucleus
-from hematovision.training.augment import RECIPES, augment_batch, random_edge_cut
+from hematovision.training.augment import (
+    RECIPES,
+    augment_batch,
+    grey_frames,
+    random_edge_cut,
+    style_mix,
+)
 from hematovision.training.config import RECIPE_NAMES
 from hematovision.training.data import balanced_weights
 
@@ -160,6 +166,41 @@ def test_edge_cut_keeps_a_centred_square_and_fills_the_rest_with_the_median(pbc_
     assert not torch.equal(cut, x)  # and some frames were cut
     assert RECIPES[recipe].edge_cut in (0.5, 0.3) and RECIPES["lab"].edge_cut == 0
     assert set(RECIPES) == set(RECIPE_NAMES)  # every recipe can be asked for on the CLI
+
+
+def _framed_cells(pbc_dir, n=4, size=64) -> torch.Tensor:
+    spec = PreprocessSpec(size, framing="cell")
+    paths = [sorted((pbc_dir / c).glob("*.jpg"))[3] for c in ("neutrophil", "eosinophil")][:n]
+    paths += sorted((pbc_dir / "lymphocyte").glob("*.jpg"))[: n - len(paths)]
+    x = torch.from_numpy(np.stack([load_resized(p, spec) for p in paths]))
+    return x.permute(0, 3, 1, 2).float() / 255
+
+
+def test_style_mix_gives_cells_another_frames_colours_and_keeps_the_cell(pbc_dir):
+    """lab-mix: a PBC cell in another lab's colours (here: PBC frames with red and blue
+    swapped) is the same cell, each channel's picture only scaled and shifted."""
+    cells = _framed_cells(pbc_dir)
+    batch = torch.cat([cells, cells[:, [2, 1, 0]]])
+    gen = torch.Generator().manual_seed(0)
+    mixed = style_mix(batch.clone(), gen, probability=1.0)
+    before, after = batch.mean((2, 3)), mixed.mean((2, 3))
+    # each frame's colour lies between the batch's frames, and some took another's
+    assert (after >= before.min(0).values - 0.02).all()
+    assert (after <= before.max(0).values + 0.02).all()
+    assert (after - before).abs().max() > 0.05
+    for original, frame in zip(batch, mixed):
+        for c in range(3):
+            r = np.corrcoef(original[c].flatten(), frame[c].flatten())[0, 1]
+            assert r > 0.95
+    assert torch.equal(style_mix(batch.clone(), gen, probability=0.0), batch)
+
+
+def test_grey_frames_are_grey_and_the_others_untouched(pbc_dir):
+    cells = _framed_cells(pbc_dir)
+    out = grey_frames(cells.clone(), torch.Generator().manual_seed(0), probability=1.0)
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+    assert torch.equal(grey_frames(cells.clone(), torch.Generator(), probability=0.0), cells)
+    assert 0 < RECIPES["lab-grey"].grey < 1 and RECIPES["lab"].grey == 0
 
 
 def test_tta_averages_eight_views_and_flags_disagreement():

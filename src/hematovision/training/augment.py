@@ -182,7 +182,8 @@ def style_mix(x: torch.Tensor, gen: torch.Generator, probability: float) -> torc
     return torch.where(chosen[:, None, None, None], mixed, x)
 
 
-def _grey(x: torch.Tensor, gen: torch.Generator, probability: float) -> torch.Tensor:
+def grey_frames(x: torch.Tensor, gen: torch.Generator, probability: float) -> torch.Tensor:
+    """Chosen frames in grey (their luminance in every channel)."""
     chosen = torch.rand(x.shape[0], generator=gen) < probability
     luminance = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     return torch.where(chosen[:, None, None, None], luminance.expand_as(x), x)
@@ -244,7 +245,7 @@ def augment_batch(
     if r.blur:
         x = _blur(x, gen, r.blur)
     if r.grey:
-        x = _grey(x, gen, r.grey)
+        x = grey_frames(x, gen, r.grey)
     x = x.clamp_(0, 1)
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
