@@ -90,9 +90,9 @@ def calibrated_scores(model, data, fold: str, spec, device: str) -> dict:
     """The export's rule fitted on the training labs' validation cells, scored on ``fold``."""
     from sklearn.metrics import f1_score
 
-    from hematovision.artifact import neighbour_distances, ood_threshold_of, unit_rows
+    from hematovision.artifact import Calibration, neighbour_distances, ood_threshold_of, unit_rows
     from hematovision.evaluation import expected_calibration_error
-    from hematovision.export import anchor_sample
+    from hematovision.export import anchor_sample, flagged_uncertain
     from hematovision.export.calibration import (
         choose_confidence_threshold,
         fit_temperature,
@@ -110,12 +110,15 @@ def calibrated_scores(model, data, fold: str, spec, device: str) -> dict:
     anchors = unit_rows(anchor_sample(out["train"][1], truth["train"])[0])
     temperature = fit_temperature(out["val"][0], truth["val"])
     val_probs = softmax(out["val"][0], temperature)
-    threshold = choose_confidence_threshold(val_probs, truth["val"])
-    ood_threshold = ood_threshold_of(neighbour_distances(anchors, out["val"][1]))
+    calibration = Calibration(
+        temperature,
+        choose_confidence_threshold(val_probs, truth["val"]),
+        ood_threshold_of(neighbour_distances(anchors, out["val"][1])),
+    )
     logits, features = out["left_out"]
     probs, labels = softmax(logits, temperature), truth["left_out"]
     predicted = probs.argmax(1)
-    flagged = (probs.max(1) < threshold) | (neighbour_distances(anchors, features) > ood_threshold)
+    flagged = flagged_uncertain(probs, neighbour_distances(anchors, features), calibration)
     wrong = predicted != labels
     # a class neither training lab has (LISC and BCCD have no IG, erythroblast or platelet):
     # its cells count as wrong above, and apart as the share passed as a confident known class
