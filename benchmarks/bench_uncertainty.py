@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from bench_crosslab import OUT, labs, left_out_images
-from hematovision.artifact import OOD_PERCENTILE
-from hematovision.export import export_run
+from hematovision.artifact import OOD_PERCENTILE, Calibration
+from hematovision.export import export_run, flagged_uncertain
 from hematovision.inference import Classifier
-from hematovision.inference.classifier import DIHEDRAL
+from hematovision.inference.classifier import DIHEDRAL, TTA_MIN_AGREEMENT
 from hematovision.preprocess import model_view, resize, to_rgb
 
 from _common import machine, write_section
@@ -60,10 +60,13 @@ def record(clf: Classifier, paths: list[Path]) -> dict[str, np.ndarray]:
 
 def score(rec: dict, labels: np.ndarray, clf: Classifier, floor, scale, tta) -> dict:
     probs = rec["tta"] if tta else rec["plain"]
-    threshold = max(clf.confidence_threshold, floor or 0)
-    flagged = (probs.max(1) < threshold) | (rec["ood"] > scale * clf.ood_threshold)
-    if tta:
-        flagged |= rec["agreement"] < 0.75
+    rule = Calibration(
+        confidence_threshold=max(clf.confidence_threshold, floor or 0),
+        ood_threshold=scale * clf.ood_threshold,
+    )
+    flagged = flagged_uncertain(probs, rec["ood"], rule)
+    if tta:  # as the Classifier does with its views
+        flagged |= rec["agreement"] < TTA_MIN_AGREEMENT
     wrong = probs.argmax(1) != labels
     return {"wrong_unflagged": float((wrong & ~flagged).mean()), "flagged": float(flagged.mean())}
 
