@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from hematovision.artifact import ModelArtifact, RunDir
 from hematovision.data.labs import combine_labs
-from hematovision.errors import HematoVisionError
+from hematovision.errors import exit_on_error
 from hematovision.export import export_run
 from hematovision.inference import Classifier
 from hematovision.smear.crops import bccd_white_cells
@@ -150,7 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except HematoVisionError as exc:  # e.g. an export check that fails: one line, no traceback
-        sys.exit(f"error: {exc}")
+    exit_on_error(main)

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-from hematovision.errors import HematoVisionError
+from hematovision.errors import exit_on_error
 from hematovision.export import export_run
 from hematovision.inference import Classifier
 from hematovision.smear.crops import bccd_white_cells
@@ -99,7 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except HematoVisionError as exc:  # e.g. an export check that fails: one line, no traceback
-        sys.exit(f"error: {exc}")
+    exit_on_error(main)

@@ -110,3 +110,26 @@ def test_images_that_are_not_blood_cells_are_flagged(clf, kind):
         img = load_sample_image(kind.split("-")[1] + ".jpg")
     pred = clf.predict(Image.fromarray(img))[0]
     assert pred.uncertain, (kind, pred.label, pred.confidence)
+
+
+@pytest.mark.parametrize("script", ["build_default_model.py", "build_smear_model.py"])
+def test_rebuild_scripts_report_a_missing_run_in_one_line(script, tmp_path):
+    """The documented rebuild commands, given a run that is not there: one line, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / script), "--skip-train", "--run", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"error: {tmp_path} is not a training run (run.json and best.pt expected)"
+    )
+    assert "Traceback" not in done.stderr and not done.stdout
