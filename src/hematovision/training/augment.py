@@ -14,7 +14,7 @@ crop-and-resize). Labs differ in stain, camera and light, so a recipe also varie
 * ``lab-strong``: ``lab`` with twice the stain, hue and light jitter (Tellez et al., 2019:
   the strongest HED jitter generalised best to unseen centres);
 * ``lab-grey``: ``lab``, and a fifth of the frames in grey (the model must also know a cell
-  by its shape and texture);
+  by its shape and texture); ``lab-grey-mild``: a tenth;
 * ``lab-mix``: ``lab``, and half of the frames take another frame's colour statistics
   (MixStyle of Zhou et al., 2021, on pixels; akin to RandStainNA's sampled stain statistics).
 
@@ -65,6 +65,7 @@ RECIPES["lab-cut"] = replace(RECIPES["lab"], edge_cut=0.5)
 RECIPES["lab-cut-mild"] = replace(RECIPES["lab"], edge_cut=0.3, edge_cut_least=0.33)
 RECIPES["lab-strong"] = replace(RECIPES["lab"], colour=0.3, stain_gain=0.15, hed=0.2, hue=0.3)
 RECIPES["lab-grey"] = replace(RECIPES["lab"], grey=0.2)
+RECIPES["lab-grey-mild"] = replace(RECIPES["lab"], grey=0.1)  # lab-grey cost PBC a point
 RECIPES["lab-mix"] = replace(RECIPES["lab"], style_mix=0.5)
 
 

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field, fields
 from ..errors import HematoVisionError
 
 # training/augment.py's RECIPES, without importing torch
-RECIPE_NAMES = ("mild", "lab", "lab-cut", "lab-cut-mild", "lab-strong", "lab-grey", "lab-mix")
+RECIPE_NAMES = (
+    "mild",
+    "lab",
+    "lab-cut",
+    "lab-cut-mild",
+    "lab-strong",
+    "lab-grey",
+    "lab-grey-mild",
+    "lab-mix",
+)
 
 
 def _opt(help: str, **kwargs):  # noqa: A002 - argparse's word
@@ -73,8 +82,8 @@ class TrainConfig:
             "augmentation recipe: mild (light and colour by 5-10%%), or lab (other labs' stains, "
             "light, zoom and focus), or lab-cut (lab, and frames cut close round the cell: "
             "1.5-2x zoom), or lab-cut-mild (fewer frames, cut less close: up to 1.5x), or "
-            "lab-strong / lab-grey / lab-mix (lab with stronger stain jitter, grey frames, "
-            "another frame's colours); see training/augment.py",
+            "lab-strong / lab-grey / lab-grey-mild / lab-mix (lab with stronger stain jitter, "
+            "grey frames, fewer grey frames, another frame's colours); see training/augment.py",
             choices=list(RECIPE_NAMES),
         ),
     )
