@@ -79,6 +79,10 @@ def score(clf: Classifier, pictures: list[Image.Image], labels: np.ndarray) -> d
     }
 
 
+def _cell(r: dict) -> str:
+    return f"{r['accuracy']:.1%} / {r['wrong_unflagged']:.1%} / {r['flagged']:.0%}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, required=True, help="a run whose PBC test cells to use")
@@ -115,8 +119,7 @@ def main() -> None:
     ]
     for i in range(0, len(rows), 2):
         a, b = rows[i], rows[i + 1]
-        cell = lambda r: f"{r['accuracy']:.1%} / {r['wrong_unflagged']:.1%} / {r['flagged']:.0%}"  # noqa: E731
-        lines.append(f"| {a['cells']} ({a['n']}) | {a['shift']} | {cell(a)} | {cell(b)} |")
+        lines.append(f"| {a['cells']} ({a['n']}) | {a['shift']} | {_cell(a)} | {_cell(b)} |")
     write_section("cell_shifts", "\n".join(lines))
     print("\n".join(lines))
 

@@ -11,7 +11,7 @@ crop-and-resize). Labs differ in stain, camera and light, so a recipe also varie
 * ``lab-cut``: ``lab``, and half of the frames cut close round the cell, as canonical framing
   sees a cell from a camera that shows less round it (1.5-2x the training lab's zoom);
 * ``lab-cut-mild``: ``lab``, and 30% of the frames cut less close (at most 1.5x zoom);
-* ``lab-strong``: ``lab`` with twice the stain, hue and light jitter (Tellez et al., 2019:
+* ``lab-strong``: ``lab`` with about twice the stain, hue and light jitter (Tellez et al., 2019:
   the strongest HED jitter generalised best to unseen centres);
 * ``lab-grey``: ``lab``, and a fifth of the frames in grey (the model must also know a cell
   by its shape and texture); ``lab-grey-mild``: a tenth;
