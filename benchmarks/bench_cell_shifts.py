@@ -20,27 +20,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench_crosslab import score
 from hematovision.artifact import RunDir
 from hematovision.data import scan_folder
 from hematovision.inference import Classifier
 from hematovision.smear.crops import bccd_white_cells
-from hematovision.smear.scoring import SHIFTS
+from hematovision.smear.scoring import SHIFTS, colour_cast
 
 from _common import DEFAULT_PBC, machine, write_section
 
 OUT = Path(__file__).with_name("out") / "cell-shifts"
 PER_CLASS = 60
-CELL_SHIFTS = [k for k in SHIFTS if not k.endswith("x")]  # zoom has its own test
-STRONG_CAST = (1.15, 0.78, 0.95)  # a magenta-red cast, beyond both casts of SHIFTS
-
-
-def strong_cast(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img, np.float32) * np.asarray(STRONG_CAST, np.float32)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def shifted(img: Image.Image, name: str) -> Image.Image:
-    return strong_cast(img) if name == "strong cast" else SHIFTS[name](img)[0]
+# the smear benchmark's shifts but zoom (it has its own test), and a magenta-red cast beyond
+# both of its casts, as a rapid stain's
+CELL_SHIFTS = {k: f for k, f in SHIFTS.items() if not k.endswith("x")}
+CELL_SHIFTS["strong cast"] = colour_cast((1.15, 0.78, 0.95))
 
 
 def cell_sets(run: Path, classes: list[str]) -> dict[str, tuple[list[Path], np.ndarray]]:
@@ -67,18 +61,6 @@ def cell_sets(run: Path, classes: list[str]) -> dict[str, tuple[list[Path], np.n
     return {"BCCD odd fields": bccd, "PBC test": pbc}
 
 
-def score(clf: Classifier, pictures: list[Image.Image], labels: np.ndarray) -> dict:
-    preds = clf.predict(pictures)
-    predicted = np.array([clf.classes.index(p.label) for p in preds])
-    flagged = np.array([p.uncertain for p in preds])
-    wrong = predicted != labels
-    return {
-        "accuracy": float((~wrong).mean()),
-        "wrong_unflagged": float((wrong & ~flagged).mean()),
-        "flagged": float(flagged.mean()),
-    }
-
-
 def _cell(r: dict) -> str:
     return f"{r['accuracy']:.1%} / {r['wrong_unflagged']:.1%} / {r['flagged']:.0%}"
 
@@ -98,8 +80,8 @@ def main() -> None:
     rows = []
     for set_name, (paths, labels) in cell_sets(args.run, models["bundled"].classes).items():
         pictures = [Image.open(p).convert("RGB") for p in paths]
-        for shift in [*CELL_SHIFTS, "strong cast"]:
-            seen = [shifted(p, shift) for p in pictures]
+        for shift, change in CELL_SHIFTS.items():
+            seen = [change(p)[0] for p in pictures]
             for key, clf in models.items():
                 row = {
                     "cells": set_name,

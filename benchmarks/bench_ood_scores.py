@@ -31,8 +31,15 @@ from sklearn.decomposition import PCA
 from bench_crosslab import DATA, OUT, labs, left_out_images
 from bench_uncertainty import FOLDS, RECIPE
 from hematovision.adapt import CentreSpace, embed_paths, head_weights
-from hematovision.artifact import ModelArtifact, RunDir, neighbour_distances, unit_rows
+from hematovision.artifact import (
+    Calibration,
+    ModelArtifact,
+    RunDir,
+    neighbour_distances,
+    unit_rows,
+)
 from hematovision.data import scan_folder
+from hematovision.export import flagged_uncertain
 from hematovision.export.calibration import CONFIDENCE_FLOOR, softmax
 
 from _common import machine, write_section
@@ -86,9 +93,11 @@ def scorer(artifact: ModelArtifact):
 
 
 def flagged(sets: dict, name: str, score: str, q: float, threshold: float) -> np.ndarray:
-    d = sets[name]
-    limit = np.percentile(sets["val"][score], q)
-    return (d["probs"].max(1) < max(CONFIDENCE_FLOOR, threshold)) | (d[score] > limit)
+    rule = Calibration(
+        confidence_threshold=max(CONFIDENCE_FLOOR, threshold),
+        ood_threshold=np.percentile(sets["val"][score], q),
+    )
+    return flagged_uncertain(sets[name]["probs"], sets[name][score], rule)
 
 
 def split_paths(run: Path, split: str) -> list[Path]:

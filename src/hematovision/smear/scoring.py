@@ -81,7 +81,9 @@ def _scaled(z: float):
     return shift
 
 
-def _cast(gains):
+def colour_cast(gains):
+    """A shift (image -> (image, scale 1)) that scales each channel by ``gains``."""
+
     def shift(img):
         arr = np.asarray(img, np.float32) * np.asarray(gains, np.float32)
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), 1.0
@@ -109,8 +111,8 @@ SHIFTS = {
     "0.5x": _scaled(0.5),
     "0.75x": _scaled(0.75),
     "1.5x": _scaled(1.5),
-    "bluish cast": _cast((0.88, 0.95, 1.1)),
-    "yellowish cast": _cast((1.08, 1.04, 0.82)),
+    "bluish cast": colour_cast((0.88, 0.95, 1.1)),
+    "yellowish cast": colour_cast((1.08, 1.04, 0.82)),
     "pale stain": _pale,
     "blur": _blur,
     "JPEG quality 30": _jpeg,
