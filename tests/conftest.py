@@ -40,6 +40,12 @@ def pbc_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lisc_dir() -> Path:
+    require((LISC / "neutrophil").is_dir(), f"the LISC data set is not at {LISC}")
+    return LISC
+
+
+@pytest.fixture(scope="session")
 def bccd_dir() -> Path:
     require((BCCD / "JPEGImages").is_dir(), f"the real BCCD data set is not at {BCCD}")
     return BCCD

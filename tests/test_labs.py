@@ -24,14 +24,6 @@ from hematovision.training.augment import (
 from hematovision.training.config import RECIPE_NAMES
 from hematovision.training.data import balanced_weights
 
-from conftest import LISC, require
-
-
-@pytest.fixture(scope="module")
-def lisc_dir():
-    require((LISC / "neutrophil").is_dir(), f"the LISC data set is not at {LISC}")
-    return LISC
-
 
 def test_framing_shows_a_cell_alike_at_half_to_twice_the_zoom(pbc_dir):
     """The framed cell at 0.5x-2x zoom matches the framed cell at 1x (cell size in frame)."""

@@ -262,7 +262,7 @@ def test_counted_red_mask_equals_the_pixelwise_definition(bccd):
 
     for image in [*_fields(bccd, 4), bccd / "JPEGImages" / "BloodImage_00291.jpg"]:
         rgb = np.asarray(Image.open(image).convert("RGB"))
-        score, median, contrast, red, _ = _red_cells_of(rgb)
+        score, median, contrast, red, *_ = _red_cells_of(rgb)
         pixels = rgb.astype(np.float32)
         expected_score = pixels[..., 2] - (pixels[..., 0] + pixels[..., 1]) / 2
         lum = pixels.mean(-1)
@@ -273,3 +273,55 @@ def test_counted_red_mask_equals_the_pixelwise_definition(bccd):
         assert median == np.median(expected_score) and np.array_equal(score, expected_score)
         assert np.array_equal(red, expected), image.name
         assert contrast == pytest.approx(lum[~darker].mean() - lum[darker].mean(), rel=1e-4)
+
+
+def _lisc_crops(lisc_dir, per_class=6):
+    return [f for c in sorted(lisc_dir.iterdir()) for f in sorted(c.glob("*.jpg"))[:per_class]]
+
+
+def test_a_stain_with_lavender_red_cells_keeps_its_white_cells(lisc_dir):
+    """LISC (a third lab) stains its red cells nearly as blue as its nuclei: the stain score
+    alone finds few of the cells its crops were cut around; the field-contrast rule finds them."""
+    from dataclasses import replace
+
+    from hematovision.smear.detect import field_params
+    from hematovision.smear.scoring import centred_cell
+
+    crops = _lisc_crops(lisc_dir)
+
+    def share(contrast: bool) -> float:
+        def params(rgb):
+            return replace(field_params(rgb), contrast_nuclei=contrast)
+
+        return np.mean([centred_cell(crop, params)[0] for crop in crops])
+
+    assert share(True) >= 0.9 and share(False) <= 0.4
+
+
+def test_the_contrast_rule_adds_few_cells_where_there_are_none(bccd):
+    """Quarters of held-out BCCD fields with no annotated white cell: the rule's thresholds come
+    from each field, so a field of red cells alone must not give it a nucleus."""
+    from dataclasses import replace
+
+    from hematovision.smear.detect import DEFAULT_PARAMS
+    from hematovision.smear.scoring import empty_quarters
+
+    quarters, found = empty_quarters(bccd, "odd", replace(DEFAULT_PARAMS, contrast_nuclei=True))
+    assert quarters > 150 and found <= 0.05 * quarters
+
+
+def test_black_padding_is_outside_the_field(lisc_dir):
+    """A crop padded with black (as some of LISC's are, or a field stop's dark corners): no
+    white cell is found in the padding, and the cells found without it are found with it."""
+    same = 0
+    crops = _lisc_crops(lisc_dir, 3)
+    for crop in crops:
+        rgb = np.asarray(Image.open(crop).convert("RGB"))
+        padded = np.zeros((rgb.shape[0] + 40, rgb.shape[1] + 40, 3), np.uint8)
+        padded[40:, 40:] = rgb
+        boxes = locate_cells(rgb).white_cells
+        found = locate_cells(padded).white_cells
+        shifted = [(a - 40, b - 40, c - 40, d - 40) for a, b, c, d in found]
+        assert all(a + c >= 0 and b + d >= 0 for a, b, c, d in shifted), crop  # centres inside
+        same += len(match(shifted, boxes, 0.8)) == len(boxes) == len(shifted)
+    assert same >= 0.8 * len(crops)

@@ -234,6 +234,14 @@ def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     return 4 * b - 5 * (r + g)  # = 3 * stain_score - 2 * (R + G + B), in a third of the time
 
 
+def purple_score(rgb: np.ndarray) -> np.ndarray:
+    """How purple each pixel of a uint8 image is, ``R + B - 2G`` (an integer): Romanowsky
+    nuclei take up green light whatever the cast of the rest, so where red cells are lavender
+    rather than pink (a bluer stain) the nuclei still stand out by it."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    return r + b - 2 * g
+
+
 NUCLEUS_MIN_RISE = 6 * 20  # in nucleus_score's sixths: the darkest blue must stand out this much
 
 
@@ -287,7 +295,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside[background]
 
 
-def _otsu_upper(score: np.ndarray) -> float | None:
+def otsu_upper(score: np.ndarray) -> float | None:
     """The upper of the two three-class Otsu thresholds (scikit-image), from a 256-bin count
     of the integer scores; None for an image with fewer than three levels."""
     from skimage.filters import threshold_multiotsu
@@ -316,7 +324,7 @@ def locate_nucleus(img: Image.Image) -> tuple[float, float, float] | None:
     size = (max(1, round(img.width / f)), max(1, round(img.height / f)))
     small = img.resize(size, Image.BILINEAR, reducing_gap=1.0)  # a box reduce first: faster
     score = nucleus_score(np.asarray(small))
-    threshold = _otsu_upper(score)
+    threshold = otsu_upper(score)
     if threshold is None or score.max() - threshold < NUCLEUS_MIN_RISE:
         return None
     opened = cross_opening(score > threshold)

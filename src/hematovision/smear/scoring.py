@@ -148,3 +148,37 @@ def detection_under_shifts(data: Path, parity: str = "odd", params=None) -> dict
             "red_cells_found_per_annotated": float(np.median(ratios)),
         }
     return out
+
+
+def centred_cell(image: Path, params=None) -> tuple[bool, int]:
+    """A single-cell image (PBC, LISC) read as a field: whether exactly one white-cell box holds
+    the image's centre (the cell it was cut around), and how many boxes were found.
+    ``params``: a function of the field giving the detector's parameters (None: its own)."""
+    from .detect import locate_cells
+
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    height, width = rgb.shape[:2]
+    boxes = locate_cells(rgb, params(rgb) if params else None).white_cells
+    centred = [b for b in boxes if b[0] <= width / 2 <= b[2] and b[1] <= height / 2 <= b[3]]
+    return len(centred) == 1, len(boxes)
+
+
+def empty_quarters(data: Path, parity: str, params) -> tuple[int, int]:
+    """BCCD's field quarters at least 20 px from every annotated white cell: how many, and the
+    white cells found in them (false, but for the cells BCCD's boxes missed)."""
+    from .detect import locate_cells
+
+    quarters = found = 0
+    for image in fields(data, parity):
+        rgb = np.asarray(Image.open(image).convert("RGB"))
+        h, w = rgb.shape[0] // 2, rgb.shape[1] // 2
+        boxes = annotation(data, image)["WBC"]
+        for y0, x0 in ((0, 0), (0, w), (h, 0), (h, w)):
+            if any(
+                b[0] < x0 + w + 20 and b[2] > x0 - 20 and b[1] < y0 + h + 20 and b[3] > y0 - 20
+                for b in boxes
+            ):
+                continue
+            quarters += 1
+            found += len(locate_cells(rgb[y0 : y0 + h, x0 : x0 + w], params).white_cells)
+    return quarters, found
