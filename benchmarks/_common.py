@@ -53,6 +53,17 @@ def machine() -> str:
     )
 
 
+def table_row(cells) -> str:
+    """One row of a Markdown table."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table_head(titles) -> list[str]:
+    """A Markdown table's header row and the rule under it."""
+    titles = list(titles)
+    return [table_row(titles), "|" + "---|" * len(titles)]
+
+
 def write_section(name: str, body: str) -> None:
     """Replace the block between <!-- name:start --> and <!-- name:end --> in RESULTS.md."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

@@ -37,7 +37,7 @@ from hematovision.preprocess import to_rgb
 from hematovision.smear.crops import bccd_white_cells
 from hematovision.training import TrainConfig, train
 
-from _common import DEFAULT_PBC, machine, write_section
+from _common import DEFAULT_PBC, machine, table_head, table_row, write_section
 
 OUT = Path(__file__).with_name("out") / "crosslab"
 DATA = DEFAULT_PBC.parent
@@ -251,13 +251,9 @@ def main() -> None:
         "brackets: images scored.\n",
         table(results),
         "\nClass agreement with 1x zoom on PBC cells (runs without LISC):\n",
-        "| recipe | " + " | ".join(f"{z}x" for z in ZOOMS) + " |",
-        "|---|" + "---|" * len(ZOOMS),
+        *table_head(["recipe", *(f"{z}x" for z in ZOOMS)]),
     ]
-    body += [
-        f"| {n} | " + " | ".join(f"{100 * a[str(z)]:.0f}%" for z in ZOOMS) + " |"
-        for n, a in zoom.items()
-    ]
+    body += [table_row([n, *(f"{100 * a[str(z)]:.0f}%" for z in ZOOMS)]) for n, a in zoom.items()]
     write_section("crosslab", "\n".join(body))
     print("\n".join(body))
 

@@ -22,7 +22,7 @@ from hematovision.smear import bundled_smear_model, load_smear_classifier
 from hematovision.smear.detect import DEFAULT_PARAMS
 from hematovision.smear.scoring import SHIFTS, detection_under_shifts, score_fields
 
-from _common import DEFAULT_PBC, machine, write_section
+from _common import DEFAULT_PBC, machine, table_head, table_row, write_section
 
 DEFAULT_BCCD = DEFAULT_PBC.parent / "bccd"
 
@@ -92,8 +92,7 @@ def main() -> None:
         "labs' fields differ (the boxes transformed too); white-cell recall / precision at "
         "IoU >= 0.5, and red cells found per annotated red-cell box (BCCD does not box every "
         "red cell, so read it for its stability, not as an error).\n",
-        "| shift | " + " | ".join(shifts) + " |",
-        "|---|" + "---|" * len(shifts),
+        *table_head(["shift", *shifts]),
     ]
     for name in SHIFTS:
         cells = [
@@ -101,7 +100,7 @@ def main() -> None:
             f"red x{r[name]['red_cells_found_per_annotated']:.2f}"
             for r in shifts.values()
         ]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(table_row([name, *cells]))
     write_section("smear_shifts", "\n".join(rows))
     print(json.dumps(results, indent=1))
 

@@ -27,7 +27,7 @@ from hematovision.data.bccd import fields
 from hematovision.smear.detect import DEFAULT_PARAMS, field_params, locate_cells
 from hematovision.smear.scoring import centred_cell, empty_quarters
 
-from _common import DEFAULT_PBC, machine, write_section
+from _common import DEFAULT_PBC, machine, table_head, table_row, write_section
 
 DATA = DEFAULT_PBC.parent
 RULES = {"stain score alone": False, "with the field-contrast rule": True}
@@ -101,8 +101,7 @@ def table(rows: dict) -> str:
         "cell: white cells found there (false, but for cells BCCD's boxes missed); the detector's "
         "median time per BCCD field (640x480, 2 threads). The rule was designed looking at PBC "
         "and LISC images; its threshold was chosen on PBC and the even quarters.\n",
-        "| images | " + " | ".join(rows) + " |",
-        "|---|" + "---|" * len(rows),
+        *table_head(["images", *rows]),
     ]
     for key in first:
         if key == "ms":
@@ -111,17 +110,13 @@ def table(rows: dict) -> str:
             cells = [f"{r[key][1]} in {r[key][0]} quarters" for r in rows.values()]
         else:
             cells = [f"{100 * r[key][0]:.0f}%, {r[key][1]:.2f} boxes" for r in rows.values()]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append(table_row([key, *cells]))
     for lab in ("pbc", "lisc"):
         means = [np.mean([v[0] for k, v in r.items() if k.startswith(lab)]) for r in rows.values()]
         lines.append(
-            f"| **{lab}, mean of classes** | "
-            + " | ".join(f"**{100 * m:.1f}%**" for m in means)
-            + " |"
+            table_row([f"**{lab}, mean of classes**", *(f"**{100 * m:.1f}%**" for m in means)])
         )
-    lines.append(
-        "| ms per BCCD field | " + " | ".join(f"{r['ms']:.0f}" for r in rows.values()) + " |"
-    )
+    lines.append(table_row(["ms per BCCD field", *(f"{r['ms']:.0f}" for r in rows.values())]))
     return "\n".join(lines)
 
 

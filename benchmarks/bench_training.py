@@ -31,7 +31,7 @@ from hematovision.data import DecodeCache, decode_folder, scan_folder
 from hematovision.models import preprocess_spec
 from hematovision.training import TrainConfig, train
 
-from _common import DEFAULT_PBC, machine, write_section
+from _common import DEFAULT_PBC, machine, table_head, table_row, write_section
 
 OUT = Path(__file__).with_name("out")
 
@@ -189,10 +189,9 @@ def time_to_accuracy(results: dict) -> str:
         f"{recipe['epochs']} epochs, batch 32. Recipe (d): (c) with progressive resizing "
         "(`--start-size 96`: the input grows from 96 px in the first epoch to 128 px in the last). "
         f"PBC, fixed stratified 80/10/10 split, seed 0 ({c['test_n']} test images).\n",
-        "| epoch | "
-        + " | ".join(f"({k}) px, minutes of training (cumulative), val accuracy" for k in runs)
-        + " |",
-        "|---|" + "---|" * len(runs),
+        *table_head(
+            ["epoch", *(f"({k}) px, minutes of training (cumulative), val accuracy" for k in runs)]
+        ),
     ]
     totals = dict.fromkeys(runs, 0.0)
     for i in range(max(len(r["epochs"]) for r in runs.values())):
@@ -202,7 +201,7 @@ def time_to_accuracy(results: dict) -> str:
             totals[k] += e["seconds"]
             size = e.get("image_size", r["recipe"]["image_size"])
             cells.append(f"{size} px, {totals[k] / 60:.1f} min, {100 * e['val']:.2f}%")
-        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+        lines.append(table_row([i + 1, *cells]))
     lines.append("")
     for k, r in runs.items():
         lines.append(

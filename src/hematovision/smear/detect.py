@@ -264,7 +264,7 @@ def _contrast_nuclei(rgb, stats: FieldStats, params: SmearParams, found) -> np.n
     """Nuclei the stain score missed: pixels above the upper of Otsu's three-class thresholds
     of both ``nucleus_score`` and ``purple_score`` (the field's own levels), joined as white
     cells are; a component is kept if it is nucleus-sized, rises ``NUCLEUS_RISE`` above the
-    field's red cells and overlaps no nucleus the stain score ``found``."""
+    field's red cells and lies in no cell the stain score ``found`` (``_cells_found``)."""
     outside = stats.outside
     scores = [nucleus_score(rgb), purple_score(rgb)]
     candidates = ~outside
@@ -292,9 +292,8 @@ def _outside_field(rgb) -> np.ndarray:
     if not (edges.max(-1) < OUTSIDE_FIELD).any():
         return np.zeros(rgb.shape[:2], bool)
     dark = np.all(rgb < OUTSIDE_FIELD, axis=-1)
-    labels, _ = ndi.label(dark)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return cross_morphology(np.isin(labels, edge[edge > 0]), grow=True, times=4)
+    # fill_holes keeps the background that touches the edge: of ~dark, the dark at the edge
+    return cross_morphology(~fill_holes(~dark), grow=True, times=4)
 
 
 def _stands_out(labels, cores, scores, stats: FieldStats, outside) -> np.ndarray:
