@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..files import write_atomic
 from ..preprocess import FRAMING_REVISION, PreprocessSpec
+
+# np.load parses each .npy header with ast.literal_eval, and CPython 3.11's AST constructor
+# keeps its recursion depth in shared state: two threads compiling at once can fail with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; it failed a
+# CI run). Decoding threads read files in parallel and take turns only at the header.
+_HEADER_LOCK = threading.Lock()
 
 
 class DecodeCache:
@@ -39,7 +46,9 @@ class DecodeCache:
             return None
         path = self._path(key, spec)
         try:
-            arr = np.load(path, allow_pickle=False)
+            data = path.read_bytes()
+            with _HEADER_LOCK:
+                arr = np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError):
             return None
         size = spec.input_size
