@@ -7,7 +7,12 @@ annotated white cell say what the detector finds where there is none (whole slid
 that). Each with the stain-score rule alone and with the field-contrast rule beside it
 (``SmearParams.contrast_nuclei``), side by side, and the detector's time per BCCD field.
 
-    python benchmarks/bench_smear_labs.py [--per-class 40]
+The same images' red cells (``--red-cells``, section ``smear_labs_red``): every crop shows many,
+and one lab's red cells are one size, so a field's scale estimate should be found in every
+image and vary little within a lab; red cells counted per image, and how many images give
+fewer than 5 (the failure a lab sees as "most red cells missed").
+
+    python benchmarks/bench_smear_labs.py [--per-class 40] [--red-cells]
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ import numpy as np
 from PIL import Image
 
 from hematovision.data.bccd import fields
-from hematovision.smear.detect import DEFAULT_PARAMS, field_params, locate_cells
+from hematovision.smear.detect import (
+    DEFAULT_PARAMS,
+    estimate_red_cell_diameter,
+    field_params,
+    locate_cells,
+)
 from hematovision.smear.scoring import centred_cell, empty_quarters
 
 from _common import DEFAULT_PBC, machine, table_head, table_row, write_section
@@ -58,6 +68,52 @@ def centred_share(images: list[Path], contrast: bool) -> tuple[float, float]:
     return float(np.mean([r[0] for r in results])), float(np.mean([r[1] for r in results]))
 
 
+def red_cells_read(images: list[Path]) -> dict:
+    """Scale estimates and red cells counted over one lab's images."""
+    diameters, counts = [], []
+    for image in images:
+        try:
+            rgb = np.asarray(Image.open(image).convert("RGB"))
+        except OSError:  # PBC's one non-image file
+            continue
+        diameters.append(estimate_red_cell_diameter(rgb))
+        counts.append(len(locate_cells(rgb).red_cells))
+    found = np.array([d for d in diameters if d is not None])
+    q1, median, q3 = np.percentile(found, [25, 50, 75])
+    return {
+        "images": len(counts),
+        "scale found": len(found) / len(counts),
+        "diameter": median,
+        "spread": (q3 - q1) / median,
+        "counted": float(np.median(counts)),
+        "under 5": float(np.mean(np.array(counts) < 5)),
+    }
+
+
+def red_table(rows: dict) -> str:
+    lines = [
+        "## Red cells in other labs' images (issue 11)\n",
+        f"Machine: {machine()}. Measured {time.strftime('%Y-%m-%d')}. The same single-cell "
+        "images as above, every class: the share in which the field's scale (the red cells' "
+        "diameter) is estimated at all, its median and spread (interquartile range over the "
+        "median: one lab's red cells are one size), and the red cells counted per image "
+        "(median; every image shows 8 or more, cut ones at the edge included) and the share "
+        "of images where fewer than 5 are counted.\n",
+        *table_head(["lab", "images", "scale found", "diameter, px (spread)", "counted", "< 5"]),
+    ]
+    for lab, r in rows.items():
+        cells = [
+            lab,
+            r["images"],
+            f"{100 * r['scale found']:.0f}%",
+            f"{r['diameter']:.1f} ({r['spread']:.2f})",
+            f"{r['counted']:.0f}",
+            f"{100 * r['under 5']:.0f}%",
+        ]
+        lines.append(table_row(cells))
+    return "\n".join(lines)
+
+
 def ms_per_field(contrast: bool, n: int = 60) -> float:
     params = dataclasses.replace(DEFAULT_PARAMS, contrast_nuclei=contrast)
     pictures = [np.asarray(Image.open(f).convert("RGB")) for f in list(fields(DATA / "bccd"))[:n]]
@@ -72,8 +128,14 @@ def ms_per_field(contrast: bool, n: int = 60) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-class", type=int, default=40)
+    ap.add_argument("--red-cells", action="store_true", help="only the red-cell table")
     args = ap.parse_args()
     labs = {lab: sample(DATA / lab, args.per_class) for lab in ("pbc", "lisc")}
+    if args.red_cells:
+        red = {lab: red_cells_read([f for fs in c.values() for f in fs]) for lab, c in labs.items()}
+        print(json.dumps(red))
+        write_section("smear_labs_red", red_table(red))
+        return
     rows = {}
     for rule, contrast in RULES.items():
         row = {}

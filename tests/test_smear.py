@@ -191,24 +191,27 @@ def test_smear_out_writes_one_csv_per_table(bccd, tmp_path, capsys):
 
 def test_each_field_finds_its_own_scale_from_its_red_cells(bccd):
     """A field at 0.5x or 1.5x the magnification gives the same white cells, with no
-    --cell-size: the size of its red cells tells the scale."""
+    --cell-size: the size of its red cells tells the scale (within 10% in the median field and
+    20% in all but one: a field of touching red cells is read less surely)."""
     from hematovision.smear.detect import BCCD_RED_CELL_PX, estimate_red_cell_diameter
 
-    for image in _fields(bccd, 4):
+    ratios = {0.5: [], 1.5: []}  # the estimate's ratio to the field's at 1x, over the zoom
+    for image in _fields(bccd, 8):
         picture = Image.open(image).convert("RGB")
         truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
         diameter = estimate_red_cell_diameter(np.asarray(picture))
         assert 0.6 < diameter / BCCD_RED_CELL_PX < 1.8  # fields of one microscope vary
-        for z in (0.5, 1.5):
+        for z in ratios:
             scaled = picture.resize((round(640 * z), round(480 * z)), Image.BILINEAR)
-            assert estimate_red_cell_diameter(np.asarray(scaled)) / diameter == pytest.approx(
-                z, rel=0.2
-            )
+            ratios[z].append(estimate_red_cell_diameter(np.asarray(scaled)) / diameter / z)
             boxes = locate_cells(np.asarray(scaled)).white_cells
             assert len(match(boxes, [[v * z for v in b] for b in truth])) == len(truth), (
                 image.name,
                 z,
             )
+    for z, ratio in ratios.items():
+        ratio = np.array(ratio)
+        assert abs(np.median(ratio) - 1) < 0.1 and np.sum(abs(ratio - 1) > 0.2) <= 1, (z, ratio)
 
 
 def test_touching_white_cells_give_two_boxes_and_pale_fields_count_red_cells(bccd):
@@ -253,7 +256,7 @@ def test_the_merge_closing_is_scipys_closing_with_a_square(k):
 def test_counted_red_mask_equals_the_pixelwise_definition(bccd):
     """The red-cell mask and the brightness contrast from counts (median and Otsu from
     histograms, shifted morphology) are the ones the detector is defined by: np.median, Otsu
-    on every pixel, scipy's morphology."""
+    on every pixel that is not violet, scipy's morphology."""
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
@@ -268,11 +271,45 @@ def test_counted_red_mask_equals_the_pixelwise_definition(bccd):
         lum = pixels.mean(-1)
         above = expected_score > np.median(expected_score) + VIOLET_ABOVE_MEDIAN
         violet = ndi.binary_dilation(above, iterations=2)
-        darker = lum < threshold_otsu(lum)
+        darker = lum < threshold_otsu(lum[~above])
         expected = fill_holes(ndi.binary_opening(darker & ~violet))
         assert median == np.median(expected_score) and np.array_equal(score, expected_score)
         assert np.array_equal(red, expected), image.name
         assert contrast == pytest.approx(lum[~darker].mean() - lum[darker].mean(), rel=1e-4)
+
+
+def test_a_large_dark_nucleus_leaves_the_red_cells_counted(pbc_dir):
+    """PBC's single-cell images read as fields: a white cell filling much of the image must not
+    take the background's brightness threshold for itself (nucleus against the rest), which left
+    29% of them with fewer than 5 red cells counted and no scale; every one shows 8 or more."""
+    from hematovision.smear.detect import estimate_red_cell_diameter
+
+    images = [f for c in sorted(pbc_dir.iterdir()) for f in sorted(c.glob("[!.]*.jpg"))[:4]]
+    few, unscaled = [], []
+    for image in images:
+        rgb = np.asarray(Image.open(image).convert("RGB"))
+        if len(locate_cells(rgb).red_cells) < 5:
+            few.append(image.name)
+        if estimate_red_cell_diameter(rgb) is None:
+            unscaled.append(image.name)
+    assert not few and not unscaled, (few, unscaled)
+
+
+def test_red_cells_too_small_to_hold_a_white_cell_give_no_scale():
+    """Pink specks (8 px: fragments, dust) would set white cells below the size the detector
+    classifies: the field's scale is unknown (the defaults), not 8 px."""
+    from hematovision.smear.detect import estimate_red_cell_diameter
+
+    field = np.full((240, 320, 3), 235, np.uint8)
+    for y in range(10, 230, 20):
+        for x in range(10, 310, 20):
+            field[y - 4 : y + 4, x - 4 : x + 4] = (200, 150, 160)
+    assert estimate_red_cell_diameter(field) is None
+    field = np.full((480, 640, 3), 235, np.uint8)  # the same pattern at 12x: 96 px cells
+    for y in range(60, 480, 120):
+        for x in range(60, 640, 120):
+            field[y - 48 : y + 48, x - 48 : x + 48] = (200, 150, 160)
+    assert estimate_red_cell_diameter(field) == pytest.approx(96, rel=0.1)
 
 
 def _lisc_crops(lisc_dir, per_class=6):
@@ -287,7 +324,7 @@ def test_a_stain_with_lavender_red_cells_keeps_its_white_cells(lisc_dir):
     from hematovision.smear.detect import field_params
     from hematovision.smear.scoring import centred_cell
 
-    crops = _lisc_crops(lisc_dir)
+    crops = _lisc_crops(lisc_dir, 12)
 
     def share(contrast: bool) -> float:
         def params(rgb):

@@ -35,7 +35,7 @@ from ..preprocess import (
 )
 
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
-BCCD_RED_CELL_PX = 90.6  # estimate_red_cell_diameter's median on BCCD's even fields
+BCCD_RED_CELL_PX = 93.3  # estimate_red_cell_diameter's median on BCCD's even fields
 BCCD_MEDIAN_STAIN = -4.0  # the stain score's median over a BCCD field (thresholds are relative)
 VIOLET_ABOVE_MEDIAN = 30.0  # stain score above the field's median: violet (nucleus, platelet)
 # background minus cell brightness (Otsu's two classes), median over BCCD's even fields: a paler
@@ -174,7 +174,9 @@ def _red_cell_diameter(red: np.ndarray, distance: np.ndarray) -> float | None:
         return None
     order = np.argsort(peaks[keep])
     share = np.cumsum(areas[keep][order]) / areas[keep].sum()
-    return 2 * float(peaks[keep][order][np.searchsorted(share, 0.5)])
+    diameter = 2 * float(peaks[keep][order][np.searchsorted(share, 0.5)])
+    # red cells this small would make white cells too small to classify: fragments, not cells
+    return diameter if diameter * BCCD_CELL_PX >= MIN_CELL_PX * BCCD_RED_CELL_PX else None
 
 
 def field_params(rgb: np.ndarray) -> SmearParams:
@@ -193,24 +195,32 @@ def _params_for(diameter: float | None) -> SmearParams:
 
 
 def _red_mask(rgb_sum, score, score_median, inside) -> tuple[np.ndarray, float]:
-    """Red-cell pixels: darker than the field's background (Otsu's threshold on brightness,
-    ``R + G + B`` over 3), and not violet (nor next to it); and the brightness contrast
-    between the background and the cells; ``inside``: the pixels of the field (a mask or all)."""
+    """Red-cell pixels: darker than the field's background (Otsu's threshold on the brightness,
+    ``R + G + B`` over 3, of the pixels that are not violet), and not violet (nor next to it);
+    and the brightness contrast between the background and the cells; ``inside``: the pixels of
+    the field (a mask or all).
+
+    Violet pixels are left out of the threshold because a large dark nucleus (a single-cell
+    image, a higher magnification) otherwise takes Otsu's split for itself: nucleus against
+    the rest, with pale red cells on the background's side and none counted."""
     from skimage.filters import threshold_otsu
 
-    counts = np.bincount(rgb_sum[inside].ravel(), minlength=766)
+    stained = score > score_median + VIOLET_ABOVE_MEDIAN
+    pixels = ~stained if isinstance(inside, slice) else inside & ~stained
+    unstained = np.bincount(rgb_sum[pixels].ravel(), minlength=766)
     levels = np.arange(766, dtype=np.float32) / np.float32(3)  # each sum's brightness
-    present = counts > 0
+    present = unstained > 0
     if present.sum() < 2:  # one brightness: nothing stands out
         return np.zeros(rgb_sum.shape, bool), BCCD_CONTRAST
     shown = levels[present]  # the same 256 bins as a histogram of every pixel's brightness
-    hist, edges = np.histogram(shown, 256, (shown[0], shown[-1]), weights=counts[present])
+    hist, edges = np.histogram(shown, 256, (shown[0], shown[-1]), weights=unstained[present])
     threshold = threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2))
     darker = levels < threshold
+    counts = np.bincount(rgb_sum[inside].ravel(), minlength=766)  # every pixel of the field
     contrast = np.average(levels[~darker], weights=counts[~darker]) - np.average(
         levels[darker], weights=counts[darker]
     )
-    violet = cross_morphology(score > score_median + VIOLET_ABOVE_MEDIAN, grow=True, times=2)
+    violet = cross_morphology(stained, grow=True, times=2)
     red = darker[rgb_sum] & ~violet
     if not isinstance(inside, slice):
         red &= inside
