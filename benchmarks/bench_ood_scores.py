@@ -42,7 +42,7 @@ from hematovision.data import scan_folder
 from hematovision.export import flagged_uncertain
 from hematovision.export.calibration import CONFIDENCE_FLOOR, softmax
 
-from _common import machine, write_section
+from _common import machine, table_head, table_row, write_section
 
 UNTAUGHT = ("ig", "monocyte", "lymphocyte")
 PERCENTILES = (95, 90, 85, 80, 70, 60)
@@ -142,7 +142,7 @@ def row(untaught: dict, folds: dict, score: str, q: float) -> str:
         wrong = m["sets"]["new"]["probs"].argmax(1) != m["labels"]
         worst, shares = max(worst, float((wrong & ~f).mean())), [*shares, f.mean()]
     cells.append(f"{100 * worst:.1f}% / {100 * np.mean(shares):.0f}%")
-    return f"| {score} | p{q} | " + " | ".join(cells) + " |"
+    return table_row([score, f"p{q}", *cells])
 
 
 def main() -> None:
@@ -156,10 +156,7 @@ def main() -> None:
         "known class / the known classes' test cells flagged. Left-out labs: the worst of "
         f"{len(FOLDS)} folds' cells wrong and not flagged / the mean flagged "
         "(bench_uncertainty.py's models).\n",
-        "| score | threshold | "
-        + " | ".join(f"untaught {c}" for c in UNTAUGHT)
-        + " | left-out labs |",
-        "|---|---|" + "---|" * (len(UNTAUGHT) + 1),
+        *table_head(["score", "threshold", *(f"untaught {c}" for c in UNTAUGHT), "left-out labs"]),
     ]
     for q in PERCENTILES:
         for score in SCORES:

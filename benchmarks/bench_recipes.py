@@ -41,7 +41,7 @@ from _packed import (
     write_jpegs,
 )
 
-from _common import machine, write_section
+from _common import machine, table_head, table_row, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -191,9 +191,20 @@ def report(rows_file: Path) -> str:
         "their cells count as wrong, and apart in the last column as the share passed as a "
         "confident known class). Mean over seeds (n seeds in brackets); - where the rows were "
         f"scored before the column existed. Measured {time.strftime('%Y-%m-%d')}.\n",
-        "| recipe | left-out lab | accuracy | macro-F1 | wrong and not flagged | flagged | ECE "
-        "| val accuracy (training labs) | accuracy, taught classes | untaught passed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table_head(
+            [
+                "recipe",
+                "left-out lab",
+                "accuracy",
+                "macro-F1",
+                "wrong and not flagged",
+                "flagged",
+                "ECE",
+                "val accuracy (training labs)",
+                "accuracy, taught classes",
+                "untaught passed",
+            ]
+        ),
     ]
     for recipe in RECIPES:
         folds = [f for f in LABS if (recipe, f) in by]
@@ -229,7 +240,7 @@ def _mean(values) -> float | None:
 
 def _row(recipe: str, fold: str, m: dict) -> str:
     cells = ["-" if m[k] is None else f.format(m[k]) for k, f in COLUMNS.items()]
-    return f"| {recipe} | {fold} | " + " | ".join(cells) + " |"
+    return table_row([recipe, fold, *cells])
 
 
 def main() -> None:

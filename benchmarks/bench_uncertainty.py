@@ -30,7 +30,7 @@ from hematovision.inference import Classifier
 from hematovision.inference.classifier import DIHEDRAL, TTA_MIN_AGREEMENT
 from hematovision.preprocess import model_view, resize, to_rgb
 
-from _common import machine, write_section
+from _common import machine, table_head, table_row, write_section
 
 RECIPE = "+ other-lab augmentation"  # the bundled model's recipe
 FOLDS = {
@@ -111,9 +111,10 @@ def main() -> None:
         "Confidence floor: the least confidence not flagged (model's own: fitted on "
         "validation); distance: the model's out-of-distribution threshold (the "
         f"{OOD_PERCENTILE}th percentile of its validation images' distances) times this.\n",
-        f"| confidence floor | distance x | TTA | {' | '.join(FOLDS)} "
-        "| worst wrong and not flagged | mean flagged |",
-        "|---|---|---|" + "---|" * len(FOLDS) + "---|---|",
+        *table_head(
+            ["confidence floor", "distance x", "TTA", *FOLDS]
+            + ["worst wrong and not flagged", "mean flagged"]
+        ),
     ]
     for (floor, scale, tta), r in rows.items():
         cells = [
@@ -122,11 +123,8 @@ def main() -> None:
         ]
         worst = max(v["wrong_unflagged"] for v in r.values())
         flagged = np.mean([v["flagged"] for v in r.values()])
-        lines.append(
-            f"| {floor or 'own'} | {scale} | {'yes' if tta else 'no'} | "
-            + " | ".join(cells)
-            + f" | {100 * worst:.1f}% | {100 * flagged:.0f}% |"
-        )
+        rule = [floor or "own", scale, "yes" if tta else "no"]
+        lines.append(table_row([*rule, *cells, f"{100 * worst:.1f}%", f"{100 * flagged:.0f}%"]))
     write_section("uncertainty", "\n".join(lines))
     print("\n".join(lines))
 

@@ -33,7 +33,7 @@ from hematovision.export import export_run
 from hematovision.inference import Classifier
 from hematovision.training import TrainConfig, train
 
-from _common import machine, write_section
+from _common import machine, table_head, table_row, write_section
 
 HELD_OUT = ("ig", "monocyte", "lymphocyte", "basophil", "erythroblast")
 # a model like the bundled one in all but its labs: the fast recipe, framed, other-lab colours
@@ -101,10 +101,11 @@ def render(results: dict) -> str:
         "of the untaught class passed as a confident known class / the share of the known "
         "classes' own test cells flagged. Rules as in bench_uncertainty.py; the product's is "
         "the confidence floor 0.97 at distance x 1.0 without TTA.\n",
-        "| confidence floor | distance x | TTA | "
-        + " | ".join(f"{c} (taken for {results['folds'][c]['taken_for']})" for c in classes)
-        + " | worst passed |",
-        "|---|---|---|" + "---|" * len(classes) + "---|",
+        *table_head(
+            ["confidence floor", "distance x", "TTA"]
+            + [f"{c} (taken for {results['folds'][c]['taken_for']})" for c in classes]
+            + ["worst passed"]
+        ),
     ]
     for floor, scale, tta in itertools.product(FLOORS, OOD_SCALES, TTA):
         key = str((floor, scale, tta))
@@ -113,11 +114,8 @@ def render(results: dict) -> str:
             f"{100 * r['unknown_passed']:.1f}% / {100 * r['known_flagged']:.0f}%" for r in rules
         ]
         worst = max(r["unknown_passed"] for r in rules)
-        lines.append(
-            f"| {floor or 'own'} | {scale} | {'yes' if tta else 'no'} | "
-            + " | ".join(cells)
-            + f" | {100 * worst:.1f}% |"
-        )
+        rule = [floor or "own", scale, "yes" if tta else "no"]
+        lines.append(table_row([*rule, *cells, f"{100 * worst:.1f}%"]))
     return "\n".join(lines)
 
 
