@@ -305,7 +305,7 @@ def test_red_cells_too_small_to_hold_a_white_cell_give_no_scale():
         for x in range(10, 310, 20):
             field[y - 4 : y + 4, x - 4 : x + 4] = (200, 150, 160)
     assert estimate_red_cell_diameter(field) is None
-    field = np.full((480, 640, 3), 235, np.uint8)  # the same pattern at 12x: 96 px cells
+    field = np.full((480, 640, 3), 235, np.uint8)  # 96 px squares: a scale it reads
     for y in range(60, 480, 120):
         for x in range(60, 640, 120):
             field[y - 48 : y + 48, x - 48 : x + 48] = (200, 150, 160)
