@@ -148,11 +148,12 @@ def _red_cells_of(rgb: np.ndarray) -> FieldStats:
     The stain score (``preprocess.stain_score``, in halves) and the brightness (R + G + B, in
     thirds) are integers, so their median and histogram are counts, not sorts."""
     outside = _outside_field(rgb)
-    inside = ~outside if outside.any() else slice(None)  # every pixel, unless there is padding
+    field = ~outside
+    inside = field if outside.any() else slice(None)  # every pixel, unless there is padding
     doubled = stain_score(rgb)
     median = (counted_median(np.bincount(doubled[inside].ravel() + 510, minlength=1021)) - 510) / 2
     score = doubled.astype(np.float32) / 2
-    red, contrast = _red_mask(rgb.sum(-1, dtype=np.int16), score, median, inside)
+    red, contrast = _red_mask(rgb.sum(-1, dtype=np.int16), score, median, field)
     # the distance to the nearest other pixel, as at the image's edge: a red cell cut by the
     # padding keeps the size it has where the image ends
     distance = ndi.distance_transform_edt(red | outside)
@@ -194,11 +195,11 @@ def _params_for(diameter: float | None) -> SmearParams:
     return SmearParams.for_cell_size(float(np.clip(BCCD_CELL_PX * scale, MIN_CELL_PX, 4000)))
 
 
-def _red_mask(rgb_sum, score, score_median, inside) -> tuple[np.ndarray, float]:
+def _red_mask(rgb_sum, score, score_median, field) -> tuple[np.ndarray, float]:
     """Red-cell pixels: darker than the field's background (Otsu's threshold on the brightness,
     ``R + G + B`` over 3, of the pixels that are not violet), and not violet (nor next to it);
-    and the brightness contrast between the background and the cells; ``inside``: the pixels of
-    the field (a mask or all).
+    and the brightness contrast between the background and the cells; ``field``: the mask of
+    the pixels in the field (not padding).
 
     Violet pixels are left out of the threshold because a large dark nucleus (a single-cell
     image, a higher magnification) otherwise takes Otsu's split for itself: nucleus against
@@ -206,8 +207,7 @@ def _red_mask(rgb_sum, score, score_median, inside) -> tuple[np.ndarray, float]:
     from skimage.filters import threshold_otsu
 
     stained = score > score_median + VIOLET_ABOVE_MEDIAN
-    pixels = ~stained if isinstance(inside, slice) else inside & ~stained
-    unstained = np.bincount(rgb_sum[pixels].ravel(), minlength=766)
+    unstained = np.bincount(rgb_sum[field & ~stained], minlength=766)
     levels = np.arange(766, dtype=np.float32) / np.float32(3)  # each sum's brightness
     present = unstained > 0
     if present.sum() < 2:  # one brightness: nothing stands out
@@ -216,15 +216,13 @@ def _red_mask(rgb_sum, score, score_median, inside) -> tuple[np.ndarray, float]:
     hist, edges = np.histogram(shown, 256, (shown[0], shown[-1]), weights=unstained[present])
     threshold = threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2))
     darker = levels < threshold
-    counts = np.bincount(rgb_sum[inside].ravel(), minlength=766)  # every pixel of the field
+    # every pixel of the field: the violet ones are few, so count them and add
+    counts = unstained + np.bincount(rgb_sum[field & stained], minlength=766)
     contrast = np.average(levels[~darker], weights=counts[~darker]) - np.average(
         levels[darker], weights=counts[darker]
     )
     violet = cross_morphology(stained, grow=True, times=2)
-    red = darker[rgb_sum] & ~violet
-    if not isinstance(inside, slice):
-        red &= inside
-    return fill_holes(cross_opening(red)), float(contrast)
+    return fill_holes(cross_opening(darker[rgb_sum] & ~violet & field)), float(contrast)
 
 
 def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detections:
