@@ -4,8 +4,10 @@ White-cell nuclei and platelets are the only strongly blue-violet objects in a W
 field, so a "stain score" ``B - (R + G) / 2`` thresholded, cleaned and closed (to join the
 lobes of one nucleus) gives one component per white cell; small components are platelets.
 Each white cell's box is its nucleus box grown to the cell. Red cells are the peaks of the
-distance transform of the pink (red > blue) mask. Parameters were chosen on even-numbered BCCD
-fields and checked on the odd ones (benchmarks/bench_smear.py).
+distance transform of the red-cell mask (darker than the background, not violet), and a clump
+of overlapping ones, which peaks once, counts as many cells as its area holds. Parameters were
+chosen on even-numbered BCCD fields and checked on the odd ones (benchmarks/bench_smear.py,
+bench_red_counts.py).
 
 Where a stain makes the red cells nearly as blue as the nuclei (LISC's lavender red cells), the
 stain score misses the nuclei; a second rule, with every threshold from the field itself, finds
@@ -36,6 +38,17 @@ from ..preprocess import (
 
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
 BCCD_RED_CELL_PX = 93.3  # estimate_red_cell_diameter's median on BCCD's even fields
+# red cells counted in clumps (``_red_cell_scale``): the median opening diameter on BCCD's even
+# fields; below OPENING_AGREES x the estimate above, or where more than VIOLET_RED_CELLS of the
+# cells outside the white cells is violet, the red-cell mask is fragments, not cells
+BCCD_RED_CELL_OPENING_PX = 79.8
+OPENING_AGREES = 0.5
+VIOLET_RED_CELLS = 0.1
+OPENING_BISECTIONS = 7  # the median opening radius to within 1/128 of the deepest red pixel
+# one red cell's area over that of the disk of its opening diameter (cells are ovals): chosen
+# on four even BCCD fields counted by eye
+RED_CELL_AREA = 1.1
+CLUMP_SAMPLE = 7  # k-means of a clump's pixels takes every 7th
 BCCD_MEDIAN_STAIN = -4.0  # the stain score's median over a BCCD field (thresholds are relative)
 VIOLET_ABOVE_MEDIAN = 30.0  # stain score above the field's median: violet (nucleus, platelet)
 # background minus cell brightness (Otsu's two classes), median over BCCD's even fields: a paler
@@ -75,6 +88,12 @@ class SmearParams:
     crop_factor: float = 1.8  # classifier crop side / cell box side (PBC framing)
     cell_px: float = BCCD_CELL_PX  # a white cell's width in the field
     contrast_nuclei: bool = True  # the second rule, for stains the stain score misses
+
+    @property
+    def red_cell_opening_px(self) -> float:
+        """A red cell's median opening diameter (``_median_opening_radius``) at this
+        magnification."""
+        return BCCD_RED_CELL_OPENING_PX * self.cell_px / BCCD_CELL_PX
 
     @classmethod
     def for_cell_size(cls, cell_px: float) -> SmearParams:
@@ -180,6 +199,26 @@ def _red_cell_diameter(red: np.ndarray, distance: np.ndarray) -> float | None:
     return diameter if diameter * BCCD_CELL_PX >= MIN_CELL_PX * BCCD_RED_CELL_PX else None
 
 
+def _median_opening_radius(red: np.ndarray, distance: np.ndarray) -> float:
+    """The radius of the disk whose opening removes half the red-cell mask: the area-weighted
+    median of its granulometry (its pattern spectrum).
+
+    A clump of overlapping red cells is a union of cell-sized disks: each still fits, so the
+    opening keeps the clump until the disk outgrows one cell (a clump's distance-transform peak,
+    by contrast, can reach twice a cell's radius). The opening by a disk of radius r is the
+    set within r of the pixels deeper than r, one distance transform each; bisection on r. On
+    a half-resolution grid where cells are large enough to lose nothing."""
+    step = 2 if distance.max() > 16 else 1
+    depth = distance[::step, ::step] / step
+    total = red[::step, ::step].sum()
+    low, high = 0.0, float(depth.max())
+    for _ in range(OPENING_BISECTIONS):
+        r = (low + high) / 2
+        opened = ndi.distance_transform_edt(depth <= r) <= r
+        low, high = (r, high) if opened.sum() >= total / 2 else (low, r)
+    return step * (low + high) / 2
+
+
 def field_params(rgb: np.ndarray) -> SmearParams:
     """Parameters for this field's magnification, from the size of its red cells (the
     defaults when it shows too few to tell)."""
@@ -229,7 +268,8 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
     """White-cell boxes and red-cell and platelet centres in an H x W x 3 uint8 array; ``params``
     default to ``field_params`` (the field's own scale)."""
     stats = _red_cells_of(rgb)
-    params = params or _params_for(_red_cell_diameter(stats.red, stats.distance))
+    measured = None if params else _red_cell_diameter(stats.red, stats.distance)
+    params = params or _params_for(measured)
     found = Detections()
     cores, labels = _joined(stats.score > _stain_threshold(stats, params), params)
     if params.contrast_nuclei:
@@ -237,7 +277,7 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
         if missed.any():
             cores, labels = _joined(cores | missed, params)
     _violet_objects(cores, labels, params, rgb.shape[:2], found)
-    found.red_cells = _red_cells(stats.distance, params)
+    found.red_cells = _red_cells(stats, *_red_cell_scale(stats, params, measured, found))
     return found
 
 
@@ -399,11 +439,70 @@ def _close_square(mask: np.ndarray, k: int) -> np.ndarray:
     return ndi.minimum_filter(grown, size=size, mode="constant", cval=0).astype(bool)
 
 
-def _red_cells(distance: np.ndarray, params: SmearParams) -> list[Point]:
-    """Red-cell centres: the peaks of the red mask's distance transform."""
+def _red_cell_scale(
+    stats: FieldStats, params: SmearParams, measured: float | None, found: Detections
+) -> tuple[SmearParams, float | None]:
+    """The parameters to find red cells' peaks with, and the red-cell opening diameter to
+    count clumps' cells by (None: peaks only).
+
+    A dense field's clumps of overlapping red cells inflate ``estimate_red_cell_diameter``
+    (up to twice: too few peaks, and parameters for a higher magnification); the median
+    opening does not, so peaks are sought at the smaller of the two (where the opening reads
+    larger, as on PBC's images, its wider window and higher minimum peak miss cells cut by the
+    image's edge). Where the red-cell mask is fragments, though, the opening measures the
+    fragments and the clumps' area would count each cell several times: where much of the
+    cells outside the white cells is violet (a stain that leaves red cells lavender or
+    fringed blue, as LISC's) or the opening is far below the estimate, peaks only. The white
+    cells keep the estimate's parameters, which were chosen with it on every lab."""
+    if _violet_share(stats, found.white_cells) > VIOLET_RED_CELLS:
+        return params, None
+    if measured is None:  # the caller's magnification, or a field of too few red cells
+        return params, params.red_cell_opening_px
+    opening = 2 * _median_opening_radius(stats.red, stats.distance)
+    if opening < OPENING_AGREES * measured:
+        return params, None
+    as_estimate = opening * BCCD_RED_CELL_PX / BCCD_RED_CELL_OPENING_PX  # in the first's units
+    return _params_for(min(measured, as_estimate)), opening
+
+
+def _violet_share(stats: FieldStats, white_cells: list[Box]) -> float:
+    """The share of the cells' pixels outside the white cells' boxes that are violet (kept out
+    of the red-cell mask): high where a stain leaves red cells partly violet or fringed blue."""
+    stained = stats.score > stats.median + VIOLET_ABOVE_MEDIAN
+    outside = ~stats.outside
+    for x0, y0, x1, y1 in white_cells:
+        outside[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = False
+    return float((stained & outside).sum() / max(1, ((stained | stats.red) & outside).sum()))
+
+
+def _red_cells(stats: FieldStats, params: SmearParams, diameter: float | None) -> list[Point]:
+    """Red-cell centres: the peaks of the red mask's distance transform, except in a clump
+    whose area holds more whole red cells of this ``diameter`` than it has peaks (overlapping
+    cells peak once between them): there, as many centres as it holds whole cells."""
+    distance = stats.distance
     peaks = (distance == ndi.maximum_filter(distance, size=params.red_peak_window)) & (
         distance > params.red_min_radius
     )
     labels, n = ndi.label(peaks)
-    centres = centres_and_areas(labels, n)[0] if n else []
-    return [(int(round(x)), int(round(y))) for y, x in centres]
+    centres = np.rint(centres_and_areas(labels, n)[0]).astype(int) if n else np.zeros((0, 2), int)
+    if diameter is None:
+        return [(int(x), int(y)) for y, x in centres]
+    clumps, n_clumps = ndi.label(stats.red)
+    peak_clump = clumps[centres[:, 0], centres[:, 1]]
+    cell_area = RED_CELL_AREA * np.pi * diameter**2 / 4
+    whole = np.bincount(clumps.ravel(), minlength=n_clumps + 1) // cell_area
+    whole[0] = 0  # the background
+    split = np.flatnonzero(whole > np.bincount(peak_clump, minlength=n_clumps + 1))
+    boxes = ndi.find_objects(clumps)
+    more = [_clump_centres(clumps, c, boxes[c - 1], int(whole[c])) for c in split]
+    kept = centres[~np.isin(peak_clump, split)]
+    return [(int(x), int(y)) for y, x in np.concatenate([kept, *more])]
+
+
+def _clump_centres(clumps: np.ndarray, clump: int, box, k: int) -> np.ndarray:
+    """``k`` (y, x) centres spread over one labelled clump: k-means of every few of its pixels."""
+    from scipy.cluster.vq import kmeans2
+
+    points = np.argwhere(clumps[box] == clump)[::CLUMP_SAMPLE].astype(float)
+    centres, _ = kmeans2(points, k, seed=0, minit="++")
+    return np.rint(centres).astype(int) + [box[0].start, box[1].start]
