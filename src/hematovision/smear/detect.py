@@ -4,10 +4,10 @@ White-cell nuclei and platelets are the only strongly blue-violet objects in a W
 field, so a "stain score" ``B - (R + G) / 2`` thresholded, cleaned and closed (to join the
 lobes of one nucleus) gives one component per white cell; small components are platelets.
 Each white cell's box is its nucleus box grown to the cell. Red cells are the peaks of the
-distance transform of the red-cell mask (darker than the background, not violet), and a clump
-of overlapping ones, which peaks once, counts as many cells as its area holds. Parameters were
-chosen on even-numbered BCCD fields and checked on the odd ones (benchmarks/bench_smear.py,
-bench_red_counts.py).
+distance transform of the red-cell mask (darker than the background, not violet, its round
+holes, pale centres, filled), and a clump of overlapping ones, which peaks once, counts as
+many cells as its area holds. Parameters were chosen on even-numbered BCCD fields and checked
+on the odd ones (benchmarks/bench_smear.py, bench_red_counts.py).
 
 Where a stain makes the red cells nearly as blue as the nuclei (LISC's lavender red cells), the
 stain score misses the nuclei; a second rule, with every threshold from the field itself, finds
@@ -39,11 +39,14 @@ from ..preprocess import (
 BCCD_CELL_PX = 200  # a white cell's width in BCCD fields, for which SmearParams are tuned
 BCCD_RED_CELL_PX = 93.3  # estimate_red_cell_diameter's median on BCCD's even fields
 # red cells counted in clumps (``_red_cell_scale``): the median opening diameter on BCCD's even
-# fields; below OPENING_AGREES x the estimate above, or where more than VIOLET_RED_CELLS of the
-# cells outside the white cells is violet, the red-cell mask is fragments, not cells
+# fields; where more than VIOLET_RED_CELLS of the cells outside the white cells is violet, the
+# red-cell mask is pieces of cells, not clumps
 BCCD_RED_CELL_OPENING_PX = 79.8
-OPENING_AGREES = 0.5
 VIOLET_RED_CELLS = 0.1
+# a hole in the red-cell mask at least this convex (its solidity) is a red cell's pale centre;
+# the gaps enclosed between touching cells are concave (about 0.4 between three)
+ROUND_HOLE = 0.6
+SPECK = 8  # px: a hole this small is filled whatever its shape (noise, a pale speck)
 OPENING_BISECTIONS = 7  # the median opening radius to within 1/128 of the deepest red pixel
 # one red cell's area over that of the disk of its opening diameter (cells are ovals): chosen
 # on four even BCCD fields counted by eye
@@ -261,7 +264,23 @@ def _red_mask(rgb_sum, score, score_median, field) -> tuple[np.ndarray, float]:
         levels[darker], weights=counts[darker]
     )
     violet = cross_morphology(stained, grow=True, times=2)
-    return fill_holes(cross_opening(darker[rgb_sum] & ~violet & field)), float(contrast)
+    return _fill_round_holes(cross_opening(darker[rgb_sum] & ~violet & field)), float(contrast)
+
+
+def _fill_round_holes(mask: np.ndarray) -> np.ndarray:
+    """``fill_holes`` for the holes that are round (a red cell's pale centre), not for the
+    concave gaps enclosed between touching cells (a dense field's background)."""
+    from skimage.measure import regionprops
+
+    holes, n = ndi.label(fill_holes(mask) & ~mask)
+    if not n:
+        return mask
+    keep = np.bincount(holes.ravel(), minlength=n + 1) <= SPECK  # a few pixels: filled
+    for region in regionprops(holes):
+        if not keep[region.label]:  # solidity (a convex hull each) only where it can matter
+            keep[region.label] = region.solidity >= ROUND_HOLE
+    keep[0] = False
+    return mask | keep[holes]
 
 
 def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detections:
@@ -452,15 +471,13 @@ def _red_cell_scale(
     image's edge). Where the red-cell mask is fragments, though, the opening measures the
     fragments and the clumps' area would count each cell several times: where much of the
     cells outside the white cells is violet (a stain that leaves red cells lavender or
-    fringed blue, as LISC's) or the opening is far below the estimate, peaks only. The white
-    cells keep the estimate's parameters, which were chosen with it on every lab."""
+    fringed blue, as LISC's), peaks only. The white cells keep the estimate's parameters,
+    which were chosen with it on every lab."""
     if _violet_share(stats, found.white_cells) > VIOLET_RED_CELLS:
         return params, None
     if measured is None:  # the caller's magnification, or a field of too few red cells
         return params, params.red_cell_opening_px
     opening = 2 * _median_opening_radius(stats.red, stats.distance)
-    if opening < OPENING_AGREES * measured:
-        return params, None
     as_estimate = opening * BCCD_RED_CELL_PX / BCCD_RED_CELL_OPENING_PX  # in the first's units
     return _params_for(min(measured, as_estimate)), opening
 
