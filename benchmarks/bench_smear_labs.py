@@ -54,10 +54,13 @@ def sample(lab: Path, per_class: int) -> dict[str, list[Path]]:
 
 
 def centred_share(images: list[Path], contrast: bool) -> tuple[float, float]:
-    """Share of images whose centre cell is found (one box), and boxes per image."""
+    """Share of images whose centre cell is found (one box), and boxes per image; with the
+    field-contrast rule, as the product runs (the detector's own choice of scale)."""
 
-    def params(rgb):
-        return dataclasses.replace(field_params(rgb), contrast_nuclei=contrast)
+    def without_rule(rgb):
+        return dataclasses.replace(field_params(rgb), contrast_nuclei=False)
+
+    params = None if contrast else without_rule
 
     results = []
     for image in images:

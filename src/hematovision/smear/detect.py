@@ -285,10 +285,22 @@ def _fill_round_holes(mask: np.ndarray) -> np.ndarray:
 
 def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detections:
     """White-cell boxes and red-cell and platelet centres in an H x W x 3 uint8 array; ``params``
-    default to ``field_params`` (the field's own scale)."""
+    default to ``field_params`` (the field's own scale), or to the red cells' opening where
+    clumps inflated that beyond a field's spread (BCCD's densest fields: their white cells
+    were sought at 1.6-2.4x and missed)."""
     stats = _red_cells_of(rgb)
     measured = None if params else _red_cell_diameter(stats.red, stats.distance)
     params = params or _params_for(measured)
+    found = _white_cells(rgb, stats, params)
+    red_params, opening = _red_cell_scale(stats, params, measured, found)
+    if opening and measured and measured > SAME_SCALE[1] * _in_estimate_units(opening):
+        found = _white_cells(rgb, stats, red_params)
+    found.red_cells = _red_cells(stats, red_params, opening)
+    return found
+
+
+def _white_cells(rgb: np.ndarray, stats: FieldStats, params: SmearParams) -> Detections:
+    """White-cell boxes and platelet centres at ``params``' magnification."""
     found = Detections()
     cores, labels = _joined(stats.score > _stain_threshold(stats, params), params)
     if params.contrast_nuclei:
@@ -296,7 +308,6 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
         if missed.any():
             cores, labels = _joined(cores | missed, params)
     _violet_objects(cores, labels, params, rgb.shape[:2], found)
-    found.red_cells = _red_cells(stats, *_red_cell_scale(stats, params, measured, found))
     return found
 
 
@@ -472,14 +483,19 @@ def _red_cell_scale(
     fragments and the clumps' area would count each cell several times: where much of the
     cells outside the white cells is violet (a stain that leaves red cells lavender or
     fringed blue, as LISC's), peaks only. The white cells keep the estimate's parameters,
-    which were chosen with it on every lab."""
+    chosen with it on every lab, unless it exceeds the opening's by more than one
+    microscope's field-to-field spread (``locate_cells``)."""
     if _violet_share(stats, found.white_cells) > VIOLET_RED_CELLS:
         return params, None
     if measured is None:  # the caller's magnification, or a field of too few red cells
         return params, params.red_cell_opening_px
     opening = 2 * _median_opening_radius(stats.red, stats.distance)
-    as_estimate = opening * BCCD_RED_CELL_PX / BCCD_RED_CELL_OPENING_PX  # in the first's units
-    return _params_for(min(measured, as_estimate)), opening
+    return _params_for(min(measured, _in_estimate_units(opening))), opening
+
+
+def _in_estimate_units(opening: float) -> float:
+    """An opening diameter as the ``estimate_red_cell_diameter`` of the same cells (BCCD's)."""
+    return opening * BCCD_RED_CELL_PX / BCCD_RED_CELL_OPENING_PX
 
 
 def _violet_share(stats: FieldStats, white_cells: list[Box]) -> float:
