@@ -2,9 +2,9 @@
 
 An ablation, each step added to the one before: the original recipe; canonical framing of the
 cell; augmentation that imitates other labs; lab-and-class balance; test-time augmentation.
-Last, edge cut (``--recipe lab-cut``) and a milder one (``lab-cut-mild``), and the stem and
-first 3 or 5 blocks frozen at their ImageNet weights (``--freeze-blocks``), each added to the
-other-lab augmentation step (the bundled model's recipe, without the balance).
+Last, edge cut (``--recipe lab-cut``) and a milder one (``lab-cut-mild``), the stem and
+first 3 or 5 blocks frozen at their ImageNet weights (``--freeze-blocks``), and random
+convolutions (``lab-randconv``), each added to the other-lab augmentation step (the bundled model's recipe, without the balance).
 For each: accuracy, macro-F1, "wrong and not flagged" (wrong and not uncertain: what reaches a
 report unreviewed) and ECE on the left-out lab, whose images no run saw. Recipes are compared
 at 96 px with 150 images per lab and class, so the 12 runs fit in about half an hour on 2 cores.
@@ -57,6 +57,10 @@ VARIANTS = {  # cumulative: each adds one step
     ),
     "other-lab augmentation + 5 blocks frozen": dict(
         framing="cell", recipe="lab", balance="none", freeze_blocks=5
+    ),
+    # colour and fine texture randomised, shape kept: a lab's look is not a feature
+    "other-lab augmentation + random convolutions": dict(
+        framing="cell", recipe="lab-randconv", balance="none"
     ),
 }
 TTA_VARIANT = "+ lab-class balance"

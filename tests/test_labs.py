@@ -18,6 +18,7 @@ from hematovision.training.augment import (
     RECIPES,
     augment_batch,
     grey_frames,
+    random_convolution,
     random_edge_cut,
     style_mix,
 )
@@ -193,6 +194,26 @@ def test_grey_frames_are_grey_and_the_others_untouched(pbc_dir):
     assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
     assert torch.equal(grey_frames(cells.clone(), torch.Generator(), probability=0.0), cells)
     assert 0 < RECIPES["lab-grey"].grey < 1 and RECIPES["lab"].grey == 0
+
+
+def _spread_from_background(frame: torch.Tensor) -> np.ndarray:
+    background = frame.flatten(1).median(1).values[:, None, None]
+    return (frame - background).abs().sum(0).flatten().numpy()
+
+
+def test_random_convolutions_change_a_cells_colours_not_where_it_is(pbc_dir):
+    """lab-randconv: each frame's colours and fine texture change, its channel means (the
+    background's level) and the place of the cell against the background do not."""
+    cells = _framed_cells(pbc_dir)
+    for seed in range(4):
+        out = random_convolution(cells.clone(), torch.Generator().manual_seed(seed), 1.0)
+        assert (out - cells).abs().mean() > 0.02
+        assert (out.mean((2, 3)) - cells.mean((2, 3))).abs().max() < 0.05
+        for before, after in zip(cells, out):
+            where = np.corrcoef(_spread_from_background(before), _spread_from_background(after))
+            assert where[0, 1] > 0.6
+    assert torch.equal(random_convolution(cells.clone(), torch.Generator(), 0.0), cells)
+    assert RECIPES["lab-randconv"].random_conv > 0 and RECIPES["lab"].random_conv == 0
 
 
 def test_tta_averages_eight_views_and_flags_disagreement():

@@ -16,7 +16,9 @@ crop-and-resize). Labs differ in stain, camera and light, so a recipe also varie
 * ``lab-grey``: ``lab``, and a fifth of the frames in grey (the model must also know a cell
   by its shape and texture); ``lab-grey-mild``: a tenth;
 * ``lab-mix``: ``lab``, and half of the frames take another frame's colour statistics
-  (MixStyle of Zhou et al., 2021, on pixels; akin to RandStainNA's sampled stain statistics).
+  (MixStyle of Zhou et al., 2021, on pixels; akin to RandStainNA's sampled stain statistics);
+* ``lab-randconv``: ``lab``, and half of the frames mixed with a random convolution of
+  themselves (Xu et al., 2021: local colour and texture randomised, shape kept).
 
 The result is normalised with the shared spec.
 """
@@ -45,6 +47,7 @@ class Recipe:
     edge_cut_least: float = 0.22  # the kept square's half side, at least (0.5: the whole frame)
     grey: float = 0.0  # probability of a grey frame
     style_mix: float = 0.0  # probability of taking another frame's channel means and spreads
+    random_conv: float = 0.0  # probability of mixing with a random convolution of the frame
 
 
 RECIPES = {
@@ -67,6 +70,7 @@ RECIPES["lab-strong"] = replace(RECIPES["lab"], colour=0.3, stain_gain=0.15, hed
 RECIPES["lab-grey"] = replace(RECIPES["lab"], grey=0.2)
 RECIPES["lab-grey-mild"] = replace(RECIPES["lab"], grey=0.1)  # lab-grey cost PBC a point
 RECIPES["lab-mix"] = replace(RECIPES["lab"], style_mix=0.5)
+RECIPES["lab-randconv"] = replace(RECIPES["lab"], random_conv=0.5)
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, *shape) -> torch.Tensor:
@@ -183,6 +187,27 @@ def style_mix(x: torch.Tensor, gen: torch.Generator, probability: float) -> torc
     return torch.where(chosen[:, None, None, None], mixed, x)
 
 
+def random_convolution(x: torch.Tensor, gen: torch.Generator, probability: float) -> torch.Tensor:
+    """Chosen frames mixed with a random convolution of themselves (a 1, 3 or 5 px kernel of
+    normal weights per frame), rescaled to the frame's own channel means and spreads: colours
+    and fine texture change, the cell's outline and the background's level do not."""
+    n = x.shape[0]
+    chosen = torch.rand(n, generator=gen) < probability
+    if not chosen.any():
+        return x
+    size = (1, 3, 5)[int(torch.randint(0, 3, (1,), generator=gen))]
+    weight = torch.randn(n * 3, 3, size, size, generator=gen) / math.sqrt(3 * size * size)
+    mean = x.mean((2, 3), keepdim=True)
+    std = x.std((2, 3), keepdim=True) + 1e-4
+    padded = F.pad(x - mean, (size // 2,) * 4, mode="replicate")
+    out = F.conv2d(padded.reshape(1, n * 3, *padded.shape[2:]), weight, groups=n)
+    out = out.reshape(x.shape)
+    out = (out - out.mean((2, 3), keepdim=True)) / (out.std((2, 3), keepdim=True) + 1e-4)
+    alpha = _uniform(gen, n, 0.0, 1.0, 1, 1, 1)  # 1: the frame as it was
+    mixed = (alpha * x + (1 - alpha) * (out * std + mean)).clamp(0, 1)
+    return torch.where(chosen[:, None, None, None], mixed, x)
+
+
 def grey_frames(x: torch.Tensor, gen: torch.Generator, probability: float) -> torch.Tensor:
     """Chosen frames in grey (their luminance in every channel)."""
     chosen = torch.rand(x.shape[0], generator=gen) < probability
@@ -237,6 +262,8 @@ def augment_batch(
     x = _geometry(batch_uint8.permute(0, 3, 1, 2).float() / 255.0, gen, r)
     if r.style_mix:
         x = style_mix(x, gen, r.style_mix)
+    if r.random_conv:
+        x = random_convolution(x, gen, r.random_conv)
     if r.hed:
         x = hed_jitter(x, gen, r.hed)
     if r.hue:

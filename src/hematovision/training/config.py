@@ -20,6 +20,7 @@ RECIPE_NAMES = (
     "lab-grey",
     "lab-grey-mild",
     "lab-mix",
+    "lab-randconv",
 )
 
 
@@ -82,8 +83,9 @@ class TrainConfig:
             "augmentation recipe: mild (light and colour by 5-10%%), or lab (other labs' stains, "
             "light, zoom and focus), or lab-cut (lab, and frames cut close round the cell: "
             "1.5-2x zoom), or lab-cut-mild (fewer frames, cut less close: up to 1.5x), or "
-            "lab-strong / lab-grey / lab-grey-mild / lab-mix (lab with stronger stain jitter, "
-            "grey frames, fewer grey frames, another frame's colours); see training/augment.py",
+            "lab-strong / lab-grey / lab-grey-mild / lab-mix / lab-randconv (lab with stronger "
+            "stain jitter, grey frames, fewer grey frames, another frame's colours, random "
+            "convolutions); see training/augment.py",
             choices=list(RECIPE_NAMES),
         ),
     )
