@@ -89,7 +89,7 @@ def main() -> None:
         [
             "## Whole slides: seconds per megapixel and peak memory (issue 12)\n",
             f"Machine: {machine()}. Pyramidal tiled TIFFs (JPEG tiles) paved with BCCD fields, "
-            "`analyze_slide` (tiles of 2048 px + 256 px margins, the bundled smear model) in a "
+            "`analyze_slide` (tiles of 2048 px + 256 px margins, the bundled model) in a "
             f"fresh process each. Measured {time.strftime('%Y-%m-%d')}.\n",
             "| slide | file | seconds | s per MP | peak memory | white cells |",
             "|---|---|---|---|---|---|",

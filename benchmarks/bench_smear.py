@@ -4,9 +4,14 @@ White-cell detection precision/recall at IoU >= 0.5 against the Pascal VOC boxes
 platelet count errors per field, seconds per field, and the classifier's accuracy on the white
 cells found, against labels.csv (fields with one labelled type; neutrophil, eosinophil,
 lymphocyte, monocyte). Parameters were chosen on the even-numbered fields: the odd-numbered
-ones are reported apart as the held-out half.
+ones are reported apart as the held-out half. Beside them, each classifier on LISC's cells, a
+lab it may never have seen (the bundled default model trained on LISC; the smear model that
+shipped until 2026-11-28, or any ``--model``, did not): what a lab that installs it gets.
 
     python benchmarks/bench_smear.py [--data ../shared/data/bccd] [--model DIR]
+    # the former smear model, compared: its files from git, in a folder
+    git archive 5af9392 src/hematovision/assets/smear_model | tar -x -C /tmp
+    python benchmarks/bench_smear.py --model /tmp/src/hematovision/assets/smear_model
 """
 
 from __future__ import annotations
@@ -16,36 +21,35 @@ import json
 import time
 from pathlib import Path
 
+from bench_crosslab import left_out_images, score
 from hematovision.inference import Classifier
-from hematovision.inference.classifier import DEFAULT_MODEL
-from hematovision.smear import bundled_smear_model, load_smear_classifier
+from hematovision.smear import load_smear_classifier
 from hematovision.smear.detect import DEFAULT_PARAMS
 from hematovision.smear.scoring import SHIFTS, detection_under_shifts, score_fields
 
 from _common import DEFAULT_PBC, machine, table_head, table_row, write_section
 
 DEFAULT_BCCD = DEFAULT_PBC.parent / "bccd"
+LISC = DEFAULT_PBC.parent / "lisc"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT_BCCD)
-    ap.add_argument("--model", type=Path, default=None, help="another smear model, compared too")
+    ap.add_argument("--model", type=Path, default=None, help="another model, compared too")
     ap.add_argument("--precision", choices=["fp32", "int8"], default=None)
     args = ap.parse_args()
     candidates = {"bundled default model": Classifier.load()}
-    if bundled_smear_model() != DEFAULT_MODEL:  # a separate smear model, compared
-        smear = load_smear_classifier(precision=args.precision)
-        candidates[f"{smear.name} {smear.version}"] = smear
     if args.model:
         other = load_smear_classifier(args.model, precision=args.precision)
-        candidates[f"{other.name} {other.version} ({args.model.name})"] = other
+        candidates[f"--model {args.model.name}"] = other
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "models": {}}
     for name, classifier in candidates.items():
         results["models"][name] = {
             "model": f"{classifier.name} {classifier.version} ({classifier.precision}, "
             f"{classifier.engine_info()['name']})",
             "halves": score_fields(args.data, classifier),
+            "lisc": score(classifier, *left_out_images(LISC, classifier.classes)),
         }
     out = Path(__file__).with_name("out")
     out.mkdir(exist_ok=True)
@@ -69,8 +73,8 @@ def main() -> None:
         "\nWhite-cell type on the cells found (fields whose labels.csv row names one of "
         "neutrophil, eosinophil, lymphocyte, monocyte): accuracy of the cells scored, and the "
         "share wrong and not flagged:\n",
-        "| classifier | tuning (even fields) | held out (odd fields) |",
-        "|---|---|---|",
+        "| classifier | tuning (even fields) | held out (odd fields) | LISC cells |",
+        "|---|---|---|---|",
     ]
     for name, m in results["models"].items():
         h = m["halves"]
@@ -79,7 +83,13 @@ def main() -> None:
             f"{100 * r['white_cells_wrong_unflagged']:.1f}%"
             for r in h.values()
         ]
-        lines.append(f"| {name}: {m['model']} | {cells[0]} | {cells[1]} |")
+        lisc = m["lisc"]
+        seen = " (trained on LISC)" if name == "bundled default model" else ""
+        cells.append(
+            f"{100 * lisc['accuracy']:.1f}% of {lisc['n']}, "
+            f"{100 * lisc['wrong_unflagged']:.1f}%{seen}"
+        )
+        lines.append(table_row([f"{name}: {m['model']}", *cells]))
     write_section("smear", "\n".join(lines))
     shifts = {
         "each field's own scale": detection_under_shifts(args.data, "odd"),

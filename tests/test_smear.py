@@ -136,24 +136,30 @@ def test_smear_api_and_page(bccd, tmp_path):
     assert bad.status_code == 415
 
 
-def test_the_smear_model_names_white_cells_of_held_out_bccd_fields(bccd):
-    """The bundled smear model never saw the odd-numbered fields."""
+def test_fields_are_classified_by_the_bundled_model_and_its_wrong_cells_are_flagged(bccd):
+    """The bundled model never saw the odd-numbered fields' cells; a smear analysis uses it
+    (the separate smear model is gone: on a lab it never saw it passed 14.5% of the cells
+    wrong and unflagged), and a cell it names wrong goes to review, not into the count."""
     from hematovision.data.bccd import WBC_TYPES, field_labels
+    from hematovision.inference import DEFAULT_MODEL
     from hematovision.smear import load_smear_classifier
 
     labels = field_labels(bccd / "labels.csv")
     clf = load_smear_classifier()
-    right = total = 0
-    for image in sorted((bccd / "JPEGImages").glob("*.jpg"))[1::2][:40]:
+    assert Path(clf.artifact.path).resolve() == DEFAULT_MODEL.resolve()
+    right = total = wrong_unflagged = 0
+    for image in sorted((bccd / "JPEGImages").glob("*.jpg"))[1::2]:
         kind = labels.get(image.stem)
         if kind not in WBC_TYPES:
             continue
         truth = voc_boxes(bccd / "Annotations" / f"{image.stem}.xml")["WBC"]
         result = analyze_smear(image, clf)
         for i, _ in match([c.box for c in result.white_cells], truth):
+            cell = result.white_cells[i]
             total += 1
-            right += result.white_cells[i].label == kind
-    assert total >= 15 and right / total >= 0.8
+            right += cell.label == kind
+            wrong_unflagged += cell.label != kind and not cell.uncertain
+    assert total >= 120 and right / total >= 0.75 and wrong_unflagged <= 1
 
 
 def test_cell_size_adapts_the_detector_to_another_magnification(bccd):

@@ -803,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")
     m.add_argument("images", nargs="+", help="field images, folders (recursive) or globs")
-    m.add_argument("--model", help="model artifact folder (default: the bundled smear model)")
+    m.add_argument("--model", help="model artifact folder (default: the bundled model)")
     m.add_argument(
         "--out",
         help="write each annotated field (PNG), cells.csv and differential.csv into this folder",

@@ -38,7 +38,6 @@ __all__ = [
     "SmearParams",
     "WhiteCell",
     "analyze_smear",
-    "bundled_smear_model",
     "annotate",
     "crop_cell",
     "field_differential",
@@ -50,7 +49,6 @@ __all__ = [
 MAX_FIELD_PIXELS = 4096 * 4096
 # a classifier that frames cells itself (spec framing "cell") gets a wider crop to frame from
 FRAMED_CROP_FACTOR = 3.0
-SMEAR_MODEL = Path(__file__).resolve().parents[1] / "assets" / "smear_model"
 
 
 class FieldTooLarge(HematoVisionError):
@@ -60,19 +58,13 @@ class FieldTooLarge(HematoVisionError):
 
 
 def load_smear_classifier(path: str | Path | None = None, **options):
-    """The classifier for cells cropped from fields: the artifact at ``path``, else a bundled
-    smear model where the package ships one, else the bundled default model (trained on
-    single cells and on white cells of smear fields alike). ``options``: Classifier.load's."""
+    """The classifier for cells cropped from fields: the artifact at ``path``, else the bundled
+    default model (trained on single cells and on white cells of smear fields alike; a separate
+    smear model was dropped: on a lab it never saw it let 14.5% of the cells through wrong and
+    unflagged, benchmarks/bench_smear.py). ``options``: Classifier.load's."""
     from ..inference import Classifier
 
-    return Classifier.load(path or bundled_smear_model(), **options)
-
-
-def bundled_smear_model() -> Path:
-    """The bundled smear model's folder where the package ships one, else the default model's."""
-    from ..inference.classifier import DEFAULT_MODEL
-
-    return SMEAR_MODEL if (SMEAR_MODEL / "model.json").is_file() else DEFAULT_MODEL
+    return Classifier.load(path, **options)
 
 
 @dataclass
@@ -158,7 +150,7 @@ def analyze_smear(
 ) -> SmearField:
     """Find and classify every white cell in one smear field; count red cells and platelets.
 
-    ``classifier``: an ``inference.Classifier`` (default: the bundled smear model);
+    ``classifier``: an ``inference.Classifier`` (default: the bundled default model);
     ``params``: the detector's (default: the field's own, from the size of its red cells);
     ``within``: (x0, y0, x1, y1): keep only what is centred there (a tile of a whole slide:
     its margins belong to the neighbouring tiles)."""
@@ -180,17 +172,27 @@ def analyze_smear(
     if classify and cells:
         classifier = classifier or load_smear_classifier()
         fill = median_colour(picture)  # once per field, not once per cell
-        crop = params or DEFAULT_PARAMS  # the crop factor is the same at every scale
-        if classifier.spec.framing == "cell":
-            crop = replace(crop, crop_factor=FRAMED_CROP_FACTOR)
-        crops = [crop_cell(picture, c.box, crop, fill) for c in cells]
-        for cell, pred in zip(cells, classifier.predict(crops)):
-            cell.label, cell.confidence = pred.label, pred.confidence
-            cell.uncertain, cell.probabilities = pred.uncertain, pred.probabilities
+        crop = crop_params(classifier)
+        classify_cells(cells, [crop_cell(picture, c.box, crop, fill) for c in cells], classifier)
     path = str(Path(image).resolve()) if isinstance(image, (str, Path)) else None
     return SmearField(
         path, picture.width, picture.height, cells, found.red_cells, found.platelets, warnings
     )
+
+
+def crop_params(classifier) -> SmearParams:
+    """How wide a classifier wants its cells cut (the same at every scale): wider for one
+    that frames the cell itself."""
+    if classifier.spec.framing == "cell":
+        return replace(DEFAULT_PARAMS, crop_factor=FRAMED_CROP_FACTOR)
+    return DEFAULT_PARAMS
+
+
+def classify_cells(cells: list[WhiteCell], crops: list[Image.Image], classifier) -> None:
+    """Each cell's label, confidence, flag and probabilities, from its crop."""
+    for cell, pred in zip(cells, classifier.predict(crops)):
+        cell.label, cell.confidence = pred.label, pred.confidence
+        cell.uncertain, cell.probabilities = pred.uncertain, pred.probabilities
 
 
 def field_differential(

@@ -284,7 +284,8 @@ def _fill_round_holes(mask: np.ndarray) -> np.ndarray:
         if keep[label] or area[label] >= ROUND_HOLE * _box_area(box):
             keep[label] = True
         else:
-            keep[label] = regionprops((holes[box] == label).astype(np.uint8))[0].solidity >= ROUND_HOLE
+            hole = (holes[box] == label).astype(np.uint8)
+            keep[label] = regionprops(hole)[0].solidity >= ROUND_HOLE
     keep[0] = False
     return mask | keep[holes]
 

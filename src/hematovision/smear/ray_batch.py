@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import HematoVisionError
+from ..inference.classifier import DEFAULT_MODEL
 from ..inference.ray_batch import (
     FETCH_ERRORS,
     RayJob,
@@ -17,7 +18,7 @@ from ..inference.ray_batch import (
     fetch,
     unreachable_row,
 )
-from . import analyze_smear, bundled_smear_model, load_smear_classifier
+from . import analyze_smear, load_smear_classifier
 
 
 def field_schema():
@@ -83,7 +84,7 @@ def analyze_on_ray(
 ) -> dict:
     """Analyse smear fields on Ray into ``out_dir/fields.parquet`` and ``fields.jsonl``;
     the summary counts white cells per label."""
-    model, _ = checked_model(model or bundled_smear_model())
+    model, _ = checked_model(model or DEFAULT_MODEL)
     job = RayJob(
         AnalyzeBatch,
         {"model": model, "engine": engine},

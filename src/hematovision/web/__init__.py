@@ -77,10 +77,10 @@ def create_app(
         storage.migrate()
     app.extensions["hematovision.storage"] = storage
     engine = {"engine": settings.engine, "threads": settings.model_threads}
-    configured = (
-        classifier or Classifier.load(settings.model, **engine),
-        smear_classifier or load_smear_classifier(settings.smear_model, **engine),
-    )
+    cells = classifier or Classifier.load(settings.model, **engine)
+    if smear_classifier is None and settings.smear_model:
+        smear_classifier = load_smear_classifier(settings.smear_model, **engine)
+    configured = (cells, cells if smear_classifier is None else smear_classifier)  # one model
     # what resources.get_classifier() serves: these, until an admin activates another version
     app.extensions["hematovision.models"] = {
         "configured": configured,

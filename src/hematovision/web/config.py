@@ -16,7 +16,7 @@ class WebSettings:
     ``HEMATOVISION_`` + the upper-case field name (e.g. ``HEMATOVISION_MAX_UPLOAD_MB``)."""
 
     model: str | None = None  # artifact folder; None: the bundled model
-    smear_model: str | None = None  # for cells cropped from fields; None: the bundled one
+    smear_model: str | None = None  # for cells cropped from fields; None: ``model``
     data_dir: str = "hematovision-data"  # database file, images, secret key (made absolute)
     database_url: str | None = None  # any SQLAlchemy URL; default SQLite in data_dir
     max_upload_mb: float = 20.0  # bytes per request

@@ -23,7 +23,6 @@ from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
 from ..inference.classifier import DEFAULT_MODEL
 from ..inference.engines import resolve_engine
-from ..smear import bundled_smear_model
 from ..storage import Storage
 from .config import WebSettings
 
@@ -147,7 +146,7 @@ def check_accounts(storage: Storage, host: str) -> None:
 def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrides) -> None:
     """Check the models, the port and the database once, then run ``workers`` processes."""
     settings = WebSettings.from_env(**overrides)
-    for path in (settings.model or DEFAULT_MODEL, settings.smear_model or bundled_smear_model()):
+    for path in {settings.model or DEFAULT_MODEL, settings.smear_model or DEFAULT_MODEL}:
         ModelArtifact.load(path).check()  # a bad --model fails here, in one line
     engine = resolve_engine(settings.engine)  # so does an engine that is not installed
     check_port(host, port)
