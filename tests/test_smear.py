@@ -393,9 +393,23 @@ def test_a_field_of_touching_red_cells_counts_them(seed):
 def test_red_cells_a_stain_leaves_in_pieces_are_not_counted_by_area(lisc_dir):
     """Where a stain leaves much of the red cells violet (LISC's blue fringes), the red-cell
     mask is pieces of cells and their area would count each cell several times (a mean error
-    of 106% on these crops): the peaks count them, as before (38%)."""
+    of 106% on these crops): the peaks count them, at the scale of the red cells measured
+    whole (46% at the pieces' scale)."""
     errors = _red_cell_errors(lisc_dir, "lisc")
-    assert len(errors) == 7 and np.mean(np.abs(errors)) <= 0.5, errors
+    assert len(errors) == 7 and np.mean(np.abs(errors)) <= 0.3, errors
+
+
+@pytest.mark.parametrize("crop", ["monocyte/27.jpg", "neutrophil/174.jpg"])
+def test_white_cells_of_a_stain_that_fringes_red_cells_are_found_whole(lisc_dir, crop):
+    """LISC's red cells are half blue fringe: the red-cell mask keeps pieces of them and read
+    the field's scale at about half, and the white cell, sought at that scale, fell apart
+    into lobes (three boxes) or kept its nucleus alone. Where much of the cells is violet the
+    red cells are measured whole (fringes and centres in) and the cell is one box round it."""
+    rgb = np.asarray(Image.open(lisc_dir / crop).convert("RGB"))
+    boxes = locate_cells(rgb).white_cells
+    assert len(boxes) == 1, boxes
+    x0, y0, x1, y1 = boxes[0]
+    assert x0 < 112 < x1 and y0 < 112 < y1 and min(x1 - x0, y1 - y0) >= 80
 
 
 def _lisc_crops(lisc_dir, per_class=6):

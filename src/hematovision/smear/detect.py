@@ -12,7 +12,9 @@ on the odd ones (benchmarks/bench_smear.py, bench_red_counts.py).
 Where a stain makes the red cells nearly as blue as the nuclei (LISC's lavender red cells), the
 stain score misses the nuclei; a second rule, with every threshold from the field itself, finds
 them as what stands out most from the field's red cells in both darkness-and-blueness
-(``nucleus_score``, the single-cell framing's) and purple (``purple_score``).
+(``nucleus_score``, the single-cell framing's) and purple (``purple_score``). Such a stain
+also fringes red cells blue, and the red-cell mask keeps pieces of them: the field's scale is
+then taken from the red cells whole (``_whole_red_cell_diameter``).
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class FieldStats(NamedTuple):
     distance: np.ndarray  # the red-cell mask's distance transform
     outside: np.ndarray  # padding or a field stop's dark corners (``_outside_field``)
     clumps: np.ndarray  # the red-cell mask's connected components, labelled 1, 2...
+    dark: np.ndarray  # darker than the background (the red-cell mask's threshold), violet or not
 
 
 def _red_cells_of(rgb: np.ndarray) -> FieldStats:
@@ -176,12 +179,12 @@ def _red_cells_of(rgb: np.ndarray) -> FieldStats:
     doubled = stain_score(rgb)
     median = (counted_median(np.bincount(doubled[inside].ravel() + 510, minlength=1021)) - 510) / 2
     score = doubled.astype(np.float32) / 2
-    red, contrast = _red_mask(rgb.sum(-1, dtype=np.int16), score, median, field)
+    red, dark, contrast = _red_mask(rgb.sum(-1, dtype=np.int16), score, median, field)
     # the distance to the nearest other pixel, as at the image's edge: a red cell cut by the
     # padding keeps the size it has where the image ends
     distance = ndi.distance_transform_edt(red | outside)
     distance[outside] = 0
-    return FieldStats(score, median, contrast, red, distance, outside, ndi.label(red)[0])
+    return FieldStats(score, median, contrast, red, distance, outside, ndi.label(red)[0], dark)
 
 
 def _red_cell_diameter(labels: np.ndarray, distance: np.ndarray) -> float | None:
@@ -238,11 +241,11 @@ def _params_for(diameter: float | None) -> SmearParams:
     return SmearParams.for_cell_size(float(np.clip(BCCD_CELL_PX * scale, MIN_CELL_PX, 4000)))
 
 
-def _red_mask(rgb_sum, score, score_median, field) -> tuple[np.ndarray, float]:
+def _red_mask(rgb_sum, score, score_median, field) -> tuple[np.ndarray, np.ndarray, float]:
     """Red-cell pixels: darker than the field's background (Otsu's threshold on the brightness,
     ``R + G + B`` over 3, of the pixels that are not violet), and not violet (nor next to it);
-    and the brightness contrast between the background and the cells; ``field``: the mask of
-    the pixels in the field (not padding).
+    the darker pixels, violet or not; and the brightness contrast between the background and
+    the cells; ``field``: the mask of the pixels in the field (not padding).
 
     Violet pixels are left out of the threshold because a large dark nucleus (a single-cell
     image, a higher magnification) otherwise takes Otsu's split for itself: nucleus against
@@ -254,7 +257,8 @@ def _red_mask(rgb_sum, score, score_median, field) -> tuple[np.ndarray, float]:
     levels = np.arange(766, dtype=np.float32) / np.float32(3)  # each sum's brightness
     present = unstained > 0
     if present.sum() < 2:  # one brightness: nothing stands out
-        return np.zeros(rgb_sum.shape, bool), BCCD_CONTRAST
+        nothing = np.zeros(rgb_sum.shape, bool)
+        return nothing, nothing, BCCD_CONTRAST
     shown = levels[present]  # the same 256 bins as a histogram of every pixel's brightness
     hist, edges = np.histogram(shown, 256, (shown[0], shown[-1]), weights=unstained[present])
     threshold = threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2))
@@ -265,7 +269,8 @@ def _red_mask(rgb_sum, score, score_median, field) -> tuple[np.ndarray, float]:
         levels[darker], weights=counts[darker]
     )
     violet = cross_morphology(stained, grow=True, times=2)
-    return _fill_round_holes(cross_opening(darker[rgb_sum] & ~violet & field)), float(contrast)
+    dark = darker[rgb_sum] & field
+    return _fill_round_holes(cross_opening(dark & ~violet)), dark, float(contrast)
 
 
 def _fill_round_holes(mask: np.ndarray) -> np.ndarray:
@@ -303,7 +308,13 @@ def locate_cells(rgb: np.ndarray, params: SmearParams | None = None) -> Detectio
     measured = None if params else _red_cell_diameter(stats.clumps, stats.distance)
     params = params or _params_for(measured)
     found = _white_cells(rgb, stats, params)
-    red_params, opening = _red_cell_scale(stats, params, measured, found)
+    violet = _violet_share(stats, found.white_cells)
+    if measured and violet > VIOLET_RED_CELLS:
+        whole = _whole_red_cell_diameter(stats, found.white_cells)
+        if whole and whole > measured:  # pieces of cells read smaller than cells, never larger
+            params = _params_for(whole)
+            found = _white_cells(rgb, stats, params)
+    red_params, opening = _red_cell_scale(stats, params, measured, violet)
     if opening and measured and measured > SAME_SCALE[1] * _in_estimate_units(opening):
         found = _white_cells(rgb, stats, red_params)
     found.red_cells = _red_cells(stats, red_params, opening)
@@ -481,7 +492,7 @@ def _close_square(mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def _red_cell_scale(
-    stats: FieldStats, params: SmearParams, measured: float | None, found: Detections
+    stats: FieldStats, params: SmearParams, measured: float | None, violet: float
 ) -> tuple[SmearParams, float | None]:
     """The parameters to find red cells' peaks with, and the red-cell opening diameter to
     count clumps' cells by (None: peaks only).
@@ -495,8 +506,8 @@ def _red_cell_scale(
     cells outside the white cells is violet (a stain that leaves red cells lavender or
     fringed blue, as LISC's), peaks only. The white cells keep the estimate's parameters,
     chosen with it on every lab, unless it exceeds the opening's by more than one
-    microscope's field-to-field spread (``locate_cells``)."""
-    if _violet_share(stats, found.white_cells) > VIOLET_RED_CELLS:
+    microscope's field-to-field spread (``locate_cells``). ``violet``: ``_violet_share``."""
+    if violet > VIOLET_RED_CELLS:
         return params, None
     if measured is None:  # the caller's magnification, or a field of too few red cells
         return params, params.red_cell_opening_px
@@ -517,6 +528,20 @@ def _violet_share(stats: FieldStats, white_cells: list[Box]) -> float:
     for x0, y0, x1, y1 in white_cells:  # within the field (``_cell_box``)
         outside[y0:y1, x0:x1] = False
     return float((stained & outside).sum() / max(1, ((stained | stats.red) & outside).sum()))
+
+
+def _whole_red_cell_diameter(stats: FieldStats, white_cells: list[Box]) -> float | None:
+    """``estimate_red_cell_diameter`` of the red cells whole, violet fringes included: of the
+    darker pixels outside the white cells, every hole filled. Where a stain leaves red cells
+    fringed blue (LISC), the red-cell mask keeps pieces of them and reads the field's scale at
+    half its size or less, and white cells sought at that scale fall apart into lobes."""
+    dark = stats.dark.copy()
+    for x0, y0, x1, y1 in white_cells:
+        dark[y0:y1, x0:x1] = False
+    whole = fill_holes(cross_opening(dark))
+    distance = ndi.distance_transform_edt(whole | stats.outside)
+    distance[stats.outside] = 0
+    return _red_cell_diameter(ndi.label(whole)[0], distance)
 
 
 def _red_cells(stats: FieldStats, params: SmearParams, diameter: float | None) -> list[Point]:

@@ -165,7 +165,7 @@ def analyze_slide(
     classifier = classifier or load_smear_classifier()
     width, height = slide.dimensions
     grid = list(tiles(width, height, core, margin))
-    fill = median_colour(slide.thumbnail(1024))  # beyond the slide's edge, whatever the tiling
+    fill = _background(slide)  # beyond the slide's edge, whatever the tiling
     whole = SmearField(str(Path(path).resolve()), width, height, [])
     with progress_bar(f"tiles of {Path(path).name}", len(grid), enabled=show_progress) as bar:
         for (x0, y0, x1, y1), (cx0, cy0, cx1, cy1) in grid:
@@ -176,6 +176,14 @@ def analyze_slide(
             _classify(slide, part.white_cells, classifier, fill)
             bar.advance(status=f"{len(whole.white_cells)} white cells")
     return whole
+
+
+def _background(slide, side: int = 1024) -> tuple[int, int, int]:
+    """The median colour of the slide's central square (a thumbnail may decode the whole
+    slide where it has no small pyramid level)."""
+    width, height = slide.dimensions
+    x, y = max(0, (width - side) // 2), max(0, (height - side) // 2)
+    return median_colour(slide.region(x, y, min(side, width), min(side, height)))
 
 
 def _classify(slide, cells: list[WhiteCell], classifier, fill) -> None:
