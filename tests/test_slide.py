@@ -115,6 +115,29 @@ def test_a_cell_is_cut_from_the_slide_not_from_its_tile(mosaic, classifier):
     assert same_box >= 3
 
 
+def test_a_slide_without_a_pyramid_is_reduced_region_by_region(mosaic, tmp_path):
+    """A single-level TIFF (a stitched scan) has no small level: its overview is reduced one
+    region at a time, not decoded whole, and looks like the whole image reduced at once."""
+    from hematovision.smear.slide import open_slide, thumbnail_by_regions
+
+    _, fields, h, w = mosaic
+    whole = np.zeros((ROWS * h, COLS * w, 3), np.uint8)
+    for i, field in enumerate(fields):
+        r, c = divmod(i, COLS)
+        whole[r * h : (r + 1) * h, c * w : (c + 1) * w] = field
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, whole, tile=(256, 256), photometric="rgb")
+    slide = open_slide(path)
+    for side, step in ((256, 300), (200, 333)):  # seams every 40 px; at fractions of a pixel
+        small = thumbnail_by_regions(slide, side, step=step)
+        reference = Image.fromarray(whole).resize(small.size, Image.BOX)
+        difference = np.abs(np.asarray(small, np.int16) - np.asarray(reference, np.int16))
+        assert max(small.size) == side and difference.max() <= 1
+    assert np.array_equal(
+        np.asarray(slide.thumbnail(256)), np.asarray(thumbnail_by_regions(slide, 256))
+    )
+
+
 def test_a_larger_mosaic_agrees_with_its_fields_within_the_detectors_own_variation(
     bccd_dir, classifier, tmp_path
 ):

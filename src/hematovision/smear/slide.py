@@ -10,6 +10,7 @@ cell is counted once. The result is one ``SmearField`` for the whole slide, in i
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from .annotate import annotate
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".qptiff"}
 MAX_PLAIN_PIXELS = 200_000_000  # a JPEG/PNG is decoded whole: above this, a tiled TIFF please
 CORE, MARGIN = 2048, 256  # px: a tile's own square, and what it reads around it
+THUMBNAIL_LEVEL = 4  # a pyramid level at most this x a thumbnail's side is reduced whole
 
 
 class PlainImage:
@@ -75,7 +77,35 @@ class TiffSlideImage:
         return self.slide.read_region((x, y), 0, (w, h)).convert("RGB")
 
     def thumbnail(self, side: int) -> Image.Image:
-        return self.slide.get_thumbnail((side, side)).convert("RGB")
+        """The slide within ``side`` pixels: from its pyramid where a level is small enough,
+        else region by region (a slide without a pyramid would be decoded whole)."""
+        level = self.slide.get_best_level_for_downsample(max(self.dimensions) / side)
+        if max(self.slide.level_dimensions[level]) <= THUMBNAIL_LEVEL * side:
+            return self.slide.get_thumbnail((side, side)).convert("RGB")
+        return thumbnail_by_regions(self, side)
+
+
+def thumbnail_by_regions(slide, side: int, step: int = CORE) -> Image.Image:
+    """The slide within ``side`` pixels, reduced about ``step`` source pixels at a time
+    (memory of one region): each block of the thumbnail is resized from exactly the part of
+    the slide it covers (PIL's ``box``, in fractions of a pixel), as a resize of the whole."""
+    width, height = slide.dimensions
+    scale = side / max(width, height)
+    out_w, out_h = max(1, int(width * scale)), max(1, int(height * scale))
+    fx, fy = width / out_w, height / out_h  # slide pixels per thumbnail pixel
+    block = max(1, int(step / max(fx, fy)))
+    small = Image.new("RGB", (out_w, out_h))
+    for oy in range(0, out_h, block):
+        for ox in range(0, out_w, block):
+            ow, oh = min(block, out_w - ox), min(block, out_h - oy)
+            x0, y0, x1, y1 = ox * fx, oy * fy, (ox + ow) * fx, (oy + oh) * fy
+            rx, ry = int(x0), int(y0)
+            region = slide.region(
+                rx, ry, min(width, math.ceil(x1)) - rx, min(height, math.ceil(y1)) - ry
+            )
+            box = (x0 - rx, y0 - ry, x1 - rx, y1 - ry)
+            small.paste(region.resize((ow, oh), Image.BOX, box=box), (ox, oy))
+    return small
 
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF and BigTIFF
