@@ -166,6 +166,7 @@ class FieldStats(NamedTuple):
     outside: np.ndarray  # padding or a field stop's dark corners (``_outside_field``)
     clumps: np.ndarray  # the red-cell mask's connected components, labelled 1, 2...
     dark: np.ndarray  # darker than the background (the red-cell mask's threshold), violet or not
+    violet: np.ndarray  # the stain score above the median by VIOLET_ABOVE_MEDIAN
 
 
 def _red_cells_of(rgb: np.ndarray) -> FieldStats:
@@ -179,12 +180,14 @@ def _red_cells_of(rgb: np.ndarray) -> FieldStats:
     doubled = stain_score(rgb)
     median = (counted_median(np.bincount(doubled[inside].ravel() + 510, minlength=1021)) - 510) / 2
     score = doubled.astype(np.float32) / 2
-    red, dark, contrast = _red_mask(rgb.sum(-1, dtype=np.int16), score, median, field)
+    violet = score > median + VIOLET_ABOVE_MEDIAN
+    red, dark, contrast = _red_mask(rgb.sum(-1, dtype=np.int16), violet, field)
     # the distance to the nearest other pixel, as at the image's edge: a red cell cut by the
     # padding keeps the size it has where the image ends
     distance = ndi.distance_transform_edt(red | outside)
     distance[outside] = 0
-    return FieldStats(score, median, contrast, red, distance, outside, ndi.label(red)[0], dark)
+    clumps = ndi.label(red)[0]
+    return FieldStats(score, median, contrast, red, distance, outside, clumps, dark, violet)
 
 
 def _red_cell_diameter(labels: np.ndarray, distance: np.ndarray) -> float | None:
@@ -241,18 +244,17 @@ def _params_for(diameter: float | None) -> SmearParams:
     return SmearParams.for_cell_size(float(np.clip(BCCD_CELL_PX * scale, MIN_CELL_PX, 4000)))
 
 
-def _red_mask(rgb_sum, score, score_median, field) -> tuple[np.ndarray, np.ndarray, float]:
+def _red_mask(rgb_sum, stained, field) -> tuple[np.ndarray, np.ndarray, float]:
     """Red-cell pixels: darker than the field's background (Otsu's threshold on the brightness,
     ``R + G + B`` over 3, of the pixels that are not violet), and not violet (nor next to it);
     the darker pixels, violet or not; and the brightness contrast between the background and
-    the cells; ``field``: the mask of the pixels in the field (not padding).
+    the cells; ``stained``: the violet pixels; ``field``: the pixels in the field (not padding).
 
     Violet pixels are left out of the threshold because a large dark nucleus (a single-cell
     image, a higher magnification) otherwise takes Otsu's split for itself: nucleus against
     the rest, with pale red cells on the background's side and none counted."""
     from skimage.filters import threshold_otsu
 
-    stained = score > score_median + VIOLET_ABOVE_MEDIAN
     unstained = np.bincount(rgb_sum[field & ~stained], minlength=766)
     levels = np.arange(766, dtype=np.float32) / np.float32(3)  # each sum's brightness
     present = unstained > 0
@@ -523,7 +525,7 @@ def _in_estimate_units(opening: float) -> float:
 def _violet_share(stats: FieldStats, white_cells: list[Box]) -> float:
     """The share of the cells' pixels outside the white cells' boxes that are violet (kept out
     of the red-cell mask): high where a stain leaves red cells partly violet or fringed blue."""
-    stained = stats.score > stats.median + VIOLET_ABOVE_MEDIAN
+    stained = stats.violet
     outside = ~stats.outside
     for x0, y0, x1, y1 in white_cells:  # within the field (``_cell_box``)
         outside[y0:y1, x0:x1] = False
