@@ -197,7 +197,8 @@ def upright_size(data: bytes) -> tuple[int, int]:
 # ---------------------------------------------------------------- canonical framing
 CELL_FRAME = 4.0  # frame side / sqrt(nucleus area): PBC's median, so its crops keep their look
 FRAME_ANALYSIS_SIDE = 160  # px: the nucleus is found on a copy this large (fast, and enough)
-FRAMING_REVISION = 2  # raised whenever frame_cell's boxes change: decode caches are keyed on it
+FRAMING_REVISION = 3  # raised whenever frame_cell's output changes: decode caches are keyed on it
+PADDING_LEVEL = 40  # brightest channel below this, joined to the image's edge: padding
 Box = tuple[int, int, int]  # left, top, side: a square in the source image's pixels
 
 
@@ -340,9 +341,36 @@ def locate_nucleus(img: Image.Image) -> tuple[float, float, float] | None:
     return cx[best] * f, cy[best] * f, float(np.sqrt(areas[best])) * f
 
 
+def padding(rgb: np.ndarray) -> np.ndarray:
+    """Near-black pixels connected to the image's edge (a crop cut beyond its field's edge and
+    padded black, a round field stop's dark corners), grown by a few pixels over their JPEG
+    fringe."""
+    edges = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    if not (edges.max(-1) < PADDING_LEVEL).any():
+        return np.zeros(rgb.shape[:2], bool)
+    dark = np.all(rgb < PADDING_LEVEL, axis=-1)
+    # fill_holes keeps the background that touches the edge: of ~dark, the dark at the edge
+    return cross_morphology(~fill_holes(~dark), grow=True, times=4)
+
+
+def paint_over_padding(img: Image.Image) -> Image.Image:
+    """``img`` with its ``padding`` in the median colour of the rest: framing took black bars
+    for a nucleus (BCCD's white cells cut 3x their box with black beyond the field: 26% right,
+    81% with the field's colour there), and no training image shows them."""
+    rgb = np.asarray(img)
+    outside = padding(rgb)
+    if not outside.any() or outside.all():
+        return img
+    painted = rgb.copy()
+    painted[outside] = np.median(rgb[~outside], axis=0).astype(np.uint8)
+    return Image.fromarray(painted)
+
+
 def frame_cell(img: Image.Image, k: float = CELL_FRAME) -> tuple[Image.Image, Box]:
     """The square around the cell's nucleus of side ``k`` x its size (beyond the image's edge,
-    its median colour), and that square in ``img``'s pixels; the whole image when no nucleus."""
+    its median colour), and that square in ``img``'s pixels; the whole image when no nucleus.
+    Padding (``padding``) is painted over first."""
+    img = paint_over_padding(img)
     found = locate_nucleus(img)
     if found is None:
         side = max(img.size)

@@ -34,6 +34,7 @@ from ..preprocess import (
     fill_holes,
     nucleus_score,
     otsu_upper,
+    padding,
     purple_score,
     stain_score,
 )
@@ -73,7 +74,6 @@ MIN_CELL_PX = 20  # below this, a white cell is a few pixels of stain: nothing t
 # field's median at least this (a near-empty field has a tiny interquartile range)
 NUCLEUS_RISE = 4.0
 NUCLEUS_MIN_VIOLET = 10.0
-OUTSIDE_FIELD = 40  # brightest channel below this, touching the edge: padding or vignette
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the field
 Point = tuple[int, int]  # x, y
@@ -163,7 +163,7 @@ class FieldStats(NamedTuple):
     contrast: float  # mean brightness of the background minus that of the cells
     red: np.ndarray  # red-cell mask
     distance: np.ndarray  # the red-cell mask's distance transform
-    outside: np.ndarray  # padding or a field stop's dark corners (``_outside_field``)
+    outside: np.ndarray  # padding or a field stop's dark corners (``preprocess.padding``)
     clumps: np.ndarray  # the red-cell mask's connected components, labelled 1, 2...
     dark: np.ndarray  # darker than the background (the red-cell mask's threshold), violet or not
     violet: np.ndarray  # the stain score above the median by VIOLET_ABOVE_MEDIAN
@@ -174,7 +174,7 @@ def _red_cells_of(rgb: np.ndarray) -> FieldStats:
 
     The stain score (``preprocess.stain_score``, in halves) and the brightness (R + G + B, in
     thirds) are integers, so their median and histogram are counts, not sorts."""
-    outside = _outside_field(rgb)
+    outside = padding(rgb)
     field = ~outside
     inside = field if outside.any() else slice(None)  # every pixel, unless there is padding
     doubled = stain_score(rgb)
@@ -385,17 +385,6 @@ def _contrast_nuclei(rgb, stats: FieldStats, params: SmearParams, found) -> np.n
     if keep.any():
         keep &= _stands_out(labels, cores, scores, stats, outside)
     return cores & keep[labels]
-
-
-def _outside_field(rgb) -> np.ndarray:
-    """Near-black pixels connected to the image's edge (a crop's padding, a round field stop's
-    dark corners), grown by a few pixels over their JPEG fringe."""
-    edges = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    if not (edges.max(-1) < OUTSIDE_FIELD).any():
-        return np.zeros(rgb.shape[:2], bool)
-    dark = np.all(rgb < OUTSIDE_FIELD, axis=-1)
-    # fill_holes keeps the background that touches the edge: of ~dark, the dark at the edge
-    return cross_morphology(~fill_holes(~dark), grow=True, times=4)
 
 
 def _stands_out(labels, cores, scores, stats: FieldStats, outside) -> np.ndarray:
