@@ -12,7 +12,6 @@ do) or with the field's median colour. For each: accuracy, wrong and not flagged
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
