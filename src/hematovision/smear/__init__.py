@@ -126,11 +126,8 @@ def crop_cell(
 ) -> Image.Image:
     """A square crop centred on the cell, framed like the PBC images the classifier knows;
     beyond the field's edge it is filled with ``fill`` (default: the field's background colour)."""
-    x1, y1, x2, y2 = box
-    side = int(max(x2 - x1, y2 - y1) * params.crop_factor)
-    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    left, top, side = crop_square(box, params)
     crop = Image.new("RGB", (side, side), fill or median_colour(picture))
-    left, top = cx - side // 2, cy - side // 2
     inside = (
         max(0, left),
         max(0, top),
@@ -139,6 +136,13 @@ def crop_cell(
     )
     crop.paste(picture.crop(inside), (max(0, -left), max(0, -top)))
     return crop
+
+
+def crop_square(box, params: SmearParams = DEFAULT_PARAMS) -> tuple[int, int, int]:
+    """(left, top, side) of the square ``crop_cell`` cuts round a cell's box."""
+    x1, y1, x2, y2 = box
+    side = int(max(x2 - x1, y2 - y1) * params.crop_factor)
+    return (x1 + x2) // 2 - side // 2, (y1 + y2) // 2 - side // 2, side
 
 
 def analyze_smear(
@@ -172,7 +176,7 @@ def analyze_smear(
     if classify and cells:
         classifier = classifier or load_smear_classifier()
         fill = median_colour(picture)  # once per field, not once per cell
-        crop = crop_params(classifier)
+        crop = crop_params(classifier, params)
         classify_cells(cells, [crop_cell(picture, c.box, crop, fill) for c in cells], classifier)
     path = str(Path(image).resolve()) if isinstance(image, (str, Path)) else None
     return SmearField(
@@ -180,12 +184,13 @@ def analyze_smear(
     )
 
 
-def crop_params(classifier) -> SmearParams:
-    """How wide a classifier wants its cells cut (the same at every scale): wider for one
-    that frames the cell itself."""
+def crop_params(classifier, params: SmearParams | None = None) -> SmearParams:
+    """How wide a classifier wants its cells cut (``params``' crop factor, the same at every
+    scale): wider for one that frames the cell itself."""
+    crop = params or DEFAULT_PARAMS
     if classifier.spec.framing == "cell":
-        return replace(DEFAULT_PARAMS, crop_factor=FRAMED_CROP_FACTOR)
-    return DEFAULT_PARAMS
+        return replace(crop, crop_factor=FRAMED_CROP_FACTOR)
+    return crop
 
 
 def classify_cells(cells: list[WhiteCell], crops: list[Image.Image], classifier) -> None:

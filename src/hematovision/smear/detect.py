@@ -182,12 +182,24 @@ def _red_cells_of(rgb: np.ndarray) -> FieldStats:
     score = doubled.astype(np.float32) / 2
     violet = score > median + VIOLET_ABOVE_MEDIAN
     red, dark, contrast = _red_mask(rgb.sum(-1, dtype=np.int16), violet, field)
-    # the distance to the nearest other pixel, as at the image's edge: a red cell cut by the
-    # padding keeps the size it has where the image ends
-    distance = ndi.distance_transform_edt(red | outside)
-    distance[outside] = 0
-    clumps = ndi.label(red)[0]
+    distance, clumps = _distance_inside(red, outside), ndi.label(red)[0]
     return FieldStats(score, median, contrast, red, distance, outside, clumps, dark, violet)
+
+
+def _distance_inside(mask: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """``mask``'s distance transform, to the nearest other pixel as at the image's edge: a red
+    cell cut by the padding keeps the size it has where the image ends."""
+    distance = ndi.distance_transform_edt(mask | outside)
+    distance[outside] = 0
+    return distance
+
+
+def _without_boxes(mask: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """A copy of ``mask`` cleared inside ``boxes`` (white cells' boxes, within the field)."""
+    mask = mask.copy()
+    for x0, y0, x1, y1 in boxes:
+        mask[y0:y1, x0:x1] = False
+    return mask
 
 
 def _red_cell_diameter(labels: np.ndarray, distance: np.ndarray) -> float | None:
@@ -514,11 +526,9 @@ def _in_estimate_units(opening: float) -> float:
 def _violet_share(stats: FieldStats, white_cells: list[Box]) -> float:
     """The share of the cells' pixels outside the white cells' boxes that are violet (kept out
     of the red-cell mask): high where a stain leaves red cells partly violet or fringed blue."""
-    stained = stats.violet
-    outside = ~stats.outside
-    for x0, y0, x1, y1 in white_cells:  # within the field (``_cell_box``)
-        outside[y0:y1, x0:x1] = False
-    return float((stained & outside).sum() / max(1, ((stained | stats.red) & outside).sum()))
+    outside = _without_boxes(~stats.outside, white_cells)
+    violet = stats.violet & outside
+    return float(violet.sum() / max(1, (violet | (stats.red & outside)).sum()))
 
 
 def _whole_red_cell_diameter(stats: FieldStats, white_cells: list[Box]) -> float | None:
@@ -526,13 +536,8 @@ def _whole_red_cell_diameter(stats: FieldStats, white_cells: list[Box]) -> float
     darker pixels outside the white cells, every hole filled. Where a stain leaves red cells
     fringed blue (LISC), the red-cell mask keeps pieces of them and reads the field's scale at
     half its size or less, and white cells sought at that scale fall apart into lobes."""
-    dark = stats.dark.copy()
-    for x0, y0, x1, y1 in white_cells:
-        dark[y0:y1, x0:x1] = False
-    whole = fill_holes(cross_opening(dark))
-    distance = ndi.distance_transform_edt(whole | stats.outside)
-    distance[stats.outside] = 0
-    return _red_cell_diameter(ndi.label(whole)[0], distance)
+    whole = fill_holes(cross_opening(_without_boxes(stats.dark, white_cells)))
+    return _red_cell_diameter(ndi.label(whole)[0], _distance_inside(whole, stats.outside))
 
 
 def _red_cells(stats: FieldStats, params: SmearParams, diameter: float | None) -> list[Point]:

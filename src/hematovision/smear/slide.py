@@ -28,6 +28,7 @@ from . import (
     classify_cells,
     crop_cell,
     crop_params,
+    crop_square,
     load_smear_classifier,
 )
 from .annotate import annotate
@@ -196,6 +197,7 @@ def analyze_slide(
     width, height = slide.dimensions
     grid = list(tiles(width, height, core, margin))
     fill = _background(slide)  # beyond the slide's edge, whatever the tiling
+    crop = crop_params(classifier, params)
     whole = SmearField(str(Path(path).resolve()), width, height, [])
     with progress_bar(f"tiles of {Path(path).name}", len(grid), enabled=show_progress) as bar:
         for (x0, y0, x1, y1), (cx0, cy0, cx1, cy1) in grid:
@@ -203,7 +205,7 @@ def analyze_slide(
             within = (cx0 - x0, cy0 - y0, cx1 - x0, cy1 - y0)
             part = analyze_smear(tile, params=params, classify=False, within=within)
             _add(whole, part, x0, y0)
-            _classify(slide, part.white_cells, classifier, fill)
+            _classify(slide, part.white_cells, classifier, crop, fill)
             bar.advance(status=f"{len(whole.white_cells)} white cells")
     return whole
 
@@ -216,19 +218,17 @@ def _background(slide, side: int = 1024) -> tuple[int, int, int]:
     return median_colour(slide.region(x, y, min(side, width), min(side, height)))
 
 
-def _classify(slide, cells: list[WhiteCell], classifier, fill) -> None:
+def _classify(slide, cells: list[WhiteCell], classifier, crop, fill) -> None:
     """Cells cut from the slide, not from their tile: a crop reaches further than a tile's
     margin (3x the cell for a model that frames cells), and a crop cut by a tile's edge would
     make a cell's class depend on the tiling."""
     if not cells:
         return
-    crop = crop_params(classifier)
     width, height = slide.dimensions
     crops = []
     for cell in cells:
         x1, y1, x2, y2 = cell.box
-        side = int(max(x2 - x1, y2 - y1) * crop.crop_factor)  # as crop_cell cuts it
-        left, top = (x1 + x2) // 2 - side // 2, (y1 + y2) // 2 - side // 2
+        left, top, side = crop_square(cell.box, crop)
         x0, y0 = max(0, left), max(0, top)
         region = slide.region(x0, y0, min(width, left + side) - x0, min(height, top + side) - y0)
         crops.append(crop_cell(region, (x1 - x0, y1 - y0, x2 - x0, y2 - y0), crop, fill))
