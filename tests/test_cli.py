@@ -1,5 +1,6 @@
 """The command line: output formats, one-line errors, exit codes."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -135,3 +136,40 @@ def test_predict_table_counts_the_differential_under_the_lab_rule():
     assert result.returncode == 0
     assert "differential over 3 white cell(s)" in result.stdout
     assert "nucleated red cells: 3 (100.0 per 100 white cells)" in result.stdout
+
+
+def test_smear_flags_its_differential_against_the_labs_reference_intervals(tmp_path):
+    from hematovision.inference import DEFAULT_MODEL
+
+    samples = sorted((DEFAULT_MODEL.parent / "samples").glob("*.jpg"))
+    fields = [str(p) for p in samples if p.name.startswith(("neutrophil", "lymphocyte"))]
+
+    def differential(*extra) -> dict:
+        out = tmp_path / f"out{len(extra)}"
+        result = _run("-q", "smear", *fields, "--out", str(out), *extra)
+        assert result.returncode == 0, result.stderr
+        with open(out / "differential.csv", newline="") as fh:
+            return {row["class"]: row for row in csv.DictReader(fh)}
+
+    # three neutrophils and three lymphocytes against the typical adult intervals
+    rows = differential()
+    assert rows["neutrophil"]["count"] == rows["lymphocyte"]["count"] == "3"
+    assert (rows["lymphocyte"]["reference_high"], rows["lymphocyte"]["flag"]) == ("45.0", "H")
+    assert (rows["monocyte"]["flag"], rows["neutrophil"]["flag"]) == ("L", "")
+    # the lab's own: neutrophils 60-80% (50% is low); the classes it leaves out are not flagged
+    lab = tmp_path / "lab.csv"
+    lab.write_text("class,low,high\nneutrophil,60,80\n")
+    rows = differential("--reference-intervals", str(lab))
+    assert (rows["neutrophil"]["reference_low"], rows["neutrophil"]["flag"]) == ("60.0", "L")
+    assert rows["lymphocyte"]["flag"] == rows["monocyte"]["flag"] == ""
+    assert rows["lymphocyte"]["reference_low"] == ""
+    # a bad file: one line and exit 2 before any field is read or anything written
+    lab.write_text("class,low,high\nneutrophil,80,60\n")
+    result = _run(
+        "-q", "smear", *fields, "--out", str(tmp_path / "bad"), "--reference-intervals", str(lab)
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: {lab}, line 2: need 0 <= low <= high <= 100, got 80.0-60.0"
+    ]
+    assert not (tmp_path / "bad").exists()

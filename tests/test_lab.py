@@ -14,7 +14,13 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from hematovision.differential import percent_interval
+from hematovision.differential import (
+    ADULT_INTERVALS,
+    ReferenceIntervals,
+    count_differential,
+    percent_interval,
+)
+from hematovision.errors import HematoVisionError
 from hematovision.inference import DEFAULT_MODEL, Classifier
 from hematovision.web import create_app
 from hematovision.web.config import WebSettings
@@ -83,6 +89,91 @@ def test_the_intervals_are_exact_binomial_as_in_rumkes_tables():
     assert percent_interval(200, 200)[1] == 100.0
     low200, high200 = percent_interval(20, 200)
     assert high200 - low200 < 17.6 - 4.9  # more cells, a narrower interval
+
+
+def _intervals_file(tmp_path, text: str):
+    path = tmp_path / "intervals.csv"
+    path.write_text(text)
+    return path
+
+
+def test_a_differential_is_flagged_against_the_labs_reference_intervals(tmp_path):
+    lab = ReferenceIntervals.read(
+        _intervals_file(tmp_path, "class,low,high\nneutrophil,50,70\nbasophil,0,1\n")
+    )
+    cells = [("neutrophil", False)] * 70 + [("lymphocyte", False)] * 29 + [("basophil", False)]
+    cells += [("basophil", True)] * 5  # to review: counted nowhere, flagged nowhere
+    d = count_differential(cells, intervals=lab)
+    assert d.flag("neutrophil") is None and d.flag("basophil") is None  # 70% and 1%: the limits
+    assert d.flag("lymphocyte") is None and d.outside_reference == []  # the lab sets none
+    d = count_differential(cells + [("neutrophil", False)], intervals=lab)
+    assert d.flag("neutrophil") == "H" and d.outside_reference == ["neutrophil"]
+    body = d.to_dict()
+    assert body["white_cells"]["neutrophil"]["reference"] == [50.0, 70.0]
+    assert body["white_cells"]["lymphocyte"] == {**body["white_cells"]["lymphocyte"], "flag": None}
+    assert body["reference_intervals"] == str(tmp_path / "intervals.csv")
+    # the typical adult intervals by default: a third of the cells called basophils is "H",
+    # no monocyte "L", and any nucleated red cell "H" (per 100 white cells)
+    collapse = [("neutrophil", False)] * 60 + [("basophil", False)] * 35 + [("erythroblast", False)]
+    d = count_differential(collapse + [("lymphocyte", False)] * 5)
+    assert d.intervals is ADULT_INTERVALS
+    assert d.outside_reference == ["basophil", "lymphocyte", "monocyte", "erythroblast"]
+    assert [d.flag(c) for c in d.outside_reference] == ["H", "L", "L", "H"]
+    assert count_differential([]).outside_reference == []  # nothing counted: nothing flagged
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "need a header 'class,low,high'"),
+        ("label,min,max\nneutrophil,40,75\n", "need a header 'class,low,high'"),
+        ("class,low,high\nneutrophil,forty,75\n", "line 2: low and high must be numbers"),
+        ("class,low,high\nneutrophil,40,75\nmonocyte,10,2\n", "line 3: need 0 <= low <= high"),
+        ("class,low,high\nneutrophil,40,175\n", "line 2: need 0 <= low <= high <= 100"),
+        ("class,low,high\nneutrophil,40,75\nneutrophil,1,2\n", "line 3: a repeated class"),
+        ("class,low,high\n,40,75\n", "line 2: no class name"),
+    ],
+)
+def test_a_bad_reference_intervals_file_says_which_line_and_why(tmp_path, text, message):
+    with pytest.raises(HematoVisionError, match=message):
+        ReferenceIntervals.read(_intervals_file(tmp_path, text))
+
+
+def test_the_labs_intervals_reach_the_api_page_fhir_and_pdf(tmp_path, classifier, database_url):
+    from pypdf import PdfReader
+
+    # every class's upper limit at 0 (erythroblasts: none): whatever is counted is "H"
+    text = "class,low,high\n" + "".join(
+        f"{c},0,0\n" for c in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+    )
+    path = _intervals_file(tmp_path, text)
+    settings = WebSettings(
+        data_dir=str(tmp_path / "data"), database_url=database_url, reference_intervals=str(path)
+    )
+    app = create_app(settings, classifier=classifier)
+    app.config.update(TESTING=True, WTF_CSRF_ENABLED=False)
+    client = app.test_client()
+    sample = new_sample(client, SAMPLES[:12])
+    d = sample["differential"]
+    counted = [c for c, v in d["white_cells"].items() if v["count"] and c != "ig"]
+    assert counted and d["reference_intervals"] == str(path)
+    assert all(d["white_cells"][c]["flag"] == "H" for c in counted)
+    assert d["white_cells"]["ig"]["reference"] is None and d["white_cells"]["ig"]["flag"] is None
+    assert set(counted) <= set(d["outside_reference"])
+    page = client.get(f"/samples/{sample['id']}").data.decode()
+    assert 'id="outside-reference"' in page and 'id="outside-reference" hidden' not in page
+    assert page.count('data-field="flag">H<') == len(counted)
+    report = DiagnosticReport.model_validate(
+        client.get(f"/api/v1/samples/{sample['id']}/fhir").get_json()
+    )
+    flagged = {o.id.removeprefix("obs-"): o for o in report.contained if o.interpretation}
+    assert set(flagged) == set(counted)
+    for o in flagged.values():
+        assert o.interpretation[0].coding[0].code == "H"
+        assert o.referenceRange[0].high.value == 0 and o.referenceRange[0].high.code == "%"
+    pdf = PdfReader(io.BytesIO(client.get(f"/samples/{sample['id']}/report.pdf").data))
+    text = " ".join(" ".join(page.extract_text().split()) for page in pdf.pages)
+    assert "Outside the reference intervals:" in text and f"Reference intervals: {path}" in text
 
 
 # ---------------------------------------------------------------- samples and review

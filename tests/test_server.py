@@ -251,6 +251,18 @@ def test_a_busy_port_is_one_clear_line_before_anything_starts(tmp_path):
     assert "serving on" not in result.stdout + result.stderr
 
 
+def test_a_bad_reference_intervals_file_is_one_clear_line_before_anything_starts(tmp_path):
+    intervals = tmp_path / "lab.csv"
+    intervals.write_text("class,low,high\nmonocyte,2,ten\n")
+    command = serve_command(_free_port(), tmp_path / "d", "--reference-intervals", str(intervals))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines == [
+        f"error: {intervals}, line 2: low and high must be numbers (percent)"
+    ], result.stderr
+    assert not (tmp_path / "d").exists()  # nothing made before the check
+
+
 def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
@@ -409,6 +421,9 @@ def _remember(base: str) -> None:
         CREATED[kind] |= {r["id"] for r in listed[kind]}
 
 
+_MONOCYTES = '#sample-differential tr[data-class="monocyte"] [data-field="count"]'
+
+
 def _wait_for(page, expression: str, seconds: float = 15):
     """Poll a JavaScript expression until it is truthy (``page.wait_for_function`` evaluates a
     string, which the pages' Content-Security-Policy rightly forbids)."""
@@ -558,6 +573,15 @@ def test_review_a_sample_with_the_keyboard_sign_it_and_amend_it_under_make_run(
     moved = f'.group-cells[data-group="monocyte"] .cell-tile[data-cell-id="{cell_id}"]'
     page.wait_for_selector(moved)
     assert _count(page, "monocyte") == monocytes + 1
+    # the reference flags follow the count as the server answers it
+    summary = request(make_run, f"/api/v1/samples/{public_id}")[1]["differential"]
+    count = summary["white_cells"]["monocyte"]["count"]
+    _wait_for(page, f"document.querySelector('{_MONOCYTES}').textContent === '{count}'")
+    for label, value in summary["white_cells"].items():
+        row = page.locator(f'#sample-differential tr[data-class="{label}"]')
+        assert row.locator('[data-field="count"]').inner_text() == str(value["count"])
+        assert row.locator('[data-field="flag"]').inner_text() == (value["flag"] or ""), label
+    assert page.locator("#outside-reference").is_visible() == bool(summary["outside_reference"])
     assert page.locator(moved).get_attribute("data-status") == "reclassified"
     # the selection moved on; x excludes it as debris
     selected = page.locator(".cell-tile.selected")

@@ -257,11 +257,11 @@ def test_batch_result_has_differential_and_csv(client):
     r = _post(client, [_sample(0), _sample(1), _sample(12)])
     upload = r.get_json()["upload_id"]
     page = client.get(f"/results/{upload}").data.decode()
-    assert 'id="differential"' in page
+    assert 'id="differential"' in page and "Reference intervals: typical adult" in page
     lines = client.get(f"/results/{upload}.csv").data.decode().splitlines()
     assert lines[0].startswith("id,filename,label,confidence,uncertain,") and len(lines) == 4
     rows = client.get(f"/results/{upload}/differential.csv").data.decode().splitlines()
-    assert rows[0] == "class,count,percent"
+    assert rows[0] == "class,count,percent,reference_low,reference_high,flag"
     counts = {row.split(",")[0]: int(row.split(",")[1]) for row in rows[1:]}
     assert counts["white cells counted"] == 3 and counts[SAMPLES[0].name.rsplit("_", 2)[0]] >= 2
     assert counts["basophil"] + counts["lymphocyte"] == 3  # the three samples' classes

@@ -260,6 +260,7 @@ def cmd_predict(args) -> int:
 
         job = functools.partial(predict_on_ray, batch_size=args.batch_size)
         return _on_ray(args, args.paths, job, "images classified")
+    intervals = _intervals(args)  # a bad file stops here, before any work
     classifier = Classifier.load(
         args.model, precision=args.precision, tta=args.tta, engine=args.engine
     )
@@ -270,7 +271,7 @@ def cmd_predict(args) -> int:
         "json": _print_predictions_json,
         "csv": _print_predictions_csv,
         "table": _print_predictions_table,
-    }[args.format](results, classifier, args)
+    }[args.format](results, classifier, args, intervals)
     return 1 if failures else 0
 
 
@@ -321,7 +322,7 @@ def _classify_paths(classifier, paths: list[str], heat_dir: Path | None, args):
     return results, failures
 
 
-def _print_predictions_json(results, classifier, args) -> None:
+def _print_predictions_json(results, classifier, args, intervals) -> None:
     rows = [
         {"path": p, **pred.to_dict(), "top_k": [[c, v] for c, v in pred.top(args.top_k)]}
         for p, pred in results
@@ -329,14 +330,14 @@ def _print_predictions_json(results, classifier, args) -> None:
     print(json.dumps(rows, indent=1))
 
 
-def _print_predictions_csv(results, classifier, args) -> None:
+def _print_predictions_csv(results, classifier, args, intervals) -> None:
     from .tables import write_predictions_csv
 
     records = ({"path": p, **pred.to_dict()} for p, pred in results)
     write_predictions_csv(sys.stdout, records, classifier.classes, keys=("path",))
 
 
-def _print_predictions_table(results, classifier, args) -> None:
+def _print_predictions_table(results, classifier, args, intervals) -> None:
     from .differential import count_differential, display_name
 
     engine = classifier.engine_info()
@@ -354,25 +355,31 @@ def _print_predictions_table(results, classifier, args) -> None:
     out.print(table)
     if len(results) > 1:
         cells = ((pred.label, pred.uncertain) for _, pred in results)
-        print_differential(count_differential(cells, classifier.classes))
+        print_differential(count_differential(cells, classifier.classes, intervals=intervals))
 
 
 def print_differential(d) -> None:
     """The differential under the lab's rule (hematovision.differential), as a table."""
-    from .differential import display_name
+    from .differential import display_name, interval_text
 
     table = Table(title=f"differential over {d.counted} white cell(s)")
-    for col in ("white cell", "count", "%"):
-        table.add_column(col, justify="left" if col == "white cell" else "right")
+    for col in ("white cell", "count", "%", "reference", ""):
+        table.add_column(col, justify="left" if col in ("white cell", "") else "right")
     for c, n in d.white_cells.items():
-        table.add_row(display_name(c), str(n), f"{d.percent(c):.1f}")
+        reference = interval_text(d.intervals.of(c))
+        table.add_row(display_name(c), str(n), f"{d.percent(c):.1f}", reference, d.flag(c) or "")
     out.print(table)
     nrbc = d.nrbc_per_100_white_cells
     out.print(
         f"nucleated red cells: {d.nucleated_red_cells}"
         + (f" ({nrbc:.1f} per 100 white cells)" if nrbc is not None else "")
+        + (f" {d.flag('erythroblast')}" if d.flag("erythroblast") else "")
         + f"; platelets: {d.platelets}; to review (not counted): {d.to_review}"
+        + f"\nreference intervals: {d.intervals.source}"
     )
+    if d.outside_reference:
+        names = ", ".join(display_name(c) for c in d.outside_reference)
+        out.print(f"[yellow]outside the reference intervals: {names}[/]")
 
 
 # ---------------------------------------------------------------- smear fields
@@ -384,11 +391,12 @@ def cmd_smear(args) -> int:
 
         return _on_ray(args, args.images, analyze_on_ray, "fields analysed")
     params = None if args.cell_size is None else SmearParams.for_cell_size(args.cell_size)
+    intervals = _intervals(args)
     classifier = load_smear_classifier(args.model, engine=args.engine)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = _analyse_paths(classifier, paths, params, out_dir, args)
     _report_failures(failures, len(paths))
-    differential = field_differential(fields, classifier.classes)
+    differential = field_differential(fields, classifier.classes, intervals)
     if out_dir:
         _write_smear_tables(out_dir, fields, differential)
     {"json": _print_smear_json, "csv": _print_smear_csv, "table": _print_smear_table}[args.format](
@@ -484,6 +492,7 @@ def cmd_serve(args) -> int:
         store_images=False if args.no_store_images else None,
         threads=args.threads,
         engine=args.engine,
+        reference_intervals=args.reference_intervals,
     )
     return 0
 
@@ -799,6 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_option(r)
     _ray_option(r)
     r.add_argument("--out", help="with --ray: the folder for the results")
+    _intervals_option(r)
     r.set_defaults(func=cmd_predict)
 
     m = sub.add_parser("smear", help="find, classify and count the white cells of smear fields")
@@ -817,6 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _engine_option(m)
     _ray_option(m)
+    _intervals_option(m)
     m.set_defaults(func=cmd_smear)
 
     w = sub.add_parser("serve", help="run the web application (production server)")
@@ -830,6 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no-store-images", action="store_true", help="keep results, not images")
     w.add_argument("--threads", type=int, help="threads per worker (env HEMATOVISION_THREADS)")
     _engine_option(w, default=None, env=" (env HEMATOVISION_ENGINE)")
+    _intervals_option(w)
     w.set_defaults(func=cmd_serve)
 
     st = sub.add_parser("storage", help="the web app's database and image store")
@@ -904,6 +916,24 @@ def _models_parser(sub) -> None:
 def _storage_options(parser) -> None:
     parser.add_argument("--data-dir", help="the web app's data (env HEMATOVISION_DATA_DIR)")
     parser.add_argument("--database-url", help="env HEMATOVISION_DATABASE_URL")
+
+
+def _intervals_option(parser) -> None:
+    parser.add_argument(
+        "--reference-intervals",
+        metavar="CSV",
+        help="the lab's reference intervals, a CSV file class,low,high in percent "
+        "(env HEMATOVISION_REFERENCE_INTERVALS; default: typical adult intervals)",
+    )
+
+
+def _intervals(args):
+    """The reference intervals the differential is flagged against."""
+    from .differential import ReferenceIntervals
+
+    if args.reference_intervals:
+        return ReferenceIntervals.read(args.reference_intervals)
+    return ReferenceIntervals.configured()
 
 
 def _ray_option(parser) -> None:

@@ -50,7 +50,28 @@ def _coding(code: tuple[str, str]) -> dict:
     return {"coding": [{"system": LOINC, "code": code[0], "display": code[1]}], "text": code[1]}
 
 
-def _observation(key: str, code: tuple[str, str], status: str, value, unit, note: str) -> dict:
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+FLAGS = {"H": "High", "L": "Low"}
+
+
+def _reference(value: dict, unit: tuple[str, str]) -> dict:
+    """The lab's reference interval (``referenceRange``) and the H/L flag (``interpretation``)
+    of a value of the differential's JSON; none for a version signed before they were kept."""
+    out = {}
+    if value.get("reference"):
+        low, high = (_quantity(v, unit) for v in value["reference"])
+        out["referenceRange"] = [{"low": low, "high": high}]
+    if value.get("flag"):
+        coding = {"system": INTERPRETATION, "code": value["flag"], "display": FLAGS[value["flag"]]}
+        out["interpretation"] = [{"coding": [coding]}]
+    return out
+
+
+def _observation(
+    key: str, code: tuple[str, str], status: str, entry: dict, field: str, unit, note: str
+) -> dict:
+    """One Observation from an ``entry`` of the differential's JSON: its ``field``'s value,
+    and its reference interval and flag where the entry has them."""
     return {
         "resourceType": "Observation",
         "id": f"obs-{key}",
@@ -66,9 +87,14 @@ def _observation(key: str, code: tuple[str, str], status: str, value, unit, note
             }
         ],
         "code": _coding(code),
-        "valueQuantity": {"value": value, "unit": unit[0], "system": UCUM, "code": unit[1]},
+        "valueQuantity": _quantity(entry[field], unit),
         "note": [{"text": note}],
+        **_reference(entry, unit),
     }
+
+
+def _quantity(value: float, unit: tuple[str, str]) -> dict:
+    return {"value": value, "unit": unit[0], "system": UCUM, "code": unit[1]}
 
 
 def diagnostic_report(sample: dict, signed: dict | None, model: dict) -> dict:
@@ -85,7 +111,7 @@ def diagnostic_report(sample: dict, signed: dict | None, model: dict) -> dict:
         low, high = value.get("ci95", (None, None))
         note = f"{value['count']} of {counted} white cells; 95% interval {low}-{high}%"
         observations.append(
-            _observation(label, CODES[kind][label], status, value["percent"], ("%", "%"), note)
+            _observation(label, CODES[kind][label], status, value, "percent", ("%", "%"), note)
         )
     nrbc = differential["nucleated_red_cells"]
     if nrbc["per_100_white_cells"] is not None:
@@ -94,7 +120,8 @@ def diagnostic_report(sample: dict, signed: dict | None, model: dict) -> dict:
                 "nrbc",
                 CODES[kind]["erythroblast"],
                 status,
-                nrbc["per_100_white_cells"],
+                nrbc,
+                "per_100_white_cells",
                 ("/100 WBC", "/100{WBCs}"),
                 f"{nrbc['count']} nucleated red cells counted beside {counted} white cells",
             )

@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
-from .differential import display_name
+from .differential import display_name, interval_text
 
 CELLS_PER_ROW = 10
 CELL_SIDE_MM = 16
@@ -75,11 +75,14 @@ def _differential_table(summary: dict):
     from reportlab.lib import colors
     from reportlab.platypus import Table, TableStyle
 
-    rows = [["white cell", "count", "%", "95% interval"]]
+    rows = [["white cell", "count", "%", "95% interval", "reference", ""]]
     for label, v in summary["white_cells"].items():
         interval = "{:.1f}-{:.1f}".format(*v["ci95"])
-        rows.append([display_name(label), v["count"], f"{v['percent']:.1f}", interval])
-    rows.append(["counted", summary["white_cells_counted"], "", f"target {summary['target']}"])
+        reference = interval_text(v.get("reference"), "-")  # a version signed before: none
+        row = [display_name(label), v["count"], f"{v['percent']:.1f}", interval, reference]
+        rows.append([*row, v.get("flag") or ""])
+    counted = ["counted", summary["white_cells_counted"], "", f"target {summary['target']}"]
+    rows.append([*counted, "", ""])
     table = Table(rows, hAlign="LEFT")
     table.setStyle(
         TableStyle(
@@ -97,12 +100,18 @@ def _differential_table(summary: dict):
 def _other_counts(summary: dict) -> list[str]:
     nrbc = summary["nucleated_red_cells"]
     per_100 = nrbc["per_100_white_cells"]
-    return [
+    lines = [
         f"Nucleated red cells: {nrbc['count']} "
-        f"({'-' if per_100 is None else per_100} per 100 white cells)",
+        f"({'-' if per_100 is None else per_100} per 100 white cells) {nrbc.get('flag') or ''}",
         f"Platelets (apart): {summary['platelets']}",
         f"To review: {summary['to_review']}",
     ]
+    if summary.get("reference_intervals"):
+        lines.append(f"Reference intervals: {escape(summary['reference_intervals'])}")
+    if summary.get("outside_reference"):
+        names = ", ".join(display_name(c) for c in summary["outside_reference"])
+        lines.append(f"<b>Outside the reference intervals: {escape(names)}</b>")
+    return lines
 
 
 def _footnote(report: SampleReport) -> str:

@@ -52,21 +52,30 @@ def write_predictions_csv(
 
 
 def write_differential_csv(stream: IO[str], differential: Differential) -> None:
-    """The white-cell differential (count and percent per class), then the totals: white
-    cells counted, nucleated red cells per 100 white cells, platelets, cells to review."""
+    """The white-cell differential (count and percent per class, beside the lab's reference
+    interval and its H/L flag), then the totals: white cells counted, nucleated red cells per
+    100 white cells, platelets, cells to review."""
     d = differential
-    rows = [[c, n, f"{d.percent(c):.1f}"] for c, n in d.white_cells.items()]
+
+    def reference(label: str) -> list:
+        low, high = d.intervals.of(label) or ("", "")
+        return [low, high, d.flag(label) or ""]
+
+    rows = [[c, n, f"{d.percent(c):.1f}", *reference(c)] for c, n in d.white_cells.items()]
+    nrbc = d.nrbc_per_100_white_cells
     rows += [
-        ["white cells counted", d.counted, "100.0" if d.counted else "0.0"],
+        ["white cells counted", d.counted, "100.0" if d.counted else "0.0", "", "", ""],
         [
             "nucleated red cells (per 100 white cells)",
             d.nucleated_red_cells,
-            "" if d.nrbc_per_100_white_cells is None else f"{d.nrbc_per_100_white_cells:.1f}",
+            "" if nrbc is None else f"{nrbc:.1f}",
+            *reference("erythroblast"),
         ],
-        ["platelets", d.platelets, ""],
-        ["to review (not counted)", d.to_review, ""],
+        ["platelets", d.platelets, "", "", "", ""],
+        ["to review (not counted)", d.to_review, "", "", "", ""],
     ]
-    write_csv(stream, ["class", "count", "percent"], rows)
+    header = ["class", "count", "percent", "reference_low", "reference_high", "flag"]
+    write_csv(stream, header, rows)
 
 
 SMEAR_CELL_COLUMNS = (

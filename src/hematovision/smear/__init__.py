@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..differential import Differential, count_differential
+from ..differential import Differential, ReferenceIntervals, count_differential
 from ..errors import HematoVisionError
 from ..preprocess import ImageInput, median_colour, to_rgb
 from .annotate import PALETTE, annotate
@@ -201,10 +201,13 @@ def classify_cells(cells: list[WhiteCell], crops: list[Image.Image], classifier)
 
 
 def field_differential(
-    fields: Iterable[dict], classes: Iterable[str] | None = None
+    fields: Iterable[dict],
+    classes: Iterable[str] | None = None,
+    intervals: ReferenceIntervals | None = None,
 ) -> Differential:
     """The differential over analysed fields (``SmearField.to_dict()`` or stored fields):
     their white cells, and the platelets the detector counted."""
     fields = list(fields)
     cells = ((c["label"], bool(c["uncertain"])) for f in fields for c in f["white_cells"])
-    return count_differential(cells, classes, platelets=sum(f["platelets"] for f in fields))
+    platelets = sum(f["platelets"] for f in fields)
+    return count_differential(cells, classes, platelets, intervals)

@@ -5,14 +5,21 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest
 
-from ..smear import field_differential
 from ..storage import LabError
 from . import MAX_ID, error_response
 from .auth import actor, audit, delete_audited
 from .openapi import openapi_document
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
-from .samples import add_files, decide, fhir_document, sample_differential, sample_json
-from .service import UploadError, analyze_files, classify_files, upload_differential, uploaded_files
+from .samples import (
+    add_files,
+    decide,
+    fhir_document,
+    sample_differential,
+    sample_json,
+    smear_differential,
+    upload_differential,
+)
+from .service import UploadError, analyze_files, classify_files, uploaded_files
 
 api = Blueprint("api", __name__)
 
@@ -46,9 +53,7 @@ def _prediction_json(record) -> dict:
 def smear_json(record) -> dict:
     """A smear analysis as the API shows it, with its differential under the lab's rule."""
     data = record.to_dict()
-    data["differential"] = field_differential(
-        record.fields, get_smear_classifier().classes
-    ).to_dict()
+    data["differential"] = smear_differential(record).to_dict()
     data["links"] = {
         "self": url_for("api.get_smear", smear_id=record.id),
         "page": url_for("pages.smear_result", smear_id=record.id),
@@ -74,7 +79,7 @@ def create_predictions():
     body = {
         "predictions": [_prediction_json(p) for p in upload.predictions],
         "rejected": list(upload.rejected or []),
-        "differential": upload_differential(upload, get_classifier().classes).to_dict(),
+        "differential": upload_differential(upload).to_dict(),
         "model": model_summary(),
         "upload_id": upload.id,
     }

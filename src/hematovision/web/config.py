@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
+from ..differential import ADULT_INTERVALS, ReferenceIntervals
 from ..errors import HematoVisionError
 
 
@@ -31,6 +33,7 @@ class WebSettings:
     engine: str = "auto"  # onnxruntime, openvino, or auto (see inference/engines.py)
     model_threads: int = 1  # inference threads per worker process
     request_timeout: float = 30.0  # seconds a client may take to send one request body
+    reference_intervals: str | None = None  # CSV class,low,high; None: typical adult ones
 
     def __post_init__(self):
         # resolved once, at start-up: files are written and served from the same place
@@ -47,6 +50,13 @@ class WebSettings:
                 values[f.name] = _parse(f.name, text, f.default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @cached_property
+    def intervals(self) -> ReferenceIntervals:
+        """The lab's reference intervals, read once (a bad file stops the server starting)."""
+        if not self.reference_intervals:
+            return ADULT_INTERVALS
+        return ReferenceIntervals.read(self.reference_intervals)
 
     def secret_key(self) -> bytes:
         """``HEMATOVISION_SECRET_KEY``, else a key made once and kept in the data folder, so

@@ -43,6 +43,12 @@ def _page_of(key: str, item: str) -> dict:
     return _obj(tuple(fields), **fields)
 
 
+# the lab's reference interval (low, high; null where it sets none) and the flag against it
+REFERENCE = {
+    "reference": {**_array(NUM, minItems=2, maxItems=2), "nullable": True},
+    "flag": {"type": "string", "enum": ["H", "L"], "nullable": True},
+}
+
 SCHEMAS = {
     "Error": _obj(
         ("error",),
@@ -60,6 +66,7 @@ SCHEMAS = {
                 count=INT,
                 percent=NUM,
                 ci95=_array(NUM, minItems=2, maxItems=2),  # exact binomial 95% interval, %
+                **REFERENCE,
             ),
         },
         white_cells_counted=INT,
@@ -67,9 +74,12 @@ SCHEMAS = {
             ("count", "per_100_white_cells"),
             count=INT,
             per_100_white_cells={"type": "number", "nullable": True},
+            **REFERENCE,
         ),
         platelets=INT,
         to_review=INT,
+        outside_reference=_array(STR),  # the classes flagged H or L
+        reference_intervals=STR,  # where the intervals come from
     ),
     "Prediction": _obj(
         ("id", "upload_id", "filename", "label", "confidence", "uncertain", "probabilities"),

@@ -19,14 +19,14 @@ from flask import (
 )
 from werkzeug.exceptions import BadRequest
 
-from ..differential import display_name
+from ..differential import display_name, interval_text
 from ..inference.classifier import SAMPLES
-from ..smear import field_differential
 from ..storage import LabError
 from ..tables import write_differential_csv, write_predictions_csv, write_smear_cells_csv
 from . import MAX_ID, static_vendor_dir
 from .auth import audit, delete_audited
 from .resources import get_classifier, get_settings, get_smear_classifier, get_storage
+from .samples import smear_differential, upload_differential
 from .service import (
     ACCEPTED,
     UploadError,
@@ -35,7 +35,6 @@ from .service import (
     classify_files,
     heatmap_jpeg,
     sniff,
-    upload_differential,
     uploaded_files,
 )
 
@@ -47,6 +46,9 @@ IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}  # content
 @pages.app_template_filter("display_name")
 def _display_name(label: str | None) -> str:
     return display_name(label)
+
+
+pages.add_app_template_filter(interval_text, "reference")
 
 
 @lru_cache(maxsize=1)
@@ -122,7 +124,7 @@ def result(upload_id: int):
         "result.html",
         upload=record,
         classes=classes,
-        differential=upload_differential(record, classes),
+        differential=upload_differential(record),
         current_version=get_classifier().version,
     )
 
@@ -148,7 +150,7 @@ def result_csv(upload_id: int):
 def result_differential_csv(upload_id: int):
     record = _upload_or_404(upload_id)
     buffer = io.StringIO()
-    write_differential_csv(buffer, upload_differential(record, get_classifier().classes))
+    write_differential_csv(buffer, upload_differential(record))
     return _csv(buffer.getvalue(), f"hematovision-result-{upload_id}-differential.csv")
 
 
@@ -164,7 +166,7 @@ def _smear_or_404(smear_id: int):
 def smear_result(smear_id: int):
     record = _smear_or_404(smear_id)
     audit("viewed", f"smear:{smear_id}")
-    differential = field_differential(record.fields, get_smear_classifier().classes)
+    differential = smear_differential(record)
     return render_template("smear.html", smear=record, differential=differential)
 
 
@@ -190,9 +192,7 @@ def smear_cells_csv(smear_id: int):
 def smear_differential_csv(smear_id: int):
     record = _smear_or_404(smear_id)
     buffer = io.StringIO()
-    write_differential_csv(
-        buffer, field_differential(record.fields, get_smear_classifier().classes)
-    )
+    write_differential_csv(buffer, smear_differential(record))
     return _csv(buffer.getvalue(), f"hematovision-smear-{smear_id}-differential.csv")
 
 

@@ -1,5 +1,6 @@
-"""A sample's review, shared by the pages and the API: its differential under the lab's rule,
-its cells grouped as an analyser's review screen shows them, a cell's picture, its JSON."""
+"""A sample's review, shared by the pages and the API: its differential under the lab's rule
+(and those of uploads and smear analyses), its cells grouped as an analyser's review screen
+shows them, a cell's picture, its JSON."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from flask import abort, request, url_for
 from ..differential import Differential, count_differential
 from ..inference import heatmap_overlay
 from ..preprocess import to_rgb
-from ..smear import crop_cell
-from ..storage import Sample, SampleCell, Storage
+from ..smear import crop_cell, field_differential
+from ..storage import Sample, SampleCell, SmearAnalysis, Storage, Upload
+from .resources import get_classifier, get_settings, get_smear_classifier
 from .service import WEB_MAX_SIDE, analyze_files, classify_files, uploaded_files
 
 CELL_PICTURE_SIDE = 144
@@ -24,7 +26,20 @@ def sample_differential(sample: Sample, classes: list[str], storage: Storage) ->
         (None if c.status == "excluded" else c.label, c.uncertain and not c.reviewed)
         for c in sample.cells
     ]
-    return count_differential(cells, classes, platelets=storage.samples.platelets(sample))
+    platelets = storage.samples.platelets(sample)
+    return count_differential(cells, classes, platelets, get_settings().intervals)
+
+
+def upload_differential(upload: Upload) -> Differential:
+    """An upload's images counted under the lab's rule and reference intervals."""
+    cells = ((p.label, p.uncertain) for p in upload.predictions)
+    return count_differential(cells, get_classifier().classes, intervals=get_settings().intervals)
+
+
+def smear_differential(smear: SmearAnalysis) -> Differential:
+    """A stored smear analysis's white cells counted under the lab's rule."""
+    classes = get_smear_classifier().classes
+    return field_differential(smear.fields, classes, get_settings().intervals)
 
 
 def differential_json(sample: Sample, differential: Differential) -> dict:

@@ -148,6 +148,7 @@ def serve(host: str = "127.0.0.1", port: int = 5000, workers: int = 2, **overrid
     settings = WebSettings.from_env(**overrides)
     for path in {settings.model or DEFAULT_MODEL, settings.smear_model or DEFAULT_MODEL}:
         ModelArtifact.load(path).check()  # a bad --model fails here, in one line
+    log.info("reference intervals: %s", settings.intervals.source)  # a bad file fails here
     engine = resolve_engine(settings.engine)  # so does an engine that is not installed
     check_port(host, port)
     storage = Storage(settings.database_url, settings.data_dir, settings.store_images)

@@ -12,7 +12,6 @@ import hashlib
 import io
 from dataclasses import dataclass
 
-from ..differential import count_differential
 from ..errors import HematoVisionError
 from ..inference import Classifier, heatmap_overlay
 from ..preprocess import to_rgb, upright_size
@@ -201,15 +200,10 @@ def analyze_files(
         )
     if not fields:
         raise refuse(rejected)
-    differential = field_differential(fields, classifier.classes).to_dict()
+    differential = field_differential(fields, classifier.classes, settings.intervals).to_dict()
     return storage.add_smear(
         fields, images, differential, classifier.name, classifier.version, rejected, sample
     )
-
-
-def upload_differential(upload: Upload, classes: list[str]):
-    """The differential count of an upload's images."""
-    return count_differential(((p.label, p.uncertain) for p in upload.predictions), classes)
 
 
 def heatmap_jpeg(classifier: Classifier, image_path) -> bytes:

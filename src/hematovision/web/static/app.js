@@ -107,12 +107,19 @@ document.addEventListener("DOMContentLoaded", () => {
     set("nrbc", d.nucleated_red_cells.count);
     set("nrbc100", d.nucleated_red_cells.per_100_white_cells ?? "—");
     set("platelets", d.platelets);
+    set("nrbc_flag", d.nucleated_red_cells.flag ?? "");
+    const named = (label) =>
+      review.querySelector(`#sample-differential tr[data-class="${label}"] td`)?.textContent ?? label;
+    set("outside", d.outside_reference.map(named).join(", "));
+    const outside = document.getElementById("outside-reference");
+    if (outside) outside.hidden = !d.outside_reference.length;
     for (const [label, v] of Object.entries(d.white_cells)) {
       const row = review.querySelector(`#sample-differential tr[data-class="${label}"]`);
       if (!row) continue;
       row.querySelector('[data-field="count"]').textContent = v.count;
       row.querySelector('[data-field="percent"]').textContent = v.percent.toFixed(1);
       row.querySelector('[data-field="ci95"]').textContent = `${v.ci95[0].toFixed(1)}–${v.ci95[1].toFixed(1)}`;
+      row.querySelector('[data-field="flag"]').textContent = v.flag ?? "";
     }
     const bar = document.getElementById("count-progress");
     if (bar) bar.style.width = (100 * d.progress) + "%";
