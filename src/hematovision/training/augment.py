@@ -259,7 +259,15 @@ def augment_batch(
 ) -> torch.Tensor:
     """NHWC uint8 -> augmented, normalised NCHW float32 (on the CPU)."""
     r = RECIPES[recipe]
-    x = _geometry(batch_uint8.permute(0, 3, 1, 2).float() / 255.0, gen, r)
+    x = colour_jitter(_geometry(batch_uint8.permute(0, 3, 1, 2).float() / 255.0, gen, r), gen, r)
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, r: Recipe) -> torch.Tensor:
+    """A recipe's stain, colour, focus and grey changes of NCHW frames in [0, 1] (no geometry:
+    what other labs change, for any image, a field as well as a cell)."""
     if r.style_mix:
         x = style_mix(x, gen, r.style_mix)
     if r.random_conv:
@@ -274,7 +282,4 @@ def augment_batch(
         x = _blur(x, gen, r.blur)
     if r.grey:
         x = grey_frames(x, gen, r.grey)
-    x = x.clamp_(0, 1)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return x.clamp_(0, 1)
