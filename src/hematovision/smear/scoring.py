@@ -119,12 +119,14 @@ SHIFTS = {
 }
 
 
-def detection_under_shifts(data: Path, parity: str = "odd", params=None) -> dict:
+def detection_under_shifts(data: Path, parity: str = "odd", params=None, detector=None) -> dict:
     """White-cell recall and precision (IoU >= 0.5) and the red-cell count's ratio to the
     annotated one, on BCCD fields shifted as ``SHIFTS`` (the boxes scaled with them).
-    ``params``: fixed detector parameters (None: each field's own, ``field_params``)."""
+    ``params``: fixed detector parameters (None: each field's own, ``field_params``);
+    ``detector``: another one, H x W x 3 array -> ``Detections`` (default ``locate_cells``)."""
     from .detect import locate_cells
 
+    detector = detector or (lambda rgb: locate_cells(rgb, params))
     out = {}
     for name, shift in SHIFTS.items():
         tp = fp = fn = 0
@@ -132,7 +134,7 @@ def detection_under_shifts(data: Path, parity: str = "odd", params=None) -> dict
         for image in fields(data, parity):
             picture, z = shift(Image.open(image).convert("RGB"))
             truth = annotation(data, image)
-            found = locate_cells(np.asarray(picture), params)
+            found = detector(np.asarray(picture))
             wbc = [[v * z for v in box] for box in truth["WBC"]]
             pairs = match(found.white_cells, wbc)
             tp, fp, fn = (
@@ -140,25 +142,29 @@ def detection_under_shifts(data: Path, parity: str = "odd", params=None) -> dict
                 fp + len(found.white_cells) - len(pairs),
                 fn + len(wbc) - len(pairs),
             )
-            if truth["RBC"]:
+            if truth["RBC"] and found.red_cells is not None:
                 ratios.append(len(found.red_cells) / len(truth["RBC"]))
         out[name] = {
             "recall": tp / max(1, tp + fn),
             "precision": tp / max(1, tp + fp),
-            "red_cells_found_per_annotated": float(np.median(ratios)),
+            "red_cells_found_per_annotated": float(np.median(ratios)) if ratios else None,
         }
     return out
 
 
-def centred_cell(image: Path, params=None) -> tuple[bool, int]:
+def centred_cell(image: Path, params=None, detector=None) -> tuple[bool, int]:
     """A single-cell image (PBC, LISC) read as a field: whether exactly one white-cell box holds
     the image's centre (the cell it was cut around), and how many boxes were found.
-    ``params``: a function of the field giving the detector's parameters (None: its own)."""
+    ``params``: a function of the field giving the detector's parameters (None: its own);
+    ``detector``: another one, as ``detection_under_shifts`` takes."""
     from .detect import locate_cells
 
     rgb = np.asarray(Image.open(image).convert("RGB"))
     height, width = rgb.shape[:2]
-    boxes = locate_cells(rgb, params(rgb) if params else None).white_cells
+    if detector is None:
+        boxes = locate_cells(rgb, params(rgb) if params else None).white_cells
+    else:
+        boxes = detector(rgb).white_cells
     centred = [b for b in boxes if b[0] <= width / 2 <= b[2] and b[1] <= height / 2 <= b[3]]
     return len(centred) == 1, len(boxes)
 
