@@ -132,6 +132,7 @@ def test_a_differential_is_flagged_against_the_labs_reference_intervals(tmp_path
         ("class,low,high\nneutrophil,40,175\n", "line 2: need 0 <= low <= high <= 100"),
         ("class,low,high\nneutrophil,40,75\nneutrophil,1,2\n", "line 3: a repeated class"),
         ("class,low,high\n,40,75\n", "line 2: no class name"),
+        ("class,low,high\nerythroblast,0,inf\n", "line 2: need 0 <= low <= high"),
     ],
 )
 def test_a_bad_reference_intervals_file_says_which_line_and_why(tmp_path, text, message):

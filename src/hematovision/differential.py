@@ -19,6 +19,7 @@ The one rule, used by the web pages, the API, the CSV files, the CLI and smear a
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ def _limits(path: Path, line: int, label: str, row: dict, seen: dict) -> tuple[f
         low, high = float(row["low"]), float(row["high"])
     except (TypeError, ValueError):
         raise HematoVisionError(f"{where}: low and high must be numbers (percent)") from None
-    if not 0 <= low <= high or (label != NUCLEATED_RED_CELL and high > 100):
+    if not 0 <= low <= high < math.inf or (label != NUCLEATED_RED_CELL and high > 100):
         raise HematoVisionError(f"{where}: need 0 <= low <= high <= 100, got {low}-{high}")
     return low, high
 
