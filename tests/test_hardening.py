@@ -83,7 +83,18 @@ def test_the_api_and_the_page_follow_the_lab_rule(client):
     body = post(client, files).get_json()
     d = body["differential"]
     assert d["white_cells_counted"] == 2 and d["white_cells"]["basophil"]["percent"] == 100.0
-    assert d["nucleated_red_cells"] == {"count": 1, "per_100_white_cells": 50.0}
+    nrbc = {"count": 1, "per_100_white_cells": 50.0, "reference": [0.0, 0.0], "flag": "H"}
+    assert d["nucleated_red_cells"] == nrbc  # against the typical adult intervals
+    assert (
+        d["white_cells"]["basophil"]["flag"] == "H" and d["white_cells"]["monocyte"]["flag"] == "L"
+    )
+    assert d["outside_reference"] == [
+        "basophil",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+        "erythroblast",
+    ]
     assert d["platelets"] == 1 and d["to_review"] == 1
     assert "erythroblast" not in d["white_cells"] and "platelet" not in d["white_cells"]
     page = client.get(f"/results/{body['upload_id']}").data.decode()
