@@ -12,7 +12,9 @@ reference intervals) and reports, per model and lab:
 * the samples flagged H or L anywhere; the same counted from the cells' true classes (what a
   100-cell count's own sampling flags in a normal sample: the floor of false alarms);
 * the cells wrong and not flagged **in a sample with no flag**: what reaches a report that
-  neither a cell's flag nor the differential's asks anyone to look at.
+  neither a cell's flag nor the differential's asks anyone to look at;
+* the samples that get the new-lab notice (``inference.new_lab_notice``: most of their cells
+  flagged).
 
 Models: the bundled model on its own labs' held-out cells (PBC and LISC test split, BCCD's odd
 fields), and bench_crosslab.py's fold models of the bundled model's recipe on the lab each
@@ -35,7 +37,7 @@ from bench_crosslab import OUT as CROSSLAB
 from bench_crosslab import labs, left_out_images
 from hematovision.artifact import RunDir
 from hematovision.differential import count_differential
-from hematovision.inference import Classifier
+from hematovision.inference import Classifier, new_lab_notice
 
 from _common import machine, table_head, table_row, write_section
 
@@ -63,6 +65,7 @@ def classified(clf: Classifier, paths: list[Path], truth: list[str]) -> dict:
         "label": [preds[i].label for i in keep],
         "uncertain": [bool(preds[i].uncertain) for i in keep],
         "truth": [truth[i] for i in keep],
+        "reasons": [preds[i].reasons for i in keep],
     }
 
 
@@ -115,7 +118,7 @@ def score(cells: dict, samples: list[np.ndarray]) -> dict:
     label, truth = np.array(cells["label"]), np.array(cells["truth"])
     uncertain = np.array(cells["uncertain"])
     wrong_unflagged = (label != truth) & ~uncertain
-    flagged, flagged_truth, hidden, total, empty = 0, 0, 0, 0, 0
+    flagged, flagged_truth, hidden, total, empty, noticed = 0, 0, 0, 0, 0, 0
     flags = Counter()
     for s in samples:
         d = count_differential(zip(label[s], uncertain[s]))
@@ -123,6 +126,7 @@ def score(cells: dict, samples: list[np.ndarray]) -> dict:
         flags.update(f"{c} {d.flag(c)}" for c in d.outside_reference)
         flagged_truth += bool(count_differential((t, False) for t in truth[s]).outside_reference)
         empty += d.counted == 0
+        noticed += new_lab_notice(cells["reasons"][i] for i in s) is not None
         hidden += 0 if d.outside_reference else int(wrong_unflagged[s].sum())
         total += len(s)
     every = np.concatenate(samples)
@@ -134,6 +138,7 @@ def score(cells: dict, samples: list[np.ndarray]) -> dict:
         "samples_flagged": flagged / len(samples),
         "samples_flagged_truth": flagged_truth / len(samples),
         "samples_nothing_counted": empty / len(samples),
+        "samples_new_lab_notice": noticed / len(samples),
         "wrong_unflagged_in_unflagged_samples": hidden / total,
         "commonest_flags": [[f, n / len(samples)] for f, n in flags.most_common(2)],
     }
@@ -161,6 +166,7 @@ def table(results: dict, n_samples: int) -> str:
                 "flagged",
                 "samples flagged (true classes)",
                 "nothing counted",
+                "new-lab notice",
                 "commonest flags (share of samples)",
                 "wrong, unflagged, in a sample without a flag",
             ]
@@ -178,6 +184,7 @@ def table(results: dict, n_samples: int) -> str:
                     f"{r['flagged_cells']:.0%}",
                     f"{r['samples_flagged']:.0%} ({r['samples_flagged_truth']:.0%})",
                     f"{r['samples_nothing_counted']:.0%}",
+                    f"{r['samples_new_lab_notice']:.0%}",
                     ", ".join(f"{f} {share:.0%}" for f, share in r["commonest_flags"]) or "-",
                     f"{r['wrong_unflagged_in_unflagged_samples']:.2%}",
                 ]

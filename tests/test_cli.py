@@ -173,3 +173,27 @@ def test_smear_flags_its_differential_against_the_labs_reference_intervals(tmp_p
         f"error: {lab}, line 2: need 0 <= low <= high <= 100, got 80.0-60.0"
     ]
     assert not (tmp_path / "bad").exists()
+
+
+def test_predict_tells_a_lab_when_most_of_its_cells_are_flagged(tmp_path):
+    from PIL import Image
+    from skimage.data import immunohistochemistry
+
+    from hematovision.inference import DEFAULT_MODEL
+
+    # the wrong slide: 20 tiles of tissue (scikit-image's IHC image), each unlike every cell
+    tissue = immunohistochemistry()
+    for n in range(20):
+        y, x = divmod(n, 5)
+        tile = tissue[y * 96 : y * 96 + 96, x * 96 : x * 96 + 96]
+        Image.fromarray(tile).save(tmp_path / f"{n}.png")
+    result = _run("-q", "predict", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "20 of 20 cells are flagged for review (20 unlike the images the model" in text
+    assert "hematovision adapt" in text
+    # the bundled model's own samples (PBC, the lab it was trained on): no such notice
+    samples = sorted(str(p) for p in (DEFAULT_MODEL.parent / "samples").glob("*.jpg"))
+    result = _run("-q", "predict", *samples)
+    assert result.returncode == 0 and len(samples) >= 20
+    assert "cells are flagged for review" not in " ".join(result.stdout.split())

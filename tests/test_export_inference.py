@@ -254,3 +254,14 @@ def test_static_padding_keeps_the_outputs_and_removes_the_shape_arithmetic(tmp_p
         ops[name] = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "Shape" in ops["dynamic"] and "Shape" not in ops["static"]
     assert len(ops["static"]) < len(ops["dynamic"])
+
+
+def test_a_batch_mostly_unlike_the_training_images_gets_the_new_lab_notice():
+    from hematovision.inference import new_lab_notice
+    from hematovision.inference.classifier import UNLIKE_TRAINING
+
+    low = "confidence below 0.97"
+    notice = new_lab_notice([[UNLIKE_TRAINING]] * 4 + [[low]] * 6 + [[]] * 10)
+    assert "10 of 20 cells are flagged for review (4 unlike the images" in notice
+    assert new_lab_notice([[UNLIKE_TRAINING]] * 9 + [[]] * 11) is None  # under half
+    assert new_lab_notice([[low]] * 19) is None  # too few cells to say

@@ -344,3 +344,19 @@ def test_too_many_files_in_one_request(tmp_path, classifier):
     client = create_app(settings, classifier=classifier).test_client()
     r = _post(client, [_sample(0), _sample(1), _sample(2)])
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "too_many_files"
+
+
+def test_a_result_mostly_flagged_tells_the_lab_what_to_do(client):
+    from skimage.data import immunohistochemistry
+
+    tissue, tiles = immunohistochemistry(), []
+    for n in range(20):  # the wrong slide: every tile is flagged
+        y, x = divmod(n, 5)
+        buf = io.BytesIO()
+        Image.fromarray(tissue[y * 96 : y * 96 + 96, x * 96 : x * 96 + 96]).save(buf, "PNG")
+        tiles.append((f"tile{n}.png", buf.getvalue()))
+    upload = _post(client, tiles).get_json()["upload_id"]
+    page = client.get(f"/results/{upload}").data.decode()
+    assert 'id="new-lab"' in page and "20 of 20 cells are flagged for review" in page
+    upload = _post(client, [_sample(i) for i in range(20)]).get_json()["upload_id"]
+    assert 'id="new-lab"' not in client.get(f"/results/{upload}").data.decode()

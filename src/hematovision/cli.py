@@ -339,6 +339,7 @@ def _print_predictions_csv(results, classifier, args, intervals) -> None:
 
 def _print_predictions_table(results, classifier, args, intervals) -> None:
     from .differential import count_differential, display_name
+    from .inference import new_lab_notice
 
     engine = classifier.engine_info()
     table = Table(
@@ -356,6 +357,9 @@ def _print_predictions_table(results, classifier, args, intervals) -> None:
     if len(results) > 1:
         cells = ((pred.label, pred.uncertain) for _, pred in results)
         print_differential(count_differential(cells, classifier.classes, intervals=intervals))
+    notice = new_lab_notice(pred.reasons for _, pred in results)
+    if notice:
+        out.print(f"[yellow]{notice}[/]")
 
 
 def print_differential(d) -> None:

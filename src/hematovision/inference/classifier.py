@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +26,32 @@ SAMPLES = DEFAULT_MODEL.parent / "samples"  # one real image per class and more
 PARITY_MIN_AGREEMENT = 0.995
 PREPARE_THREADS = 4  # at most; decoding and framing a batch, one image per thread
 TTA_MIN_AGREEMENT = 0.75  # with test-time augmentation: fewer views agreeing is "uncertain"
+UNLIKE_TRAINING = "unlike the training images (may not be a blood cell)"  # a flag's reason
+# A batch with at least this many cells, at least this share of them flagged, looks like a lab
+# the model does not know (PBC's test cells: 11% flagged; a lab left out of training: 61-99%;
+# benchmarks/bench_sample_flags.py)
+NEW_LAB_MIN_CELLS, NEW_LAB_SHARE = 20, 0.5
 # the 8 flips and quarter turns of an NHWC batch (a cell has no orientation)
 DIHEDRAL = [
     lambda b, k=k, flip=flip: np.rot90(b[:, :, ::-1] if flip else b, k, axes=(1, 2))
     for flip in (False, True)
     for k in range(4)
 ]
+
+
+def new_lab_notice(reasons_of_cells: Iterable[list[str]]) -> str | None:
+    """What to tell a lab when most of a batch's cells are flagged (each cell's flag reasons
+    given: none for a cell not flagged), or None."""
+    reasons = list(reasons_of_cells)
+    flagged = sum(bool(r) for r in reasons)
+    if len(reasons) < NEW_LAB_MIN_CELLS or flagged < NEW_LAB_SHARE * len(reasons):
+        return None
+    unlike = sum(UNLIKE_TRAINING in r for r in reasons)
+    return (
+        f"{flagged} of {len(reasons)} cells are flagged for review ({unlike} unlike the images "
+        "the model was trained on): this lab's stain, camera or magnification may differ from "
+        "its training labs'. Teach the model this lab's reviewed cells: hematovision adapt."
+    )
 
 
 def average_views(per_view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +264,7 @@ class Classifier:
         if p[k] < self.confidence_threshold:
             reasons.append(f"confidence below {self.confidence_threshold:.2f}")
         if self.ood_threshold is not None and ood > self.ood_threshold:
-            reasons.append("unlike the training images (may not be a blood cell)")
+            reasons.append(UNLIKE_TRAINING)
         if agreement < TTA_MIN_AGREEMENT:
             reasons.append(f"flipped and turned views disagree ({agreement:.0%} agree)")
         heat = self._heatmap(cam[k], picture, box) if want_heatmap else None

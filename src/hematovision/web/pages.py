@@ -20,6 +20,7 @@ from flask import (
 from werkzeug.exceptions import BadRequest
 
 from ..differential import display_name, interval_text
+from ..inference import new_lab_notice
 from ..inference.classifier import SAMPLES
 from ..storage import LabError
 from ..tables import write_differential_csv, write_predictions_csv, write_smear_cells_csv
@@ -125,6 +126,7 @@ def result(upload_id: int):
         upload=record,
         classes=classes,
         differential=upload_differential(record),
+        notice=new_lab_notice(p.reasons or [] for p in record.predictions),
         current_version=get_classifier().version,
     )
 
