@@ -270,8 +270,8 @@ def cmd_predict(args) -> int:
     {
         "json": _print_predictions_json,
         "csv": _print_predictions_csv,
-        "table": _print_predictions_table,
-    }[args.format](results, classifier, args, intervals)
+        "table": functools.partial(_print_predictions_table, intervals=intervals),
+    }[args.format](results, classifier, args)
     return 1 if failures else 0
 
 
@@ -322,7 +322,7 @@ def _classify_paths(classifier, paths: list[str], heat_dir: Path | None, args):
     return results, failures
 
 
-def _print_predictions_json(results, classifier, args, intervals) -> None:
+def _print_predictions_json(results, classifier, args) -> None:
     rows = [
         {"path": p, **pred.to_dict(), "top_k": [[c, v] for c, v in pred.top(args.top_k)]}
         for p, pred in results
@@ -330,7 +330,7 @@ def _print_predictions_json(results, classifier, args, intervals) -> None:
     print(json.dumps(rows, indent=1))
 
 
-def _print_predictions_csv(results, classifier, args, intervals) -> None:
+def _print_predictions_csv(results, classifier, args) -> None:
     from .tables import write_predictions_csv
 
     records = ({"path": p, **pred.to_dict()} for p, pred in results)
