@@ -197,3 +197,21 @@ def test_predict_tells_a_lab_when_most_of_its_cells_are_flagged(tmp_path):
     result = _run("-q", "predict", *samples)
     assert result.returncode == 0 and len(samples) >= 20
     assert "cells are flagged for review" not in " ".join(result.stdout.split())
+
+
+def test_smear_tells_a_lab_when_most_of_its_white_cells_are_flagged(bccd_dir):
+    # BCCD's held-out fields: a lab the bundled model trained on only in part (the even
+    # fields), most of whose white cells it flags for review
+    fields = [str(p) for p in sorted((bccd_dir / "JPEGImages").glob("*.jpg"))[1:60:2]]
+    result = _run("-q", "smear", *fields, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    cells = [c for f in json.loads(result.stdout)["fields"] for c in f["white_cells"]]
+    flagged = [c for c in cells if c["uncertain"]]
+    assert len(cells) >= 20 and 2 * len(flagged) >= len(cells)
+    assert all(c["reasons"] for c in flagged) and not any(
+        c["reasons"] for c in cells if c not in flagged
+    )
+    result = _run("-q", "smear", *fields)
+    text = " ".join(result.stdout.split())
+    assert f"{len(flagged)} of {len(cells)} cells are flagged for review" in text
+    assert "hematovision adapt" in text

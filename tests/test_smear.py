@@ -128,6 +128,18 @@ def test_smear_api_and_page(bccd, tmp_path):
     assert client.get(r.headers["Location"]).get_json()["id"] == body["id"]
     page = client.get(f"/smears/{body['id']}").data.decode()
     assert 'class="img-fluid rounded annotated"' in page and 'id="differential"' in page
+    assert 'id="new-lab"' not in page  # too few cells to say
+    fields = _fields(bccd, 30)  # held-out fields: most of their white cells flagged
+    r = client.post(
+        "/api/v1/smears",
+        data={"file": [(io.BytesIO(f.read_bytes()), f.name) for f in fields]},
+        content_type="multipart/form-data",
+    )
+    cells = [c for f in r.get_json()["fields"] for c in f["white_cells"]]
+    assert len(cells) >= 20 and all(c["reasons"] for c in cells if c["uncertain"])
+    page = client.get(f"/smears/{r.get_json()['id']}").data.decode()
+    flagged = sum(c["uncertain"] for c in cells)
+    assert f"{flagged} of {len(cells)} cells are flagged for review" in page
     bad = client.post(
         "/api/v1/smears",
         data={"file": [(io.BytesIO(b"text"), "x.jpg")]},

@@ -357,7 +357,10 @@ def _print_predictions_table(results, classifier, args, intervals) -> None:
     if len(results) > 1:
         cells = ((pred.label, pred.uncertain) for _, pred in results)
         print_differential(count_differential(cells, classifier.classes, intervals=intervals))
-    notice = new_lab_notice(pred.reasons for _, pred in results)
+    _print_notice(new_lab_notice(pred.reasons for _, pred in results))
+
+
+def _print_notice(notice: str | None) -> None:
     if notice:
         out.print(f"[yellow]{notice}[/]")
 
@@ -460,6 +463,7 @@ def _print_smear_csv(fields, differential) -> None:
 
 def _print_smear_table(fields, differential) -> None:
     from .differential import display_name
+    from .smear import fields_notice
 
     table = Table(title=f"{len(fields)} field(s)")
     for col in (
@@ -479,6 +483,7 @@ def _print_smear_table(fields, differential) -> None:
         )
     out.print(table)
     print_differential(differential)
+    _print_notice(fields_notice(fields))
 
 
 # ---------------------------------------------------------------- serve

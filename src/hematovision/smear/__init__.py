@@ -42,6 +42,7 @@ __all__ = [
     "crop_cell",
     "field_differential",
     "field_params",
+    "fields_notice",
     "load_smear_classifier",
     "locate_cells",
 ]
@@ -74,6 +75,7 @@ class WhiteCell:
     confidence: float | None = None
     uncertain: bool | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)  # why it is uncertain
 
     def to_dict(self) -> dict:
         return {
@@ -81,6 +83,7 @@ class WhiteCell:
             "label": self.label,
             "confidence": self.confidence,
             "uncertain": self.uncertain,
+            "reasons": list(self.reasons),
         }
 
 
@@ -198,6 +201,19 @@ def classify_cells(cells: list[WhiteCell], crops: list[Image.Image], classifier)
     for cell, pred in zip(cells, classifier.predict(crops)):
         cell.label, cell.confidence = pred.label, pred.confidence
         cell.uncertain, cell.probabilities = pred.uncertain, pred.probabilities
+        cell.reasons = pred.reasons
+
+
+def fields_notice(fields: Iterable[dict]) -> str | None:
+    """``inference.new_lab_notice`` over the white cells of analysed fields (stored before
+    cells kept their reasons: "uncertain" stands for them)."""
+    from ..inference import new_lab_notice
+
+    return new_lab_notice(
+        c.get("reasons") or (["uncertain"] if c["uncertain"] else [])
+        for f in fields
+        for c in f["white_cells"]
+    )
 
 
 def field_differential(

@@ -32,6 +32,7 @@ def field_schema():
             ("label", pa.string()),
             ("confidence", pa.float64()),
             ("uncertain", pa.bool_()),
+            ("reasons", pa.list_(pa.string())),
         ]
     )
     return pa.schema(

@@ -114,6 +114,7 @@ SCHEMAS = {
         label=NULLABLE_STR,
         confidence={"type": "number", "nullable": True},
         uncertain={"type": "boolean", "nullable": True},
+        reasons=_array(STR),  # why a cell is uncertain (absent in analyses stored before)
     ),
     "Field": _obj(
         ("filename", "image_sha256", "white_cells", "red_cells", "platelets"),

@@ -22,6 +22,7 @@ from werkzeug.exceptions import BadRequest
 from ..differential import display_name, interval_text
 from ..inference import new_lab_notice
 from ..inference.classifier import SAMPLES
+from ..smear import fields_notice
 from ..storage import LabError
 from ..tables import write_differential_csv, write_predictions_csv, write_smear_cells_csv
 from . import MAX_ID, static_vendor_dir
@@ -169,7 +170,8 @@ def smear_result(smear_id: int):
     record = _smear_or_404(smear_id)
     audit("viewed", f"smear:{smear_id}")
     differential = smear_differential(record)
-    return render_template("smear.html", smear=record, differential=differential)
+    notice = fields_notice(record.fields)
+    return render_template("smear.html", smear=record, differential=differential, notice=notice)
 
 
 @pages.get("/smears/<id:smear_id>/fields/<int:number>/annotated.png")
