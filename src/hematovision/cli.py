@@ -253,6 +253,7 @@ def _report_failures(failures: list[str], total: int) -> None:
 
 
 def cmd_predict(args) -> int:
+    from .differential import ReferenceIntervals
     from .inference import Classifier
 
     if args.ray is not None:
@@ -260,7 +261,8 @@ def cmd_predict(args) -> int:
 
         job = functools.partial(predict_on_ray, batch_size=args.batch_size)
         return _on_ray(args, args.paths, job, "images classified")
-    intervals = _intervals(args)  # a bad file stops here, before any work
+    # the intervals the differential is flagged against: a bad file stops here, before any work
+    intervals = ReferenceIntervals.configured(args.reference_intervals)
     classifier = Classifier.load(
         args.model, precision=args.precision, tta=args.tta, engine=args.engine
     )
@@ -391,6 +393,7 @@ def print_differential(d) -> None:
 
 # ---------------------------------------------------------------- smear fields
 def cmd_smear(args) -> int:
+    from .differential import ReferenceIntervals
     from .smear import SmearParams, field_differential, load_smear_classifier
 
     if args.ray is not None:
@@ -398,7 +401,7 @@ def cmd_smear(args) -> int:
 
         return _on_ray(args, args.images, analyze_on_ray, "fields analysed")
     params = None if args.cell_size is None else SmearParams.for_cell_size(args.cell_size)
-    intervals = _intervals(args)
+    intervals = ReferenceIntervals.configured(args.reference_intervals)
     classifier = load_smear_classifier(args.model, engine=args.engine)
     paths, out_dir = _inputs_and_folder(args.images, args.out)
     fields, failures = _analyse_paths(classifier, paths, params, out_dir, args)
@@ -934,15 +937,6 @@ def _intervals_option(parser) -> None:
         help="the lab's reference intervals, a CSV file class,low,high in percent "
         "(env HEMATOVISION_REFERENCE_INTERVALS; default: typical adult intervals)",
     )
-
-
-def _intervals(args):
-    """The reference intervals the differential is flagged against."""
-    from .differential import ReferenceIntervals
-
-    if args.reference_intervals:
-        return ReferenceIntervals.read(args.reference_intervals)
-    return ReferenceIntervals.configured()
 
 
 def _ray_option(parser) -> None:

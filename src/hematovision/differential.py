@@ -89,9 +89,10 @@ class ReferenceIntervals:
         return cls(limits, str(path))
 
     @classmethod
-    def configured(cls) -> ReferenceIntervals:
-        """The file named by ``HEMATOVISION_REFERENCE_INTERVALS``, else ``ADULT_INTERVALS``."""
-        path = os.environ.get("HEMATOVISION_REFERENCE_INTERVALS")
+    def configured(cls, path: str | Path | None = None) -> ReferenceIntervals:
+        """The lab's intervals from ``path``, else from the file named by
+        ``HEMATOVISION_REFERENCE_INTERVALS``, else ``ADULT_INTERVALS``."""
+        path = path or os.environ.get("HEMATOVISION_REFERENCE_INTERVALS")
         return cls.read(path) if path else ADULT_INTERVALS
 
 

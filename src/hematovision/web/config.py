@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
-from ..differential import ADULT_INTERVALS, ReferenceIntervals
+from ..differential import ReferenceIntervals
 from ..errors import HematoVisionError
 
 
@@ -54,9 +54,7 @@ class WebSettings:
     @cached_property
     def intervals(self) -> ReferenceIntervals:
         """The lab's reference intervals, read once (a bad file stops the server starting)."""
-        if not self.reference_intervals:
-            return ADULT_INTERVALS
-        return ReferenceIntervals.read(self.reference_intervals)
+        return ReferenceIntervals.configured(self.reference_intervals)
 
     def secret_key(self) -> bytes:
         """``HEMATOVISION_SECRET_KEY``, else a key made once and kept in the data folder, so
