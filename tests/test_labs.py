@@ -56,28 +56,19 @@ def test_a_cell_cut_beyond_its_fields_edge_and_padded_black_is_framed_on_its_nuc
     cells right, 81% with the field's colour there). Padding is painted over: the frame and
     the class are those of the same crop padded with the field's colour."""
     from hematovision.data.bccd import annotation, fields
-    from hematovision.preprocess import median_colour
+    from hematovision.smear import SmearParams, crop_cell, crop_square
 
     clf = Classifier.load()
+    three = SmearParams(crop_factor=3.0)
     black, coloured = [], []
     for field in list(fields(bccd_dir, "odd"))[:40]:
         image = Image.open(field).convert("RGB")
-        x0, y0, x1, y1 = annotation(bccd_dir, field)["WBC"][0]
-        half = 1.5 * max(x1 - x0, y1 - y0)
-        box = [round(v) for v in ((x0 + x1) / 2 - half, (y0 + y1) / 2 - half)]
-        box += [box[0] + round(2 * half), box[1] + round(2 * half)]
-        if min(box[:2]) >= 0 and box[2] <= image.width and box[3] <= image.height:
+        cell = [int(v) for v in annotation(bccd_dir, field)["WBC"][0]]
+        left, top, side = crop_square(cell, three)
+        if min(left, top) >= 0 and left + side <= image.width and top + side <= image.height:
             continue  # within the field: nothing padded
-        black.append(image.crop(box))  # PIL fills beyond the image with black
-        padded = Image.new("RGB", black[-1].size, median_colour(image))
-        inside = (
-            max(0, box[0]),
-            max(0, box[1]),
-            min(image.width, box[2]),
-            min(image.height, box[3]),
-        )
-        padded.paste(image.crop(inside), (inside[0] - box[0], inside[1] - box[1]))
-        coloured.append(padded)
+        black.append(crop_cell(image, cell, three, fill=(0, 0, 0)))
+        coloured.append(crop_cell(image, cell, three))  # the field's colour beyond its edge
     assert len(black) >= 20
     for a, b in zip(black, coloured):
         (_, _, side_a), (_, _, side_b) = frame_cell(a)[1], frame_cell(b)[1]
