@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from bench_smear_labs import DATA, sample
+from bench_smear_labs import DATA, centred_share, sample
 from hematovision.data.bccd import annotation, fields, match
 from hematovision.models import create_model
-from hematovision.smear.detect import Detections
-from hematovision.smear.scoring import centred_cell, detection_under_shifts
+from hematovision.smear.detect import Detections, locate_cells
+from hematovision.smear.scoring import detection_under_shifts
 from hematovision.training.augment import RECIPES, colour_jitter
 
 from _common import machine, table_head, table_row, write_section
@@ -189,16 +189,6 @@ def even_f1(model: CentreNet, data: Path, threshold: float) -> float:
     return 2 * tp / max(1, found + truth)
 
 
-def centred(images: list[Path], detector) -> float:
-    found = []
-    for image in images:
-        try:
-            found.append(centred_cell(image, detector=detector)[0])
-        except OSError:  # PBC's one non-image file
-            continue
-    return float(np.mean(found))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iterations", type=int, default=1500)
@@ -232,13 +222,14 @@ def main() -> None:
         for lab in ("pbc", "lisc")
     }
     cells = {
-        lab: {"classical": centred(images, None), "learned": centred(images, learned)}
+        lab: {
+            "classical": centred_share(images)[0],
+            "learned": centred_share(images, detector=learned)[0],
+        }
         for lab, images in labs.items()
     }
     timing = {}
     odd = [np.asarray(Image.open(p).convert("RGB")) for p in list(fields(bccd, "odd"))[:40]]
-    from hematovision.smear.detect import locate_cells
-
     for name, run in (("classical", locate_cells), ("learned", learned)):
         times = []
         for rgb in odd:

@@ -57,8 +57,12 @@ FOLD_RECIPE = "+ other-lab augmentation"
 OUT = Path(__file__).with_name("out") / "sample-flags"
 
 
-def classified(clf: Classifier, paths: list[Path], truth: list[str]) -> dict:
-    """Each cell's predicted class, flag and true class (cells that cannot be read dropped)."""
+def classified(clf: Classifier, paths: list[Path], labels: np.ndarray) -> dict:
+    """Each cell of NORMAL's classes (``labels``: indices into ``clf.classes``): its predicted
+    class, flag and true class (cells that cannot be read dropped)."""
+    truth = [clf.classes[y] for y in labels]
+    paths = [p for p, t in zip(paths, truth) if t in NORMAL]
+    truth = [t for t in truth if t in NORMAL]
     preds = clf.predict(paths, errors="report")
     keep = [i for i, p in enumerate(preds) if p.ok]
     return {
@@ -69,20 +73,24 @@ def classified(clf: Classifier, paths: list[Path], truth: list[str]) -> dict:
     }
 
 
-def bundled_cells(clf: Classifier) -> dict[str, dict]:
-    """The bundled model on its own labs' held-out cells."""
+def bundled_cell_sets(classes: list[str]) -> dict[str, tuple[list[Path], np.ndarray]]:
+    """The bundled model's own labs' held-out cells: PBC's and LISC's test split, BCCD's odd
+    fields; (paths, indices into ``classes``) each."""
     manifest = RunDir(BUNDLED_SPLIT).manifest()
     root = Path(manifest.data_root)
-    test = [f for f in manifest.entries("test") if f["label"] in NORMAL]
-    out = {}
+    sets = {}
     for lab in ("pbc", "lisc"):
-        mine = [f for f in test if f.get("lab") == lab]
-        out[f"{lab} test split"] = classified(
-            clf, [root / f["path"] for f in mine], [f["label"] for f in mine]
-        )
-    paths, labels = cell_sets(BUNDLED_SPLIT, clf.classes)["BCCD odd fields"]
-    out["bccd odd fields"] = classified(clf, paths, [clf.classes[y] for y in labels])
-    return out
+        mine = [f for f in manifest.entries("test") if f.get("lab") == lab]
+        paths = [root / f["path"] for f in mine]
+        sets[f"{lab} test split"] = (paths, np.array([classes.index(f["label"]) for f in mine]))
+    sets["bccd odd fields"] = cell_sets(BUNDLED_SPLIT, classes)["BCCD odd fields"]
+    return sets
+
+
+def bundled_cells(clf: Classifier) -> dict[str, dict]:
+    """The bundled model on its own labs' held-out cells."""
+    sets = bundled_cell_sets(clf.classes)
+    return {name: classified(clf, paths, labels) for name, (paths, labels) in sets.items()}
 
 
 def fold_cells() -> dict[str, dict]:
@@ -94,11 +102,7 @@ def fold_cells() -> dict[str, dict]:
             continue
         clf = Classifier.load(run / "artifact")
         paths, labels = left_out_images(labs()[lab], clf.classes)
-        truth = [clf.classes[y] for y in labels]
-        keep = [i for i, t in enumerate(truth) if t in NORMAL]
-        out[f"{lab} left out ({seed})"] = classified(
-            clf, [paths[i] for i in keep], [truth[i] for i in keep]
-        )
+        out[f"{lab} left out ({seed})"] = classified(clf, paths, labels)
     return out
 
 

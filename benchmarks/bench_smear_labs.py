@@ -53,9 +53,10 @@ def sample(lab: Path, per_class: int) -> dict[str, list[Path]]:
     return out
 
 
-def centred_share(images: list[Path], contrast: bool) -> tuple[float, float]:
+def centred_share(images: list[Path], contrast: bool = True, detector=None) -> tuple[float, float]:
     """Share of images whose centre cell is found (one box), and boxes per image; with the
-    field-contrast rule, as the product runs (the detector's own choice of scale)."""
+    field-contrast rule, as the product runs (the detector's own choice of scale);
+    ``detector``: another one (``smear.scoring.centred_cell``'s)."""
 
     def without_rule(rgb):
         return dataclasses.replace(field_params(rgb), contrast_nuclei=False)
@@ -65,7 +66,7 @@ def centred_share(images: list[Path], contrast: bool) -> tuple[float, float]:
     results = []
     for image in images:
         try:
-            results.append(centred_cell(image, params))
+            results.append(centred_cell(image, params, detector))
         except OSError:  # PBC's one non-image file
             continue
     return float(np.mean([r[0] for r in results])), float(np.mean([r[1] for r in results]))

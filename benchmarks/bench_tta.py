@@ -16,29 +16,13 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-
-from bench_cell_shifts import cell_sets
 from bench_crosslab import score
-from bench_sample_flags import BUNDLED_SPLIT
-from hematovision.artifact import RunDir
+from bench_sample_flags import bundled_cell_sets
 from hematovision.inference import DEFAULT_MODEL, Classifier
 
 from _common import machine, table_head, table_row, write_section
 
 REPEATS = 5
-
-
-def cell_sets_of(classes: list[str]) -> dict[str, tuple[list[Path], np.ndarray]]:
-    manifest = RunDir(BUNDLED_SPLIT).manifest()
-    root = Path(manifest.data_root)
-    sets = {}
-    for lab in ("pbc", "lisc"):
-        mine = [f for f in manifest.entries("test") if f.get("lab") == lab]
-        paths = [root / f["path"] for f in mine]
-        sets[f"{lab} test split"] = (paths, np.array([classes.index(f["label"]) for f in mine]))
-    sets["bccd odd fields"] = cell_sets(BUNDLED_SPLIT, classes)["BCCD odd fields"]
-    return sets
 
 
 def ms_per_image(clf: Classifier, paths: list[Path], batch_size: int, repeats: int) -> float:
@@ -56,7 +40,7 @@ def main() -> None:
     print(machine())
     plain = Classifier.load(DEFAULT_MODEL, tta=False, engine="onnxruntime", threads=1)
     tta = Classifier.load(DEFAULT_MODEL, tta=True, engine="onnxruntime", threads=1)
-    sets = cell_sets_of(plain.classes)
+    sets = bundled_cell_sets(plain.classes)
     rows = {}
     for name, (paths, labels) in sets.items():
         rows[name] = {"plain": score(plain, paths, labels), "tta": score(tta, paths, labels)}
