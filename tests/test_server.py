@@ -589,6 +589,13 @@ def test_review_a_sample_with_the_keyboard_sign_it_and_amend_it_under_make_run(
     assert other != cell_id
     page.keyboard.press("x")
     page.wait_for_selector(f'.group-cells[data-group="excluded"] [data-cell-id="{other}"]')
+    # 3: a nucleated red cell, outside the adult interval (none), named as the page names it
+    nucleated = page.locator(".cell-tile.selected").get_attribute("data-cell-id")
+    page.keyboard.press("3")
+    page.wait_for_selector(f'.group-cells[data-group="erythroblast"] [data-cell-id="{nucleated}"]')
+    _wait_for(page, "!document.querySelector('#outside-reference').hidden")
+    outside = page.locator('#outside-reference [data-field="outside"]').inner_text()
+    assert "erythroblast (nucleated red cell)" in outside.split(", ")
     # drag a cell onto another class's group
     target = _tile(page, label="lymphocyte", group="neutrophil")
     if target.count():

@@ -19,7 +19,7 @@ from flask import (
 )
 from werkzeug.exceptions import BadRequest
 
-from ..differential import display_name, interval_text
+from ..differential import DISPLAY_NAMES, display_name, interval_text
 from ..inference import new_lab_notice
 from ..inference.classifier import SAMPLES
 from ..smear import fields_notice
@@ -51,6 +51,7 @@ def _display_name(label: str | None) -> str:
 
 
 pages.add_app_template_filter(interval_text, "reference")
+pages.add_app_template_global(DISPLAY_NAMES, "display_names")  # for the review script too
 
 
 @lru_cache(maxsize=1)

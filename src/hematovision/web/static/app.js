@@ -108,10 +108,9 @@ document.addEventListener("DOMContentLoaded", () => {
     set("nrbc100", d.nucleated_red_cells.per_100_white_cells ?? "—");
     set("platelets", d.platelets);
     set("nrbc_flag", d.nucleated_red_cells.flag ?? "");
-    const named = (label) =>
-      review.querySelector(`#sample-differential tr[data-class="${label}"] td`)?.textContent ?? label;
-    set("outside", d.outside_reference.map(named).join(", "));
     const outside = document.getElementById("outside-reference");
+    const names = JSON.parse(outside?.dataset.names || "{}"); // as the page names them
+    set("outside", d.outside_reference.map((label) => names[label] ?? label).join(", "));
     if (outside) outside.hidden = !d.outside_reference.length;
     for (const [label, v] of Object.entries(d.white_cells)) {
       const row = review.querySelector(`#sample-differential tr[data-class="${label}"]`);
