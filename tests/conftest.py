@@ -58,6 +58,21 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="session")
+def tissue_tiles(tmp_path_factory) -> list[Path]:
+    """The wrong slide: 20 tiles of tissue (scikit-image's IHC image), each unlike every
+    cell, so that every one is flagged."""
+    from PIL import Image
+    from skimage.data import immunohistochemistry
+
+    tissue, folder = immunohistochemistry(), tmp_path_factory.mktemp("tissue")
+    for n in range(20):
+        y, x = divmod(n, 5)
+        tile = tissue[y * 96 : y * 96 + 96, x * 96 : x * 96 + 96]
+        Image.fromarray(tile).save(folder / f"{n}.png")
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     from hematovision.data import make_synthetic
 

@@ -175,19 +175,10 @@ def test_smear_flags_its_differential_against_the_labs_reference_intervals(tmp_p
     assert not (tmp_path / "bad").exists()
 
 
-def test_predict_tells_a_lab_when_most_of_its_cells_are_flagged(tmp_path):
-    from PIL import Image
-    from skimage.data import immunohistochemistry
-
+def test_predict_tells_a_lab_when_most_of_its_cells_are_flagged(tissue_tiles):
     from hematovision.inference import DEFAULT_MODEL
 
-    # the wrong slide: 20 tiles of tissue (scikit-image's IHC image), each unlike every cell
-    tissue = immunohistochemistry()
-    for n in range(20):
-        y, x = divmod(n, 5)
-        tile = tissue[y * 96 : y * 96 + 96, x * 96 : x * 96 + 96]
-        Image.fromarray(tile).save(tmp_path / f"{n}.png")
-    result = _run("-q", "predict", str(tmp_path))
+    result = _run("-q", "predict", str(tissue_tiles[0].parent))
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())  # rich wraps long lines
     assert "20 of 20 cells are flagged for review (20 unlike the images the model" in text

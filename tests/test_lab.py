@@ -22,6 +22,7 @@ from hematovision.differential import (
 )
 from hematovision.errors import HematoVisionError
 from hematovision.inference import DEFAULT_MODEL, Classifier
+from hematovision.inference.classifier import UNLIKE_TRAINING
 from hematovision.web import create_app
 from hematovision.web.config import WebSettings
 from hematovision.web.resources import ACTIVE_CHECK_SECONDS
@@ -199,11 +200,37 @@ def test_cells_and_fields_collect_in_a_sample_with_its_differential(client, bccd
     after = r.get_json()
     smear_cells = [c for c in after["cells"] if c["source"] == "smear"]
     assert smear_cells and all(len(c["box"]) == 4 for c in smear_cells)
+    # a cell keeps why the model flagged it, from a field as from a single image
+    for c in after["cells"]:
+        assert isinstance(c["model"]["reasons"], list)
+        assert bool(c["model"]["reasons"]) == c["model"]["uncertain"], c
     picture = client.get(f"/samples/{sample['id']}/cells/{smear_cells[0]['id']}.jpg")
     assert picture.status_code == 200 and picture.data[:3] == b"\xff\xd8\xff"
     for cell in (smear_cells[0], after["cells"][0]):  # a smear cell's crop, a single cell
         heat = client.get(f"/samples/{sample['id']}/cells/{cell['id']}/heatmap.jpg")
         assert heat.status_code == 200 and heat.data[:3] == b"\xff\xd8\xff"
+
+
+def test_a_sample_mostly_flagged_tells_the_lab_what_to_do(client, app, tissue_tiles):
+    sample = new_sample(client, tissue_tiles)
+    assert all(UNLIKE_TRAINING in c["model"]["reasons"] for c in sample["cells"])
+    page = client.get(f"/samples/{sample['id']}").data.decode()
+    assert 'id="new-lab"' in page
+    assert "20 of 20 cells are flagged for review (20 unlike the images" in page
+    # cells stored before their reasons were kept count by their flag alone
+    with storage_of(app).engine.begin() as c:
+        c.execute(text("UPDATE sample_cells SET reasons = NULL"))
+    page = client.get(f"/samples/{sample['id']}").data.decode()
+    assert "20 of 20 cells are flagged for review (0 unlike the images" in page
+    assert all(c["model"]["reasons"] is None for c in _sample_json(client, sample)["cells"])
+    # the lab the model was trained on (PBC, the bundled samples): no notice
+    own = new_sample(client, SAMPLES[:24])
+    assert len(own["cells"]) == 24
+    assert 'id="new-lab"' not in client.get(f"/samples/{own['id']}").data.decode()
+
+
+def _sample_json(client, sample) -> dict:
+    return client.get(f"/api/v1/samples/{sample['id']}").get_json()
 
 
 def test_a_correction_changes_the_count_and_is_kept_with_who_when_and_model(client, app):

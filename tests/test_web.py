@@ -346,15 +346,8 @@ def test_too_many_files_in_one_request(tmp_path, classifier):
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "too_many_files"
 
 
-def test_a_result_mostly_flagged_tells_the_lab_what_to_do(client):
-    from skimage.data import immunohistochemistry
-
-    tissue, tiles = immunohistochemistry(), []
-    for n in range(20):  # the wrong slide: every tile is flagged
-        y, x = divmod(n, 5)
-        buf = io.BytesIO()
-        Image.fromarray(tissue[y * 96 : y * 96 + 96, x * 96 : x * 96 + 96]).save(buf, "PNG")
-        tiles.append((f"tile{n}.png", buf.getvalue()))
+def test_a_result_mostly_flagged_tells_the_lab_what_to_do(client, tissue_tiles):
+    tiles = [(p.name, p.read_bytes()) for p in tissue_tiles]
     upload = _post(client, tiles).get_json()["upload_id"]
     page = client.get(f"/results/{upload}").data.decode()
     assert 'id="new-lab"' in page and "20 of 20 cells are flagged for review" in page

@@ -39,6 +39,12 @@ DIHEDRAL = [
 ]
 
 
+def flag_reasons(reasons: list[str] | None, uncertain: bool) -> list[str]:
+    """A stored cell's flag reasons; a cell stored before they were kept: "uncertain" if the
+    model flagged it."""
+    return list(reasons) if reasons else (["uncertain"] if uncertain else [])
+
+
 def new_lab_notice(reasons_of_cells: Iterable[list[str]]) -> str | None:
     """What to tell a lab when most of a batch's cells are flagged (each cell's flag reasons
     given: none for a cell not flagged), or None."""

@@ -207,12 +207,10 @@ def classify_cells(cells: list[WhiteCell], crops: list[Image.Image], classifier)
 def fields_notice(fields: Iterable[dict]) -> str | None:
     """``inference.new_lab_notice`` over the white cells of analysed fields (stored before
     cells kept their reasons: "uncertain" stands for them)."""
-    from ..inference import new_lab_notice
+    from ..inference import flag_reasons, new_lab_notice
 
     return new_lab_notice(
-        c.get("reasons") or (["uncertain"] if c["uncertain"] else [])
-        for f in fields
-        for c in f["white_cells"]
+        flag_reasons(c.get("reasons"), c["uncertain"]) for f in fields for c in f["white_cells"]
     )
 
 

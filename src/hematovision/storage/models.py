@@ -208,6 +208,7 @@ class SampleCell(Base):
     label: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="auto")
     exclusion: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reasons: Mapped[list | None] = mapped_column(JSON, nullable=True)  # None: stored before 0007
 
     @property
     def reviewed(self) -> bool:
@@ -223,6 +224,7 @@ class SampleCell(Base):
                 "label": self.model_label,
                 "confidence": self.confidence,
                 "uncertain": self.uncertain,
+                "reasons": self.reasons,  # null: stored before reasons were kept
                 "version": self.model_version,
             },
             "source": "smear" if self.smear_id else "cell",

@@ -172,6 +172,7 @@ SCHEMAS = {
             label=STR,
             confidence=NUM,
             uncertain=BOOL,
+            reasons=_array(STR, nullable=True),  # null: stored before they were kept
             version=STR,
         ),
         source={"type": "string", "enum": ["cell", "smear"]},

@@ -26,6 +26,7 @@ from .samples import (
     fhir_document,
     review_groups,
     sample_differential,
+    sample_notice,
 )
 from .service import UploadError
 
@@ -85,6 +86,7 @@ def sample(public_id: str, error: str | None = None):
         groups=review_groups(record, classes),
         differential=differential,
         summary=differential_json(record, differential),
+        notice=sample_notice(record),
         can_review=may("technologist") and not record.locked,
         can_sign=may("technologist"),
         error=error,

@@ -9,7 +9,7 @@ import io
 from flask import abort, request, url_for
 
 from ..differential import Differential, count_differential
-from ..inference import heatmap_overlay
+from ..inference import flag_reasons, heatmap_overlay, new_lab_notice
 from ..preprocess import to_rgb
 from ..smear import crop_cell, field_differential
 from ..storage import Sample, SampleCell, SmearAnalysis, Storage, Upload
@@ -28,6 +28,11 @@ def sample_differential(sample: Sample, classes: list[str], storage: Storage) ->
     ]
     platelets = storage.samples.platelets(sample)
     return count_differential(cells, classes, platelets, get_settings().intervals)
+
+
+def sample_notice(sample: Sample) -> str | None:
+    """The new-lab notice over the model's flags on a sample's cells, reviewed or not."""
+    return new_lab_notice(flag_reasons(c.reasons, c.uncertain) for c in sample.cells)
 
 
 def upload_differential(upload: Upload) -> Differential:
