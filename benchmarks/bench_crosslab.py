@@ -62,6 +62,17 @@ VARIANTS = {  # cumulative: each adds one step
     "other-lab augmentation + random convolutions": dict(
         framing="cell", recipe="lab-randconv", balance="none"
     ),
+    # the mean of the weights along the run's end: a flatter minimum carries further
+    "other-lab augmentation + weights averaged (last half)": dict(
+        framing="cell", recipe="lab", balance="none", average_from=0.5
+    ),
+    "other-lab augmentation + weights averaged (from 10%)": dict(
+        framing="cell", recipe="lab", balance="none", average_from=0.1
+    ),
+    # a lab's look as early features' statistics, mixed between images (Zhou et al., 2021)
+    "other-lab augmentation + MixStyle": dict(
+        framing="cell", recipe="lab", balance="none", mixstyle=0.5
+    ),
 }
 TTA_VARIANT = "+ lab-class balance"
 # agreement at other zooms, on the lisc fold's unseen PBC cells

@@ -90,6 +90,111 @@ def test_interrupt_leaves_a_resumable_checkpoint(synth_dir, tmp_path, monkeypatc
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]
 
 
+def test_weight_average_is_the_mean_of_the_steps_from_its_start():
+    import torch
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = loop.WeightAverage(model, start_step=2)
+    assert average.model() is model  # nothing averaged yet: the model's own weights
+    for step in (1, 2, 3, 4):
+        model.weight.data.fill_(float(step))
+        average.step(step)
+    assert average.model() is not model
+    assert average.model().weight.item() == pytest.approx(3.0)  # steps 2, 3 and 4
+    assert model.weight.item() == 4.0  # the model trains on from its own weights
+
+
+def test_weights_averaged_over_the_end_of_a_run_survive_a_resume(synth_dir, tmp_path, monkeypatch):
+    import torch
+
+    common = dict(
+        data=str(synth_dir),
+        arch="seed-cnn",
+        image_size=64,
+        batch_size=16,
+        epochs=3,
+        seed=1,
+        average_from=0.5,
+        show_progress=False,
+    )
+    scored, real_evaluate = [], loop.evaluate
+
+    def recording_evaluate(model, *args):
+        scored.append(model)
+        return real_evaluate(model, *args)
+
+    monkeypatch.setattr(loop, "evaluate", recording_evaluate)
+    whole = train(**common, out=str(tmp_path / "whole"))
+    real_augment, calls = loop.augment_batch, {"n": 0}
+
+    def interrupting_augment(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:  # in the third epoch, with 4 steps of the average taken
+            raise KeyboardInterrupt
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "augment_batch", interrupting_augment)
+    with pytest.raises(TrainingInterrupted):
+        train(**common, out=str(tmp_path / "resumed"))
+    monkeypatch.setattr(loop, "augment_batch", real_augment)
+    with pytest.raises(HematoVisionError, match="different settings: average_from"):
+        train(**{**common, "average_from": 0.2}, out=str(tmp_path / "resumed"), resume=True)
+    resumed = train(**common, out=str(tmp_path / "resumed"), resume=True)
+
+    last = torch.load(whole / "checkpoint.pt", weights_only=True)
+    # 4 steps an epoch, 12 in all: averaged from the 6th step on
+    assert int(last["average"]["n_averaged"]) == 7
+    # epoch 1 is scored on the model's weights, epochs 2 and 3 on the average
+    assert scored[0] is not scored[1] and scored[1] is scored[2]
+    averaged = {k.removeprefix("module."): v for k, v in last["average"].items()}
+    final = scored[2].state_dict()
+    assert all(torch.allclose(v, averaged[k]) for k, v in final.items())
+    assert any(not torch.equal(v, last["model"][k]) for k, v in final.items())
+    assert np.allclose(
+        np.load(whole / "test_probs.npy"), np.load(resumed / "test_probs.npy"), atol=1e-5
+    )
+    with pytest.raises(HematoVisionError, match="--average-from must be at least 0 and below 1"):
+        train(**{**common, "average_from": 1.0}, out=str(tmp_path / "bad"))
+
+
+def test_mixstyle_mixes_early_feature_statistics_in_training_only(synth_dir, tmp_path):
+    import torch
+
+    from hematovision.training.mixstyle import add_mixstyle
+
+    class Stages(torch.nn.Module):  # three stages that pass their input on
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.Sequential(*(torch.nn.Identity() for _ in range(3)))
+
+        def forward(self, x):
+            return self.blocks(x)
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 8, 8) * torch.arange(1, 7.0)[:, None, None, None] + 10
+    model = Stages()
+    handles = add_mixstyle(model, p=1.0, stages=1)
+    assert model.eval()(x).equal(x)  # evaluation and export see the images as they are
+    mixed = model.train()(x)
+    mean, std = x.mean((2, 3)), x.std((2, 3))
+    new_mean, new_std = mixed.mean((2, 3)), mixed.std((2, 3))
+    assert not torch.allclose(new_mean, mean)
+    # each image's statistics lie between the batch's, its content (normalised) is unchanged
+    assert (new_mean >= mean.min(0).values - 1e-4).all()
+    assert (new_mean <= mean.max(0).values + 1e-4).all()
+    normalised = (x - mean[..., None, None]) / std[..., None, None]
+    new_normalised = (mixed - new_mean[..., None, None]) / new_std[..., None, None]
+    assert torch.allclose(normalised, new_normalised, atol=1e-3)
+    assert model(x[:1]).equal(x[:1])  # one image has no other to mix with
+    for handle in handles:
+        handle.remove()
+    assert add_mixstyle(model, p=0.0) == []
+    with pytest.raises(HematoVisionError, match="--mixstyle must be between 0 and 1"):
+        train(data=str(synth_dir), out=str(tmp_path / "a"), mixstyle=1.5)
+    with pytest.raises(HematoVisionError, match="--mixstyle needs a model with stages"):
+        train(data=str(synth_dir), out=str(tmp_path / "b"), arch="seed-cnn", mixstyle=0.5)
+
+
 def test_resume_without_a_checkpoint_is_a_clear_error(synth_dir, tmp_path):
     with pytest.raises(HematoVisionError, match="nothing to resume"):
         train(data=str(synth_dir), out=str(tmp_path / "none"), resume=True, show_progress=False)

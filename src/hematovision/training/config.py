@@ -103,6 +103,20 @@ class TrainConfig:
             choices=["none", "lab-class"],
         ),
     )
+    mixstyle: float = field(
+        default=0.0,
+        metadata=_opt(
+            "MixStyle: in training, mix each image's early feature statistics with another's "
+            "at this probability (0-1; EfficientNet-style models)"
+        ),
+    )
+    average_from: float | None = field(
+        default=None,
+        metadata=_opt(
+            "average the weights of every step after this share of the run (0-1; a simple "
+            "moving average, scored and saved in place of the last weights)"
+        ),
+    )
     max_per_class: int | None = field(
         default=None,
         metadata=_opt(
@@ -145,6 +159,10 @@ class TrainConfig:
             raise HematoVisionError("--start-size needs a model with global pooling, not seed-cnn")
         if self.freeze_blocks < 0:
             raise HematoVisionError("--freeze-blocks must be at least 0")
+        if not 0 <= self.mixstyle <= 1:
+            raise HematoVisionError("--mixstyle must be between 0 and 1")
+        if self.average_from is not None and not 0 <= self.average_from < 1:
+            raise HematoVisionError("--average-from must be at least 0 and below 1")
         if self.extra_repeat < 1:
             raise HematoVisionError("--extra-repeat must be at least 1")
 
@@ -166,4 +184,6 @@ RESUME_KEYS = (
     "framing",
     "balance",
     "recipe",
+    "average_from",
+    "mixstyle",
 )
