@@ -149,22 +149,28 @@ class TrainConfig:
                 raise HematoVisionError(f"--{name} must be one of {', '.join(allowed)}")
         if self.optimizer == "auto":
             self.optimizer = "adam" if self.arch == "seed-cnn" else "adamw"
-        if self.lr <= 0:
-            raise HematoVisionError("--lr must be positive")
-        if self.val_fraction <= 0:
-            raise HematoVisionError("--val-fraction must be above 0: early stopping needs it")
-        if self.start_size is not None and not 32 <= self.start_size <= self.image_size:
-            raise HematoVisionError("--start-size must be between 32 and --image-size")
-        if self.start_size is not None and self.arch == "seed-cnn":  # it flattens a fixed size
-            raise HematoVisionError("--start-size needs a model with global pooling, not seed-cnn")
-        if self.freeze_blocks < 0:
-            raise HematoVisionError("--freeze-blocks must be at least 0")
-        if not 0 <= self.mixstyle <= 1:
-            raise HematoVisionError("--mixstyle must be between 0 and 1")
-        if self.average_from is not None and not 0 <= self.average_from < 1:
-            raise HematoVisionError("--average-from must be at least 0 and below 1")
-        if self.extra_repeat < 1:
-            raise HematoVisionError("--extra-repeat must be at least 1")
+        resized = self.start_size is not None
+        for broken, message in (
+            (self.lr <= 0, "--lr must be positive"),
+            (self.val_fraction <= 0, "--val-fraction must be above 0: early stopping needs it"),
+            (
+                resized and not 32 <= self.start_size <= self.image_size,
+                "--start-size must be between 32 and --image-size",
+            ),
+            (  # seed-cnn flattens a fixed size
+                resized and self.arch == "seed-cnn",
+                "--start-size needs a model with global pooling, not seed-cnn",
+            ),
+            (self.freeze_blocks < 0, "--freeze-blocks must be at least 0"),
+            (not 0 <= self.mixstyle <= 1, "--mixstyle must be between 0 and 1"),
+            (
+                self.average_from is not None and not 0 <= self.average_from < 1,
+                "--average-from must be at least 0 and below 1",
+            ),
+            (self.extra_repeat < 1, "--extra-repeat must be at least 1"),
+        ):
+            if broken:
+                raise HematoVisionError(message)
 
 
 # Settings that must not change between a run and its --resume.
