@@ -1,0 +1,127 @@
+"""Does an ensemble of models carry further to a lab none of them saw (issue 11, point 4)?
+
+Deep ensembles (Lakshminarayanan et al., 2017) are among the few methods known to keep
+accuracy and calibration under dataset shift (Ovadia et al., 2019). bench_crosslab.py trains
+each leave-one-lab-out fold with several seeds and recipes; here each model is scored alone on
+the lab it never saw, then their mean probabilities, a cell flagged where any member flags it
+or the members disagree on its class. Side by side: the members' mean, the best member, the
+ensemble.
+
+    python benchmarks/bench_ensemble.py          (after bench_crosslab.py --seed 2 / --seed 3)
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from bench_crosslab import OUT, labs, left_out_images
+from hematovision.evaluation import expected_calibration_error
+from hematovision.inference import Classifier
+
+from _common import machine, table_head, table_row, write_section
+
+SEEDS = (2, 3)
+RECIPES = (
+    "+ other-lab augmentation",  # the bundled model's
+    "other-lab augmentation + random convolutions",
+    "other-lab augmentation + weights averaged (last half)",
+    "other-lab augmentation + MixStyle",
+)
+FOLDS = ("lisc", "bccd", "pbc")
+
+
+def member_outputs(left_out: str, recipe: str, seed: int, paths, labels) -> dict | None:
+    """One model's calibrated probabilities and flags on the left-out lab's images."""
+    run = OUT / "runs" / f"{left_out} | {recipe} | seed {seed}".replace(" ", "_")
+    if not (run / "artifact").is_dir():
+        return None
+    clf = Classifier.load(run / "artifact")
+    preds = clf.predict(paths)
+    probs = np.array([[p.probabilities[c] for c in clf.classes] for p in preds])
+    return {"probs": probs, "flagged": np.array([p.uncertain for p in preds])}
+
+
+def scores(probs: np.ndarray, flagged: np.ndarray, labels: np.ndarray) -> dict:
+    predicted = probs.argmax(1)
+    wrong = predicted != labels
+    return {
+        "accuracy": float((~wrong).mean()),
+        "f1_macro": float(
+            f1_score(labels, predicted, average="macro", labels=sorted(set(labels)))
+        ),
+        "wrong_unflagged": float((wrong & ~flagged).mean()),
+        "flagged": float(flagged.mean()),
+        "ece": expected_calibration_error(labels, probs),
+    }
+
+
+def ensemble(members: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean probabilities; flagged where any member flags the cell or their classes differ."""
+    probs = np.mean([m["probs"] for m in members], axis=0)
+    votes = np.stack([m["probs"].argmax(1) for m in members])
+    flagged = np.any([m["flagged"] for m in members], axis=0) | (votes != votes[0]).any(0)
+    return probs, flagged
+
+
+def fold_rows(left_out: str, paths, labels) -> dict:
+    members = {
+        (recipe, seed): out
+        for recipe in RECIPES
+        for seed in SEEDS
+        if (out := member_outputs(left_out, recipe, seed, paths, labels)) is not None
+    }
+    rows = {}
+    for recipe in RECIPES:
+        mine = [members[(recipe, s)] for s in SEEDS if (recipe, s) in members]
+        if len(mine) < 2:
+            continue
+        alone = [scores(m["probs"], m["flagged"], labels) for m in mine]
+        rows[f"{recipe}: one model (mean of {len(mine)} seeds)"] = {
+            k: float(np.mean([a[k] for a in alone])) for k in alone[0]
+        }
+        rows[f"{recipe}: {len(mine)} seeds together"] = scores(*ensemble(mine), labels)
+    if len(members) > 2:
+        rows[f"all {len(members)} models together"] = scores(
+            *ensemble(list(members.values())), labels
+        )
+    return rows
+
+
+def main() -> None:
+    sources, results = labs(), {}
+    for left_out in FOLDS:
+        # a fold's models know its training labs' classes (LISC and BCCD: five), all alike
+        run = next((OUT / "runs").glob(f"{left_out}_|_*_|_seed_2"))
+        classes = Classifier.load(run / "artifact").classes
+        paths, labels = left_out_images(sources[left_out], classes)
+        results[left_out] = fold_rows(left_out, paths, labels)
+        print(left_out, json.dumps(results[left_out], indent=1), flush=True)
+    (OUT / "ensemble.json").write_text(json.dumps(results, indent=1))
+    lines = [
+        "## Ensembles of models on a lab none of them saw (issue 11)\n",
+        f"Machine: {machine()}. Models of bench_crosslab.py (two labs, 96 px, 6 epochs), seeds "
+        f"{' and '.join(map(str, SEEDS))}, each scored on the left-out lab; an ensemble takes "
+        "their mean calibrated probabilities and flags a cell that any member flags or on "
+        "whose class they disagree. Accuracy / wrong and not flagged / flagged; ECE.\n",
+        *table_head(["models", *(f"{f} left out" for f in FOLDS)]),
+    ]
+    for name in {n: None for fold in results.values() for n in fold}:
+        cells = []
+        for fold in FOLDS:
+            r = results[fold].get(name)
+            cells.append(
+                f"{100 * r['accuracy']:.1f}% / {100 * r['wrong_unflagged']:.1f}% / "
+                f"{100 * r['flagged']:.0f}%; {r['ece']:.3f}"
+                if r
+                else "-"
+            )
+        lines.append(table_row([name, *cells]))
+    write_section("ensemble", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
