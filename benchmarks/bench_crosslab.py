@@ -122,23 +122,25 @@ def left_out_images(root: Path, classes: list[str]) -> tuple[list[Path], np.ndar
 
 
 def score(clf: Classifier, paths: list[Path], labels: np.ndarray) -> dict:
-    from sklearn.metrics import f1_score
-
     preds = clf.predict(paths, errors="report")
     ok = np.array([p.ok for p in preds])
-    predicted = np.array([clf.classes.index(p.label) if p.ok else -1 for p in preds])
-    wrong = (predicted != labels) & ok
-    flagged = np.array([p.uncertain for p in preds])
     probs = np.array([[p.probabilities.get(c, 0) for c in clf.classes] for p in preds if p.ok])
+    flagged = np.array([p.uncertain for p in preds if p.ok])
+    return {"n": int(ok.sum()), **score_arrays(probs, flagged, labels[ok])}
+
+
+def score_arrays(probs: np.ndarray, flagged: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, macro-F1, wrong and not flagged, flagged and ECE of calibrated probabilities."""
+    from sklearn.metrics import f1_score
+
+    predicted = probs.argmax(1)
+    wrong = predicted != labels
     return {
-        "n": int(ok.sum()),
-        "accuracy": float((predicted == labels)[ok].mean()),
-        "f1_macro": float(
-            f1_score(labels[ok], predicted[ok], average="macro", labels=sorted(set(labels[ok])))
-        ),
-        "wrong_unflagged": float((wrong & ~flagged)[ok].mean()),
-        "flagged": float(flagged[ok].mean()),
-        "ece": expected_calibration_error(labels[ok], probs),
+        "accuracy": float((~wrong).mean()),
+        "f1_macro": float(f1_score(labels, predicted, average="macro", labels=sorted(set(labels)))),
+        "wrong_unflagged": float((wrong & ~flagged).mean()),
+        "flagged": float(flagged.mean()),
+        "ece": expected_calibration_error(labels, probs),
     }
 
 

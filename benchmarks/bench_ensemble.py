@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from sklearn.metrics import f1_score
 
-from bench_crosslab import OUT, labs, left_out_images
-from hematovision.evaluation import expected_calibration_error
+from bench_crosslab import OUT, labs, left_out_images, score_arrays
 from hematovision.inference import Classifier
 
 from _common import machine, table_head, table_row, write_section
@@ -44,20 +42,6 @@ def member_outputs(left_out: str, recipe: str, seed: int, paths, labels) -> dict
     return {"probs": probs, "flagged": np.array([p.uncertain for p in preds])}
 
 
-def scores(probs: np.ndarray, flagged: np.ndarray, labels: np.ndarray) -> dict:
-    predicted = probs.argmax(1)
-    wrong = predicted != labels
-    return {
-        "accuracy": float((~wrong).mean()),
-        "f1_macro": float(
-            f1_score(labels, predicted, average="macro", labels=sorted(set(labels)))
-        ),
-        "wrong_unflagged": float((wrong & ~flagged).mean()),
-        "flagged": float(flagged.mean()),
-        "ece": expected_calibration_error(labels, probs),
-    }
-
-
 def ensemble(members: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Mean probabilities; flagged where any member flags the cell or their classes differ."""
     probs = np.mean([m["probs"] for m in members], axis=0)
@@ -78,13 +62,13 @@ def fold_rows(left_out: str, paths, labels) -> dict:
         mine = [members[(recipe, s)] for s in SEEDS if (recipe, s) in members]
         if len(mine) < 2:
             continue
-        alone = [scores(m["probs"], m["flagged"], labels) for m in mine]
+        alone = [score_arrays(m["probs"], m["flagged"], labels) for m in mine]
         rows[f"{recipe}: one model (mean of {len(mine)} seeds)"] = {
             k: float(np.mean([a[k] for a in alone])) for k in alone[0]
         }
-        rows[f"{recipe}: {len(mine)} seeds together"] = scores(*ensemble(mine), labels)
+        rows[f"{recipe}: {len(mine)} seeds together"] = score_arrays(*ensemble(mine), labels)
     if len(members) > 2:
-        rows[f"all {len(members)} models together"] = scores(
+        rows[f"all {len(members)} models together"] = score_arrays(
             *ensemble(list(members.values())), labels
         )
     return rows
