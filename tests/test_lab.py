@@ -103,12 +103,22 @@ def test_a_differential_is_flagged_against_the_labs_reference_intervals(tmp_path
         _intervals_file(tmp_path, "class,low,high\nneutrophil,50,70\nbasophil,0,1\n")
     )
     cells = [("neutrophil", False)] * 70 + [("lymphocyte", False)] * 29 + [("basophil", False)]
-    cells += [("basophil", True)] * 5  # to review: counted nowhere, flagged nowhere
+    cells += [("basophil", True)] * 5  # to review: not counted
     d = count_differential(cells, intervals=lab)
     assert d.flag("neutrophil") is None and d.flag("basophil") is None  # 70% and 1%: the limits
     assert d.flag("lymphocyte") is None and d.outside_reference == []  # the lab sets none
+    # 71 of 101 counted (70.3%) is above 70%, but not if the 5 to review are other white cells
+    # (71 of 106): before review, a flag holds whatever they turn out to be
     d = count_differential(cells + [("neutrophil", False)], intervals=lab)
+    assert d.percent("neutrophil") == 70.3 and d.flag("neutrophil") is None
+    reviewed = [c for c in cells if not c[1]] + [(None, False)] * 5  # reviewed: debris
+    d = count_differential(reviewed + [("neutrophil", False)], intervals=lab)
     assert d.flag("neutrophil") == "H" and d.outside_reference == ["neutrophil"]
+    # 40 of 90 (44.4%) is below 50%; with 15 to review it could be 55 of 105, with 5 not
+    low = [("neutrophil", False)] * 40 + [("lymphocyte", False)] * 50 + [("monocyte", True)] * 15
+    d = count_differential(low, intervals=lab)
+    assert d.percent("neutrophil") == 44.4 and d.flag("neutrophil") is None
+    assert count_differential(low[:-10], intervals=lab).flag("neutrophil") == "L"
     body = d.to_dict()
     assert body["white_cells"]["neutrophil"]["reference"] == [50.0, 70.0]
     assert body["white_cells"]["lymphocyte"] == {**body["white_cells"]["lymphocyte"], "flag": None}

@@ -168,12 +168,22 @@ class Differential:
         return round(100 * self.nucleated_red_cells / n, 1) if n else None
 
     def flag(self, label: str) -> str | None:
-        """``"H"`` / ``"L"`` where ``label``'s share lies outside the lab's interval."""
-        if not self.counted:
+        """``"H"`` / ``"L"`` where ``label``'s share lies outside the lab's interval whatever
+        the cells still to review turn out to be: "H" on its least share (every one of them
+        another white cell), "L" on its greatest (every one of them this class). Once every
+        flagged cell is reviewed, that is the share shown."""
+        counted, pending = self.counted, self.to_review
+        if not counted:
             return None
         if label == NUCLEATED_RED_CELL:
-            return self.intervals.flag(label, self.nrbc_per_100_white_cells)
-        return self.intervals.flag(label, self.percent(label))
+            count, most_of = self.nucleated_red_cells, counted  # per 100 white cells
+        else:
+            count, most_of = self.white_cells.get(label, 0), counted + pending
+        least = round(100 * count / (counted + pending), 1)
+        most = round(100 * (count + pending) / most_of, 1)
+        if self.intervals.flag(label, least) == "H":
+            return "H"
+        return "L" if self.intervals.flag(label, most) == "L" else None
 
     @property
     def outside_reference(self) -> list[str]:
