@@ -8,15 +8,23 @@ or the members disagree on its class. Side by side: the members' mean, the best 
 ensemble.
 
     python benchmarks/bench_ensemble.py          (after bench_crosslab.py --seed 2 / --seed 3)
+
+``--home RUN RUN ...``: the other side, on the labs the models were trained on: runs of the
+bundled model's build on the same split (their saved test-split probabilities, before
+calibration), alone and in pairs, per lab.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 
 from bench_crosslab import OUT, labs, left_out_images, score_arrays
+from hematovision.artifact import RunDir
 from hematovision.inference import Classifier
 
 from _common import machine, table_head, table_row, write_section
@@ -29,6 +37,7 @@ RECIPES = (
     "other-lab augmentation + MixStyle",
 )
 FOLDS = ("lisc", "bccd", "pbc")
+LABS = ("pbc", "lisc", "bccd")  # of the bundled model's build
 
 
 def member_outputs(left_out: str, recipe: str, seed: int, paths, labels) -> dict | None:
@@ -74,7 +83,34 @@ def fold_rows(left_out: str, paths, labels) -> dict:
     return rows
 
 
+def home_rows(runs: list[Path]) -> str:
+    """Test-split accuracy per lab of each run and each pair (mean probabilities)."""
+    manifests = [RunDir(r).manifest() for r in runs]
+    if len({m.sha256 for m in manifests}) != 1:
+        raise SystemExit("--home: the runs must share one split (split.json)")
+    test = manifests[0].entries("test")
+    classes = manifests[0].classes
+    labels = np.array([classes.index(f["label"]) for f in test])
+    lab_of = np.array([f.get("lab", "") for f in test])
+    probs = {r.name: np.load(RunDir(r).probs_file("test")) for r in runs}
+    lines = [
+        "\nOn the labs the models were trained on: runs of the bundled model's build on one "
+        "split, test-split accuracy from their saved probabilities (before calibration), alone "
+        "and two together (mean probabilities).\n",
+        *table_head(["models", *(f"{lab} ({(lab_of == lab).sum()})" for lab in LABS)]),
+    ]
+    combos = [(n,) for n in probs] + list(itertools.combinations(probs, 2))
+    for combo in combos:
+        predicted = np.mean([probs[n] for n in combo], axis=0).argmax(1)
+        cells = [f"{100 * (predicted == labels)[lab_of == lab].mean():.2f}%" for lab in LABS]
+        lines.append(table_row([" + ".join(combo), *cells]))
+    return "\n".join(lines)
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--home", nargs="+", type=Path, help="runs of the build on one split")
+    args = ap.parse_args()
     sources, results = labs(), {}
     for left_out in FOLDS:
         # a fold's models know its training labs' classes (LISC and BCCD: five), all alike
@@ -103,6 +139,8 @@ def main() -> None:
                 else "-"
             )
         lines.append(table_row([name, *cells]))
+    if args.home:
+        lines.append(home_rows(args.home))
     write_section("ensemble", "\n".join(lines))
     print("\n".join(lines))
 
