@@ -85,16 +85,11 @@ def test_the_api_and_the_page_follow_the_lab_rule(client):
     assert d["white_cells_counted"] == 2 and d["white_cells"]["basophil"]["percent"] == 100.0
     nrbc = {"count": 1, "per_100_white_cells": 50.0, "reference": [0.0, 0.0], "flag": "H"}
     assert d["nucleated_red_cells"] == nrbc  # against the typical adult intervals
-    assert (
-        d["white_cells"]["basophil"]["flag"] == "H" and d["white_cells"]["monocyte"]["flag"] == "L"
-    )
-    assert d["outside_reference"] == [
-        "basophil",
-        "lymphocyte",
-        "monocyte",
-        "neutrophil",
-        "erythroblast",
-    ]
+    # the blank cell waits for review: a flag holds whatever it turns out to be, so monocytes
+    # and lymphocytes (1 of 3 at most) are not low, neutrophils (at most 33%) are
+    white = d["white_cells"]
+    assert white["basophil"]["flag"] == "H" and white["monocyte"]["flag"] is None
+    assert d["outside_reference"] == ["basophil", "neutrophil", "erythroblast"]
     assert d["platelets"] == 1 and d["to_review"] == 1
     assert "erythroblast" not in d["white_cells"] and "platelet" not in d["white_cells"]
     page = client.get(f"/results/{body['upload_id']}").data.decode()
