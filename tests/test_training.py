@@ -58,6 +58,21 @@ def test_existing_output_needs_overwrite_and_one_class_is_refused(synth_dir, syn
         train(data=str(one), out=str(tmp_path / "r"), epochs=1, show_progress=False)
 
 
+def _interrupt_at(monkeypatch, batch: int):
+    """Ctrl-C as the ``batch``-th batch of training is augmented (4 batches an epoch on the
+    synthetic set); returns the real ``augment_batch`` to put back."""
+    real_augment, calls = loop.augment_batch, {"n": 0}
+
+    def interrupting_augment(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == batch:
+            raise KeyboardInterrupt
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "augment_batch", interrupting_augment)
+    return real_augment
+
+
 def test_interrupt_leaves_a_resumable_checkpoint(synth_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     common = dict(
@@ -70,16 +85,7 @@ def test_interrupt_leaves_a_resumable_checkpoint(synth_dir, tmp_path, monkeypatc
         seed=1,
         show_progress=False,
     )
-    real_augment = loop.augment_batch
-    calls = {"n": 0}
-
-    def interrupting_augment(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:  # in the second epoch (4 batches per epoch)
-            raise KeyboardInterrupt
-        return real_augment(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "augment_batch", interrupting_augment)
+    real_augment = _interrupt_at(monkeypatch, 6)  # in the second epoch
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(**common)
     monkeypatch.setattr(loop, "augment_batch", real_augment)
@@ -125,15 +131,7 @@ def test_weights_averaged_over_the_end_of_a_run_survive_a_resume(synth_dir, tmp_
 
     monkeypatch.setattr(loop, "evaluate", recording_evaluate)
     whole = train(**common, out=str(tmp_path / "whole"))
-    real_augment, calls = loop.augment_batch, {"n": 0}
-
-    def interrupting_augment(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 11:  # in the third epoch, with 4 steps of the average taken
-            raise KeyboardInterrupt
-        return real_augment(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "augment_batch", interrupting_augment)
+    real_augment = _interrupt_at(monkeypatch, 11)  # in epoch 3, 4 steps of the average taken
     with pytest.raises(TrainingInterrupted):
         train(**common, out=str(tmp_path / "resumed"))
     monkeypatch.setattr(loop, "augment_batch", real_augment)
