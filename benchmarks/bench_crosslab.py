@@ -15,6 +15,8 @@ Also: agreement of a cell's class at 0.5x-2x zoom with its class at 1x, with and
     # of some recipes and folds, added as rows of their own:
     python benchmarks/bench_crosslab.py --seed 1 --left-out pbc \
         --recipes "+ other-lab augmentation,other-lab augmentation + edge cut"
+    # another seed on seed 2's split (a second member of an ensemble: bench_ensemble.py)
+    python benchmarks/bench_crosslab.py --seed 4 --split-seed 2 --recipes "+ other-lab augmentation"
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ def run_fold(left_out: str, sources: dict[str, Path], args, results: dict, save)
         if args.recipes and name not in args.recipes:
             continue
         key = f"{left_out} | {name}" + (f" | seed {args.seed}" if args.seed else "")
+        key += f" | split {args.split_seed}" if args.split_seed is not None else ""
         wants_zoom = left_out == "lisc" and name in ZOOM_VARIANTS
         if key in results:
             if wants_zoom and "zoom_agreement" not in results[key]:  # a run made before
@@ -177,7 +180,7 @@ def run_fold(left_out: str, sources: dict[str, Path], args, results: dict, save)
                 out=str(OUT / "runs" / key.replace(" ", "_")),
                 epochs=args.epochs,
                 overwrite=True,
-                **{**COMMON, "seed": args.seed},
+                **{**COMMON, "seed": args.seed, "split_seed": args.split_seed},
                 **variant,
             )
         )
@@ -235,6 +238,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--fresh", action="store_true", help="forget earlier results")
     ap.add_argument("--seed", type=int, default=0, help="runs of another seed: rows of their own")
+    ap.add_argument(
+        "--split-seed", type=int, help="the split of another seed's runs (ensemble members)"
+    )
     ap.add_argument("--left-out", default="lisc,bccd,pbc", help="the folds to run")
     ap.add_argument("--recipes", help="only these recipes (comma-separated names)")
     args = ap.parse_args()

@@ -193,6 +193,7 @@ def cmd_export(args) -> int:
         args.model,
         args.out,
         int8=args.int8,
+        half_weights=args.half_weights,
         data_dir=args.data,
         overwrite=args.overwrite,
         show_progress=not args.quiet,
@@ -793,9 +794,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("export", help="export a run to ONNX: the model artifact folder")
-    x.add_argument("--model", required=True, help="run folder")
-    x.add_argument("--out", help="artifact folder (default: RUN/artifact)")
+    x.add_argument(
+        "--model",
+        required=True,
+        nargs="+",
+        help="run folder; several runs of one split: one ensemble (the mean of their logits)",
+    )
+    x.add_argument("--out", help="artifact folder (default: RUN/artifact; needed for an ensemble)")
     x.add_argument("--int8", action="store_true", help="also write a quantised model.int8.onnx")
+    x.add_argument(
+        "--half-weights",
+        action="store_true",
+        help="store the convolutions' weights in float16: about half the file, computed in "
+        "float32 (probabilities within 0.02)",
+    )
     x.add_argument("--data", help="the training data, if it moved since training")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)

@@ -26,9 +26,17 @@ from ..errors import HematoVisionError
 from ..evaluation import classification_metrics, expected_calibration_error, plot_confusion
 from ..files import sha256_file
 from ..models import load_trained
+from ..models.ensemble import run_list
 from .calibration import calibrate, choose_confidence_threshold, fit_temperature, softmax
 from .graph import ServingGraph, pooled_features, run_graph, with_static_padding
-from .onnx_export import export_fp32, export_int8, onnx_logits
+from .onnx_export import (
+    FP16_WEIGHTS_TOLERANCE,
+    check_parity,
+    export_fp32,
+    export_int8,
+    onnx_logits,
+    store_weights_in_half,
+)
 
 __all__ = [
     "ANCHORS",
@@ -64,17 +72,24 @@ def export_run(
     run_dir: str | Path | RunDir,
     out_dir: str | Path | None = None,
     int8: bool = False,
+    half_weights: bool = False,
     data_dir: str | Path | None = None,
     overwrite: bool = False,
     provenance: str | None = None,
     show_progress: bool = True,
 ) -> ModelArtifact:
-    """Write the model artifact of a training run (default folder: RUN/artifact).
+    """Write the model artifact of a training run (default folder: RUN/artifact), or of
+    several runs of one split as one ensemble (``FeatureEnsemble``; ``out_dir`` needed).
 
-    ``provenance``: a free-text note on how the run was made, kept in model.json."""
-    run = RunDir(run_dir).require()
+    ``half_weights``: store the convolutions' weights in float16 (about half the file;
+    arithmetic in float32). ``provenance``: a free-text note on how the run was made, kept in
+    model.json."""
+    runs = run_list(run_dir)
+    if len(runs) > 1 and out_dir is None:
+        raise HematoVisionError("an ensemble of runs needs an artifact folder of its own: --out")
+    model, info = load_trained(runs)  # checks the runs before anything is replaced
+    run = runs[0]
     out = _prepare_out(Path(out_dir) if out_dir else run.artifact, overwrite)
-    model, info = load_trained(run)
     classes = info.classes
     # the exported graph takes uint8 pixels and normalises them itself
     spec = replace(info.preprocess, input="uint8")
@@ -86,7 +101,7 @@ def export_run(
     graph = ServingGraph(with_static_padding(model, spec.input_size), anchors, spec).eval()
     val_x, val_y = images.val
     calibration, val_logits, val_ood = calibrate(graph, val_x, val_y, images.known_extra)
-    files, checks = _write_onnx(graph, out, val_x, spec, val_logits, int8)
+    files, checks = _write_onnx(graph, out, val_x, spec, val_logits, int8, half_weights)
     files["anchors"] = write_anchors(out / "anchors.npz", anchors, anchor_labels)
     artifact = ModelArtifact(
         name=f"hematovision-{info.architecture}",
@@ -131,8 +146,10 @@ def write_anchors(path: Path, features: np.ndarray, labels: np.ndarray) -> Artif
     return ArtifactFile(path.name, sha256_file(path))
 
 
-def _write_onnx(graph, out: Path, val_x, spec, val_logits, int8: bool):
-    """model.onnx (+ model.int8.onnx), each checked on the validation images: (files, checks)."""
+def _write_onnx(graph, out: Path, val_x, spec, val_logits, int8: bool, half_weights: bool):
+    """model.onnx (+ model.int8.onnx), each checked on the validation images: (files, checks).
+    ``half_weights``: model.onnx keeps its convolutions' weights in float16 (int8 is made
+    from the full float32 weights first)."""
     checks = {
         "fp32_max_abs_probability_difference": export_fp32(
             graph, out / "model.onnx", val_x, spec, val_logits
@@ -142,6 +159,11 @@ def _write_onnx(graph, out: Path, val_x, spec, val_logits, int8: bool):
     if int8:
         checks["int8_top1_agreement"] = export_int8(
             out / "model.onnx", out / "model.int8.onnx", val_x, spec, val_logits
+        )
+    if half_weights:
+        store_weights_in_half(out / "model.onnx")
+        checks["fp16_weights_max_abs_probability_difference"] = check_parity(
+            out / "model.onnx", val_x, spec, val_logits, FP16_WEIGHTS_TOLERANCE
         )
     files = {
         key: ArtifactFile(name, sha256_file(out / name))

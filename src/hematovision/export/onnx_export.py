@@ -16,6 +16,9 @@ from .calibration import softmax
 from .graph import ServingGraph
 
 FP32_TOLERANCE = 1e-4  # max |probability difference| between ONNX Runtime and PyTorch
+# the same with the convolutions' weights stored in float16 (the bundled model: 0.009 at most
+# on 320 PBC cells, top-1 unchanged)
+FP16_WEIGHTS_TOLERANCE = 0.02
 INT8_MIN_AGREEMENT = 0.995  # top-1 agreement of the int8 model with fp32 on validation
 
 
@@ -61,13 +64,45 @@ def export_fp32(
             dynamic_axes={n: {0: "batch"} for n in ("input", *OUTPUTS)},
         )
     _store_anchors_in_half(path, graph.anchors.numpy())
+    return check_parity(path, images, spec, reference_logits, FP32_TOLERANCE)
+
+
+def check_parity(
+    path: Path, images: np.ndarray, spec: PreprocessSpec, reference_logits, tolerance: float
+) -> float:
+    """The largest probability difference between the ONNX file and ``reference_logits`` on
+    ``images``; raises at ``tolerance`` or above."""
     diff = float(np.abs(softmax(onnx_logits(path, images, spec)) - softmax(reference_logits)).max())
-    if diff >= FP32_TOLERANCE:
+    if diff >= tolerance:
         raise HematoVisionError(
-            f"export check failed: ONNX Runtime differs from PyTorch by "
-            f"{diff:.2e} in probability (limit {FP32_TOLERANCE})"
+            f"export check failed: ONNX Runtime ({path.name}) differs from PyTorch by "
+            f"{diff:.2e} in probability (limit {tolerance})"
         )
     return diff
+
+
+def store_weights_in_half(path: Path) -> None:
+    """Keep the convolutions' weights as float16 in the file, each behind a Cast that ONNX
+    Runtime folds back to float32 when it loads: about half the bytes, float32 arithmetic
+    (the bundled model: 16.6 -> 9.9 MB). The head stays float32 for ``adapt`` to refit."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(path)
+    initializers = {i.name: i for i in model.graph.initializer}
+    names = sorted(
+        {n.input[1] for n in model.graph.node if n.op_type == "Conv"} & set(initializers)
+    )
+    for i, name in enumerate(names):
+        weight = numpy_helper.to_array(initializers[name])
+        model.graph.initializer.remove(initializers[name])
+        model.graph.initializer.append(
+            numpy_helper.from_array(weight.astype(np.float16), name + "_fp16")
+        )
+        model.graph.node.insert(
+            i, helper.make_node("Cast", [name + "_fp16"], [name], to=TensorProto.FLOAT)
+        )
+    onnx.save(model, path)
 
 
 def _store_anchors_in_half(path: Path, anchors: np.ndarray) -> None:

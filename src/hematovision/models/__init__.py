@@ -16,6 +16,7 @@ from ..artifact import RunDir, RunInfo
 from ..errors import HematoVisionError
 from ..preprocess import PreprocessSpec, normalize
 from . import efficientnet_lite, seed_cnn  # noqa: F401 - they register themselves
+from .ensemble import FeatureEnsemble, ensemble_info, run_list
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -30,6 +31,7 @@ from .registry import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "FeatureEnsemble",
     "ModelInfo",
     "create_model",
     "list_models",
@@ -85,9 +87,18 @@ def predict_proba(
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def load_trained(run_dir: str | Path | RunDir, device: str = "cpu") -> tuple[nn.Module, RunInfo]:
-    """The best weights of a training run, in eval mode, and its ``RunInfo``."""
-    run = RunDir(run_dir).require()
+def load_trained(
+    runs: str | Path | RunDir | list, device: str = "cpu"
+) -> tuple[nn.Module, RunInfo]:
+    """The best weights of a training run, in eval mode, and its ``RunInfo``; of several runs
+    (same classes, preprocessing and split), their ``FeatureEnsemble``."""
+    runs = run_list(runs)
+    if len(runs) > 1:
+        info = ensemble_info(runs)
+        members = [load_trained(run)[0] for run in runs]
+        ensemble = FeatureEnsemble(members).check(info.preprocess.input_size)
+        return ensemble.to(device).eval(), info
+    run = runs[0]
     info = run.info()
     model = create_model(
         info.architecture,

@@ -51,6 +51,13 @@ class TrainConfig:
     val_fraction: float = field(default=0.2, metadata=_opt("share of images for validation"))
     test_fraction: float = field(default=0.1, metadata=_opt("share of images held out for test"))
     seed: int = field(default=0, metadata=_opt("fixes the split, the order and the augmentation"))
+    split_seed: int | None = field(
+        default=None,
+        metadata=_opt(
+            "fixes the split (and --max-per-class's sample) instead of --seed: runs that share "
+            "it share their validation and test images and can be exported as one ensemble"
+        ),
+    )
     optimizer: str = field(
         default="auto",
         metadata=_opt(
@@ -172,6 +179,11 @@ class TrainConfig:
             if broken:
                 raise HematoVisionError(message)
 
+    @property
+    def data_seed(self) -> int:
+        """The seed of the split and of the images kept per class."""
+        return self.seed if self.split_seed is None else self.split_seed
+
 
 # Settings that must not change between a run and its --resume.
 RESUME_KEYS = (
@@ -181,6 +193,7 @@ RESUME_KEYS = (
     "val_fraction",
     "test_fraction",
     "seed",
+    "split_seed",
     "max_per_class",
     "optimizer",
     "batch_size",

@@ -50,7 +50,9 @@ def scan_training_folder(cfg: TrainConfig) -> ImageFolder:
     """The data folder's images, limited per class for a new run; at least two classes."""
     folder = scan_folder(cfg.data)
     if not cfg.init:  # continuing a run keeps its split: --max-per-class thins only its train
-        folder = folder.subset(limit_per_class(_lab_class(folder), cfg.max_per_class, cfg.seed))
+        folder = folder.subset(
+            limit_per_class(_lab_class(folder), cfg.max_per_class, cfg.data_seed)
+        )
     if len(folder.classes) < 2:
         raise HematoVisionError(
             f"only one class ({folder.classes[0]}) in {cfg.data}; "
@@ -82,7 +84,9 @@ def load_training_data(
     split = {s: manifest.indices(decoded.folder, s) for s in SPLITS}
     if cfg.init and cfg.max_per_class:
         train = split["train"]
-        split["train"] = np.sort(train[limit_per_class(labels[train], cfg.max_per_class, cfg.seed)])
+        split["train"] = np.sort(
+            train[limit_per_class(labels[train], cfg.max_per_class, cfg.data_seed)]
+        )
     x_train, y_train = decoded.arrays[split["train"]], labels[split["train"]]
     labs = decoded.folder.lab_names()
     train_labs = labs[split["train"]]
@@ -134,7 +138,7 @@ def _split_manifest(cfg: TrainConfig, run: RunDir, decoded) -> SplitManifest:
             )
     else:
         manifest = SplitManifest.build(
-            decoded.folder, decoded.sha256, cfg.val_fraction, cfg.test_fraction, cfg.seed
+            decoded.folder, decoded.sha256, cfg.val_fraction, cfg.test_fraction, cfg.data_seed
         )
     manifest.save(run.split_file)
     return manifest
