@@ -25,6 +25,7 @@ import numpy as np
 
 from bench_crosslab import OUT, labs, left_out_images, score_arrays
 from hematovision.artifact import RunDir
+from hematovision.export import export_run
 from hematovision.inference import Classifier
 
 from _common import machine, table_head, table_row, write_section
@@ -37,15 +38,23 @@ RECIPES = (
     "other-lab augmentation + MixStyle",
 )
 FOLDS = ("lisc", "bccd", "pbc")
+# bench_crosslab.py's runs of the bundled recipe that share a split (seed 2's, LISC grouped as now)
+PRODUCT_MEMBERS = (
+    "+ other-lab augmentation | seed 4 | split 2",
+    "+ other-lab augmentation | seed 5 | split 2",
+)
 LABS = ("pbc", "lisc", "bccd")  # of the bundled model's build
 
 
-def member_outputs(left_out: str, recipe: str, seed: int, paths, labels) -> dict | None:
-    """One model's calibrated probabilities and flags on the left-out lab's images."""
-    run = OUT / "runs" / f"{left_out} | {recipe} | seed {seed}".replace(" ", "_")
-    if not (run / "artifact").is_dir():
+def run_of(left_out: str, key: str) -> Path:
+    return OUT / "runs" / f"{left_out} | {key}".replace(" ", "_")
+
+
+def member_outputs(artifact: Path, paths) -> dict | None:
+    """One artifact's calibrated probabilities and flags on the left-out lab's images."""
+    if not artifact.is_dir():
         return None
-    clf = Classifier.load(run / "artifact")
+    clf = Classifier.load(artifact)
     preds = clf.predict(paths)
     probs = np.array([[p.probabilities[c] for c in clf.classes] for p in preds])
     return {"probs": probs, "flagged": np.array([p.uncertain for p in preds])}
@@ -64,7 +73,8 @@ def fold_rows(left_out: str, paths, labels) -> dict:
         (recipe, seed): out
         for recipe in RECIPES
         for seed in SEEDS
-        if (out := member_outputs(left_out, recipe, seed, paths, labels)) is not None
+        if (out := member_outputs(run_of(left_out, f"{recipe} | seed {seed}") / "artifact", paths))
+        is not None
     }
     rows = {}
     for recipe in RECIPES:
@@ -80,7 +90,36 @@ def fold_rows(left_out: str, paths, labels) -> dict:
         rows[f"all {len(members)} models together"] = score_arrays(
             *ensemble(list(members.values())), labels
         )
-    return rows
+    return rows | product_rows(left_out, paths, labels)
+
+
+def product_rows(left_out: str, paths, labels) -> dict:
+    """Two runs of the bundled recipe on one split, exported as one artifact (``hematovision
+    export --model A B --half-weights``: the mean of their logits, calibrated as one model)."""
+    runs = [run_of(left_out, key) for key in PRODUCT_MEMBERS]
+    if not all((run / "artifact").is_dir() for run in runs):
+        return {}
+    out = OUT / "ensembles" / left_out
+    if not (out / "model.json").is_file():
+        export_run(runs, out, half_weights=True, overwrite=True, show_progress=False)
+    members = [member_outputs(run / "artifact", paths) for run in runs]
+    alone = [score_arrays(m["probs"], m["flagged"], labels) for m in members]
+    product = member_outputs(out, paths)
+    votes = np.stack([m["probs"].argmax(1) for m in members])
+    disagree = (votes != votes[0]).any(0)
+    name = "bundled recipe, one split"
+    return {
+        f"{name}: one model (mean of 2 members)": {
+            k: float(np.mean([a[k] for a in alone])) for k in alone[0]
+        },
+        f"{name}: 2 members' mean probabilities": score_arrays(*ensemble(members), labels),
+        f"{name}: 2 members as one artifact": score_arrays(
+            product["probs"], product["flagged"], labels
+        ),
+        f"{name}: one artifact, flagged also where members disagree": score_arrays(
+            product["probs"], product["flagged"] | disagree, labels
+        ),
+    }
 
 
 def home_rows(runs: list[Path]) -> str:

@@ -51,13 +51,20 @@ def test_split_seed_shares_the_split_and_nothing_else(members):
     assert not torch.equal(weights[0]["classifier.weight"], weights[1]["classifier.weight"])
 
 
+@pytest.fixture(scope="module")
+def ensemble(members, tmp_path_factory):
+    """The first two members exported as the README shows."""
+    a, b, _ = members
+    out = tmp_path_factory.mktemp("ensemble") / "artifact"
+    assert main(["export", "--model", str(a), str(b), "--out", str(out), "--half-weights"]) == 0
+    return out
+
+
 def test_an_ensemble_exported_as_the_readme_shows_answers_the_mean_of_its_members(
-    members, synth_dir, tmp_path, capsys
+    members, ensemble, synth_dir
 ):
     a, b, _ = members
-    out = tmp_path / "ensemble"
-    code = main(["export", "--model", str(a), str(b), "--out", str(out), "--half-weights"])
-    assert code == 0, capsys.readouterr().err
+    out = ensemble
     meta = json.loads((out / "model.json").read_text())
     assert meta["architecture"] == "ensemble-2xefficientnet_lite0"
     assert [m["run"] for m in meta["training"]["ensemble_members"]] == [str(a), str(b)]
@@ -80,6 +87,21 @@ def test_an_ensemble_exported_as_the_readme_shows_answers_the_mean_of_its_member
     # the weights in float16: about half the bytes of the members' float32 parameters
     params = sum(p.numel() for run in (a, b) for p in load_trained(run)[0].parameters())
     assert (out / "model.onnx").stat().st_size < 0.6 * 4 * params
+
+
+def test_an_ensemble_adapts_to_a_lab_as_one_network_does(ensemble, synth_dir, tmp_path):
+    from hematovision.adapt import adapt
+
+    from hematovision.artifact import ModelArtifact
+
+    adapted = adapt(ModelArtifact.load(ensemble), synth_dir, tmp_path / "adapted", force=True)
+    held_out = adapted.metrics["adaptation"]["held_out"]
+    assert held_out["n"] > 0 and held_out["accuracy_after"] >= held_out["accuracy_before"]
+    clf = Classifier.load(adapted.path, engine="onnxruntime")
+    assert (adapted.path / "model.onnx").stat().st_size < 1.1 * (
+        ensemble / "model.onnx"
+    ).stat().st_size
+    assert all(p.ok for p in clf.predict(sorted(synth_dir.rglob("*.png"))[:4]))
 
 
 def test_the_ensembles_logits_are_the_mean_of_its_members(members, synth_dir):
