@@ -91,7 +91,6 @@ def test_an_ensemble_exported_as_the_readme_shows_answers_the_mean_of_its_member
 
 def test_an_ensemble_adapts_to_a_lab_as_one_network_does(ensemble, synth_dir, tmp_path):
     from hematovision.adapt import adapt
-
     from hematovision.artifact import ModelArtifact
 
     adapted = adapt(ModelArtifact.load(ensemble), synth_dir, tmp_path / "adapted", force=True)
