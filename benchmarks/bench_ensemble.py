@@ -9,6 +9,8 @@ ensemble.
 
     python benchmarks/bench_ensemble.py          (after bench_crosslab.py --seed 2 / --seed 3)
 
+``--cost ARTIFACT ...``: only the size and speed of those artifacts beside the bundled model's.
+
 ``--home RUN RUN ...``: the other side, on the labs the models were trained on: runs of the
 bundled model's build on the same split (their saved test-split probabilities, before
 calibration), alone and in pairs, per lab.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,10 +149,62 @@ def home_rows(runs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def cost_section(artifacts: list[Path], images: int = 256, repeats: int = 5) -> str:
+    """Each artifact's folder size and time per image (batches of 64 resized PBC cells,
+    median of ``repeats``), on ONNX Runtime and on the engine ``auto`` picks."""
+    from hematovision.data import scan_folder
+    from hematovision.inference.classifier import DEFAULT_MODEL
+    from hematovision.preprocess import load_resized
+
+    from _common import DEFAULT_PBC
+
+    folder = scan_folder(DEFAULT_PBC)
+    chosen = np.random.default_rng(0).choice(len(folder.paths), images, replace=False)
+    artifacts = [DEFAULT_MODEL, *artifacts]
+    rows, base = [], {}
+    for path in artifacts:
+        megabytes = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+        cells = []
+        for engine in ("onnxruntime", "auto"):
+            clf = Classifier.load(path, engine=engine)
+            batch = np.stack([load_resized(folder.paths[i], clf.spec) for i in chosen])
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for i in range(0, len(batch), 64):
+                    clf.predict_arrays(batch[i : i + 64])
+                times.append((time.perf_counter() - start) / len(batch) * 1000)
+            ms = float(np.median(times))
+            base.setdefault(engine, ms)
+            cells.append(f"{ms:.2f} ms ({ms / base[engine]:.2f}x), {clf.engine_info()['name']}")
+        rows.append(table_row([f"{path.parent.name}/{path.name}", f"{megabytes:.1f} MB", *cells]))
+    return "\n".join(
+        [
+            "## What an ensemble costs to serve (issue 11)\n",
+            f"Machine: {machine()}. Each artifact's folder, and the model's time per image on "
+            f"{images} PBC cells already resized, in batches of 64 (median of {repeats}; ratio "
+            "to the bundled model on the same engine).\n",
+            *table_head(["artifact", "folder", "ONNX Runtime fp32", "engine auto picks"]),
+            *rows,
+        ]
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--home", nargs="+", type=Path, help="runs of the build on one split")
+    ap.add_argument(
+        "--cost",
+        nargs="+",
+        type=Path,
+        help="only measure these artifacts' size and speed beside the bundled model's",
+    )
     args = ap.parse_args()
+    if args.cost:
+        text = cost_section(args.cost)
+        write_section("ensemble_cost", text)
+        print(text)
+        return
     sources, results = labs(), {}
     for left_out in FOLDS:
         # a fold's models know its training labs' classes (LISC and BCCD: five), all alike
@@ -164,7 +219,11 @@ def main() -> None:
         f"Machine: {machine()}. Models of bench_crosslab.py (two labs, 96 px, 6 epochs), seeds "
         f"{' and '.join(map(str, SEEDS))}, each scored on the left-out lab; an ensemble takes "
         "their mean calibrated probabilities and flags a cell that any member flags or on "
-        "whose class they disagree. Accuracy / wrong and not flagged / flagged; ECE.\n",
+        "whose class they disagree. The last four rows: two runs of the bundled recipe on one "
+        "split (seeds 4 and 5 on seed 2's), alone, by that rule, and exported as one artifact "
+        "(`hematovision export --model A B --half-weights`: the mean of their logits, one "
+        "temperature and thresholds fitted on validation), with and without a flag where the "
+        "members disagree. Accuracy / wrong and not flagged / flagged; ECE.\n",
         *table_head(["models", *(f"{f} left out" for f in FOLDS)]),
     ]
     for name in {n: None for fold in results.values() for n in fold}:
