@@ -63,11 +63,16 @@ def member_outputs(artifact: Path, paths) -> dict | None:
     return {"probs": probs, "flagged": np.array([p.uncertain for p in preds])}
 
 
+def disagree(members: list[dict]) -> np.ndarray:
+    """Where the members' top classes differ."""
+    votes = np.stack([m["probs"].argmax(1) for m in members])
+    return (votes != votes[0]).any(0)
+
+
 def ensemble(members: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Mean probabilities; flagged where any member flags the cell or their classes differ."""
     probs = np.mean([m["probs"] for m in members], axis=0)
-    votes = np.stack([m["probs"].argmax(1) for m in members])
-    flagged = np.any([m["flagged"] for m in members], axis=0) | (votes != votes[0]).any(0)
+    flagged = np.any([m["flagged"] for m in members], axis=0) | disagree(members)
     return probs, flagged
 
 
@@ -108,8 +113,6 @@ def product_rows(left_out: str, paths, labels) -> dict:
     members = [member_outputs(run / "artifact", paths) for run in runs]
     alone = [score_arrays(m["probs"], m["flagged"], labels) for m in members]
     product = member_outputs(out, paths)
-    votes = np.stack([m["probs"].argmax(1) for m in members])
-    disagree = (votes != votes[0]).any(0)
     name = "bundled recipe, one split"
     return {
         f"{name}: one model (mean of 2 members)": {
@@ -120,7 +123,7 @@ def product_rows(left_out: str, paths, labels) -> dict:
             product["probs"], product["flagged"], labels
         ),
         f"{name}: one artifact, flagged also where members disagree": score_arrays(
-            product["probs"], product["flagged"] | disagree, labels
+            product["probs"], product["flagged"] | disagree(members), labels
         ),
     }
 
@@ -152,6 +155,7 @@ def home_rows(runs: list[Path]) -> str:
 def cost_section(artifacts: list[Path], images: int = 256, repeats: int = 5) -> str:
     """Each artifact's folder size and time per image (batches of 64 resized PBC cells,
     median of ``repeats``), on ONNX Runtime and on the engine ``auto`` picks."""
+    from hematovision.artifact import ModelArtifact
     from hematovision.data import scan_folder
     from hematovision.inference.classifier import DEFAULT_MODEL
     from hematovision.preprocess import load_resized
@@ -164,10 +168,11 @@ def cost_section(artifacts: list[Path], images: int = 256, repeats: int = 5) -> 
     rows, base = [], {}
     for path in artifacts:
         megabytes = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+        spec = ModelArtifact.load(path).preprocess  # the same cells for both engines
+        batch = np.stack([load_resized(folder.paths[i], spec) for i in chosen])
         cells = []
         for engine in ("onnxruntime", "auto"):
             clf = Classifier.load(path, engine=engine)
-            batch = np.stack([load_resized(folder.paths[i], clf.spec) for i in chosen])
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()

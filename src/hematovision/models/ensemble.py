@@ -78,13 +78,13 @@ def ensemble_info(runs: list[RunDir]) -> RunInfo:
     """The ``RunInfo`` of an ensemble of ``runs``, which must share classes, preprocessing and
     their split (their validation images calibrate it, their test images score it)."""
     infos = [run.info() for run in runs]
-    first = infos[0]
+    first, split = infos[0], runs[0].manifest().sha256
     for run, info in zip(runs[1:], infos[1:]):
         if info.classes != first.classes:
             raise HematoVisionError(f"{run} has classes {info.classes}, {runs[0]} {first.classes}")
         if info.preprocess != first.preprocess:
             raise HematoVisionError(f"{run} preprocesses its images unlike {runs[0]}")
-        if run.manifest().sha256 != runs[0].manifest().sha256:
+        if run.manifest().sha256 != split:
             raise HematoVisionError(
                 f"{run} and {runs[0]} have different splits: train ensemble members on the "
                 "same data with the same --split-seed"
