@@ -43,7 +43,7 @@ from hematovision.adapt import (
     out_of_fold_distances,
 )
 from hematovision.artifact import ModelArtifact
-from hematovision.data.labs import near_duplicate_groups
+from hematovision.data.duplicates import near_duplicate_groups
 from hematovision.export.calibration import softmax
 from hematovision.inference.classifier import (
     DIHEDRAL,

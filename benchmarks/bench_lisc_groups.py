@@ -1,100 +1,141 @@
 """Are LISC's near-duplicate groups right (issue 11, point 3)?
 
 LISC holds about five shifted, rescaled or black-padded copies of each white cell, numbered one
-cell after another. ``data.labs.near_duplicate_groups`` groups them by the similarity of framed
-grey thumbnails, so that no cell has copies in both training and test. Here a geometric check
-judges each pair of consecutively numbered crops: ORB keypoints (scikit-image) matched and
-fitted by RANSAC with a similarity transform. Copies of one cell are the same pixels moved, so
-they share many inliers; two different cells share almost none (the control: crops of two
-different classes). Counted: consecutive pairs the grouping keeps together and those it splits,
-and how many of each match geometrically.
+cell after another. ``data.duplicates.near_duplicate_groups`` groups them (ORB keypoints,
+nearest-descriptor votes, RANSAC), so that no cell has copies in both training and test. Here the
+groups are judged on pairs the rule did not choose to check: every pair of consecutively numbered
+crops, and a random sample of pairs of one class in two groups, each judged by the same
+geometric test (at least ``SAME_CELL_INLIERS`` matches one similarity transform explains). A
+pair in two groups that matches is a cell whose copies a split can put on both sides. The
+control: pairs of crops of two classes, which can never be one cell.
 
-    python benchmarks/bench_lisc_groups.py
+    python benchmarks/bench_lisc_groups.py [--rescore RUN ...]
+
+``--rescore``: a training run's LISC test images scored again, apart by whether a copy of the
+cell (by today's groups) was in its training or validation split.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
 
-from hematovision.data.labs import near_duplicate_groups
+import numpy as np
+
+from hematovision.data.duplicates import (
+    SAME_CELL_INLIERS,
+    keypoints,
+    near_duplicate_groups,
+    shared_keypoints,
+)
 
 from _common import DEFAULT_PBC, machine, table_head, table_row, write_section
 
 LISC = DEFAULT_PBC.parent / "lisc"
-SAME_CELL_INLIERS = 20  # the control's 99th percentile is about 5
 CONTROL_PAIRS = 40  # per class
+SPLIT_SAMPLE = 400  # random pairs of one class in two groups, per class
 
 
-def keypoints(path):
-    """ORB keypoints and descriptors of a crop's grey image."""
-    from skimage.feature import ORB
+def pair_rows(paths, points, groups, rng) -> dict[str, list[int]]:
+    """Shared keypoints of one class's consecutive pairs and of random pairs in two groups."""
+    rows = {"consecutive, one group": [], "consecutive, two groups": [], "random, two groups": []}
+    for i in range(len(paths) - 1):
+        key = "consecutive, one group" if groups[i] == groups[i + 1] else "consecutive, two groups"
+        rows[key].append(shared_keypoints(points[paths[i]], points[paths[i + 1]]))
+    while len(rows["random, two groups"]) < SPLIT_SAMPLE:
+        i, j = rng.choice(len(paths), 2, replace=False)
+        if groups[i] != groups[j]:
+            rows["random, two groups"].append(shared_keypoints(points[paths[i]], points[paths[j]]))
+    return rows
 
-    orb = ORB(n_keypoints=300, fast_threshold=0.05)
-    try:
-        orb.detect_and_extract(np.asarray(Image.open(path).convert("L"), np.float32) / 255)
-    except RuntimeError:  # too few corners
-        return np.zeros((0, 2)), np.zeros((0, 256), bool)
-    return orb.keypoints, orb.descriptors
 
-
-def inliers(a, b) -> int:
-    """Keypoint matches between two crops that one similarity transform explains."""
-    from skimage.feature import match_descriptors
-    from skimage.measure import ransac
-    from skimage.transform import SimilarityTransform
-
-    (ka, da), (kb, db) = a, b
-    if len(ka) < 5 or len(kb) < 5:
-        return 0
-    matches = match_descriptors(da, db, cross_check=True)
-    if len(matches) < 5:
-        return 0
-    src, dst = ka[matches[:, 0]][:, ::-1], kb[matches[:, 1]][:, ::-1]
-    _, kept = ransac(
-        (src, dst), SimilarityTransform, 3, residual_threshold=2, max_trials=300, rng=0
-    )
-    return 0 if kept is None else int(kept.sum())
+def rescore(run, groups: dict[str, np.ndarray], paths: dict) -> list[str]:
+    """A run's LISC test accuracy on cells with a copy in its training or validation split, and
+    on cells wholly in test."""
+    files = json.loads((run / "split.json").read_text())["files"]
+    classes = json.loads((run / "split.json").read_text())["classes"]
+    tests = [f for f in files if f["split"] == "test"]
+    probs = np.load(run / "test_probs.npy")
+    assert len(probs) == len(tests), f"{run}: {len(probs)} scores for {len(tests)} test images"
+    group_of = {(c, p.name): f"{c}/{g}" for c in groups for p, g in zip(paths[c], groups[c])}
+    sides = {}
+    for f in files:
+        if f.get("lab") == "lisc":
+            key = group_of[(f["label"], f["path"].rsplit("/", 1)[-1])]
+            sides.setdefault(key, set()).add(f["split"])
+    correct, leaked = [], []
+    for f, p in zip(tests, probs):
+        if f.get("lab") == "lisc":
+            correct.append(classes[int(p.argmax())] == f["label"])
+            key = group_of[(f["label"], f["path"].rsplit("/", 1)[-1])]
+            leaked.append(sides[key] != {"test"})
+    correct, leaked = np.array(correct), np.array(leaked)
+    return [
+        run.name,
+        f"{correct.mean():.1%} of {len(correct)}",
+        f"{correct[leaked].mean():.1%} of {leaked.sum()}" if leaked.any() else "none",
+        f"{correct[~leaked].mean():.1%} of {(~leaked).sum()}" if (~leaked).any() else "none",
+    ]
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rescore", nargs="+", default=[], metavar="RUN", help="training runs")
+    args = ap.parse_args()
     rng = np.random.default_rng(0)
     classes = sorted(p.name for p in LISC.iterdir() if p.is_dir())
     paths = {c: sorted((LISC / c).glob("*.jpg"), key=lambda p: int(p.stem)) for c in classes}
+    with tempfile.TemporaryDirectory() as cache:  # timed from nothing, not from a user's cache
+        os.environ["HEMATOVISION_CACHE"] = cache
+        start = time.perf_counter()
+        groups = {c: near_duplicate_groups(paths[c], show_progress=True) for c in classes}
+        minutes = (time.perf_counter() - start) / 60
     points = {p: keypoints(p) for c in classes for p in paths[c]}
-    pairs = {"kept together": [], "split": [], "control: two classes": []}
-    groups = {}
+    pairs = {}
     for n, c in enumerate(classes):
-        groups[c] = near_duplicate_groups(paths[c])
-        for i in range(len(paths[c]) - 1):
-            key = "kept together" if groups[c][i] == groups[c][i + 1] else "split"
-            pairs[key].append(inliers(points[paths[c][i]], points[paths[c][i + 1]]))
+        for key, counts in pair_rows(paths[c], points, groups[c], rng).items():
+            pairs.setdefault(key, []).extend(counts)
         other = paths[classes[(n + 1) % len(classes)]]
         for _ in range(CONTROL_PAIRS):
             a, b = paths[c][rng.integers(len(paths[c]))], other[rng.integers(len(other))]
-            pairs["control: two classes"].append(inliers(points[a], points[b]))
+            pairs.setdefault("control: two classes", []).append(
+                shared_keypoints(points[a], points[b])
+            )
     sizes = np.concatenate([np.bincount(g) for g in groups.values()])
     lines = [
         "## LISC's near-duplicate groups checked by keypoint matching (issue 11)\n",
         f"Machine: {machine()}. LISC's {sum(map(len, paths.values()))} crops in "
-        f"{len(sizes)} groups (largest {sizes.max()}). Consecutively numbered crops of one "
-        f"class, judged one cell where at least {SAME_CELL_INLIERS} ORB keypoint matches fit "
-        "one similarity transform (RANSAC).\n",
+        f"{len(sizes)} groups (largest {sizes.max()}, median {np.median(sizes):.0f}), found in "
+        f"{minutes:.1f} min. A pair is judged one cell where at least {SAME_CELL_INLIERS} ORB "
+        "keypoint matches fit one similarity transform (RANSAC).\n",
         *table_head(["pairs", "n", "median inliers", f">= {SAME_CELL_INLIERS} (one cell)", "p99"]),
     ]
     for name, counts in pairs.items():
         counts = np.array(counts)
+        same = counts >= SAME_CELL_INLIERS
         lines.append(
             table_row(
                 [
                     name,
                     len(counts),
                     f"{np.median(counts):.0f}",
-                    f"{(counts >= SAME_CELL_INLIERS).sum()} ({(counts >= SAME_CELL_INLIERS).mean():.0%})",
+                    f"{same.sum()} ({same.mean():.0%})",
                     f"{np.percentile(counts, 99):.0f}",
                 ]
             )
         )
+    if args.rescore:
+        lines += [
+            "",
+            "Runs' LISC test images scored again by today's groups: cells with a copy in the "
+            "run's training or validation split against cells wholly in test.\n",
+            *table_head(["run", "LISC test", "a copy in train/val", "wholly in test"]),
+            *(table_row(rescore(Path(r), groups, paths)) for r in args.rescore),
+        ]
     write_section("lisc_groups", "\n".join(lines))
     print("\n".join(lines))
 

@@ -545,7 +545,7 @@ def shifted_lab(tmp_path_factory):
     camera shift), 30 per class, near-duplicate crops of one cell grouped in meta.csv."""
     from PIL import Image
 
-    from hematovision.data.labs import near_duplicate_groups
+    from hematovision.data.duplicates import near_duplicate_groups
 
     lisc = DATA / "lisc"
     require(lisc.is_dir(), f"the LISC data in {lisc}")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from hematovision.data import scan_folder
-from hematovision.data.labs import combine_labs, near_duplicate_groups
+from hematovision.data.labs import combine_labs
 from hematovision.data.splits import SplitManifest, grouped_split
 from hematovision.evaluation.shifts import zoom_agreement, zoomed
 from hematovision.inference import DEFAULT_MODEL, Classifier
@@ -87,14 +87,6 @@ def test_framing_is_part_of_the_spec_and_of_the_decode(pbc_dir):
     )
     a, b = load_resized(path, framed), load_resized(path, PreprocessSpec(64))
     assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)
-
-
-def test_lisc_copies_of_one_cell_are_grouped(lisc_dir):
-    """LISC numbers a cell's shifted copies consecutively: most neighbours share a group."""
-    paths = sorted((lisc_dir / "neutrophil").glob("*.jpg"), key=lambda p: int(p.stem))[:40]
-    groups = near_duplicate_groups(paths)
-    assert 5 <= len(set(groups)) <= 20  # about 5 copies a cell
-    assert np.mean(groups[1:] == groups[:-1]) > 0.6
 
 
 def test_combined_labs_keep_their_names_and_split_by_group(tmp_path, pbc_dir, lisc_dir):

@@ -19,6 +19,14 @@ from ..preprocess import FRAMING_REVISION, PreprocessSpec
 _HEADER_LOCK = threading.Lock()
 
 
+def cache_root() -> Path | None:
+    """``$HEMATOVISION_CACHE`` or ``~/.cache/hematovision``; None where ``=off`` disables caches."""
+    env = os.environ.get("HEMATOVISION_CACHE")
+    if env == "off":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "hematovision"
+
+
 class DecodeCache:
     """A folder of ``.npy`` files named by the SHA-256 of the image file and the resize spec.
 
@@ -30,12 +38,8 @@ class DecodeCache:
 
     @classmethod
     def default(cls) -> DecodeCache:
-        """``$HEMATOVISION_CACHE`` or ``~/.cache/hematovision``; ``=off`` disables the cache."""
-        env = os.environ.get("HEMATOVISION_CACHE")
-        if env == "off":
-            return cls(None)
-        base = Path(env) if env else Path.home() / ".cache" / "hematovision"
-        return cls(base / "decoded")
+        root = cache_root()
+        return cls(root / "decoded" if root else None)
 
     def _path(self, key: str, spec: PreprocessSpec) -> Path:
         framing = "" if spec.framing == "none" else f"-{spec.framing}{FRAMING_REVISION}"

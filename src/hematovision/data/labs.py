@@ -2,8 +2,9 @@
 
 ``combine_labs`` links each lab's images into ``OUT/<class>/<lab>/<file>`` (symbolic links: no
 copy) and writes ``OUT/meta.csv`` with each file's lab and group. Near-duplicate crops of one
-cell (LISC holds about five shifted copies of each) share a group, so that a split never puts
-one copy in training and another in test: a "held-out" score would otherwise be inflated.
+cell (LISC holds about five shifted copies of each; found by ``data.duplicates``) share a
+group, so that a split never puts one copy in training and another in test: a "held-out" score
+would otherwise be inflated.
 Training can then balance labs and classes (``TrainConfig.balance``).
 """
 
@@ -15,38 +16,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import HematoVisionError
-from ..preprocess import frame_cell, to_rgb
 from ..progress import progress_bar
+from .duplicates import near_duplicate_groups
 from .folders import META, scan_folder
-
-DUPLICATE_DISTANCE = 0.25  # cosine distance of framed thumbnails below which crops show one cell
-
-
-def thumbnail_features(paths: list[Path]) -> np.ndarray:
-    """Each image framed on its cell (canonical framing), as a standardised 24x24 grey patch:
-    shifted copies of one cell become nearly the same vector."""
-    rows = []
-    for path in paths:
-        framed = frame_cell(to_rgb(path))[0].convert("L").resize((24, 24), Image.BILINEAR)
-        v = np.asarray(framed, np.float32).ravel()
-        rows.append((v - v.mean()) / (v.std() + 1e-6))
-    return np.stack(rows)
-
-
-def near_duplicate_groups(paths: list[Path], distance: float = DUPLICATE_DISTANCE) -> np.ndarray:
-    """A group number per image; images of one group show the same cell (average-linkage
-    clustering of ``thumbnail_features``; grouping too much is safe, too little is not)."""
-    from sklearn.cluster import AgglomerativeClustering
-
-    if len(paths) < 2:
-        return np.zeros(len(paths), dtype=np.int64)
-    clustering = AgglomerativeClustering(
-        n_clusters=None, distance_threshold=distance, metric="cosine", linkage="average"
-    )
-    return clustering.fit_predict(thumbnail_features(paths))
 
 
 def combine_labs(
@@ -73,22 +47,29 @@ def combine_labs(
     rows = []
     for lab, root in sources.items():
         folder = scan_folder(root)
+        groups = _groups(folder, lab in group_duplicates, show_progress)
         with progress_bar(f"linking {lab}", len(folder), enabled=show_progress) as bar:
-            for c, name in enumerate(folder.classes):
-                paths = [p for p, y in zip(folder.paths, folder.labels) if y == c]
-                groups = (
-                    near_duplicate_groups(paths)
-                    if lab in group_duplicates
-                    else np.arange(len(paths))
-                )
-                for path, group in zip(paths, groups):
-                    rows.append(_link(out, folder, path, name, lab, f"{lab}/{name}/{group}"))
-                    bar.advance()
+            for path, label, group in zip(folder.paths, folder.labels, groups):
+                name = folder.classes[label]
+                rows.append(_link(out, folder, path, name, lab, f"{lab}/{name}/{group}"))
+                bar.advance()
     with open(out / META, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "lab", "group"])
         writer.writerows(rows)
     return out
+
+
+def _groups(folder, find_copies: bool, show_progress: bool) -> np.ndarray:
+    """A group number per image of ``folder``, within its class: one per image, or one per
+    cell where ``find_copies``."""
+    groups = np.arange(len(folder))
+    if find_copies:
+        labels = np.asarray(folder.labels)
+        for c in range(len(folder.classes)):
+            where = np.flatnonzero(labels == c)
+            groups[where] = near_duplicate_groups([folder.paths[i] for i in where], show_progress)
+    return groups
 
 
 def _link(out: Path, folder, path: Path, name: str, lab: str, group: str) -> list[str]:
