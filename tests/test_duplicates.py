@@ -62,6 +62,17 @@ def test_lisc_groups_hold_its_copies_and_no_two_groups_share_a_cell(lisc_dir):
                 assert shared_keypoints(points[i], points[j]) < SAME_CELL_INLIERS, (i, j)
 
 
+def test_near_descriptors_are_counted_alike_a_block_at_a_time(lisc_dir, monkeypatch):
+    paths = sorted((lisc_dir / "eosinophil").glob("*.jpg"), key=lambda p: int(p.stem))[:24]
+    points = [keypoints(p) for p in paths]
+    points.insert(5, (np.zeros((0, 2)), np.zeros((0, 256), bool)))  # an image without keypoints
+    whole = duplicates.candidate_pairs(points)
+    assert len(whole) >= 10 and not (whole == 5).any()
+    monkeypatch.setattr(duplicates, "BLOCK_DESCRIPTORS", 700)  # about two images a block
+    assert len(duplicates._blocks([len(d) for _, d in points])) >= 8
+    assert np.array_equal(duplicates.candidate_pairs(points), whole)
+
+
 def test_groups_are_cached_by_content(lisc_dir, tmp_path, monkeypatch):
     paths = sorted((lisc_dir / "lymphocyte").glob("*.jpg"), key=lambda p: int(p.stem))[:12]
     monkeypatch.setenv("HEMATOVISION_CACHE", str(tmp_path / "cache"))

@@ -26,6 +26,7 @@ SAME_CELL_INLIERS = 20  # copies of one cell: median ~200; crops of two classes:
 NEAR_BITS = 32  # of ORB's 256: a descriptor's copy in a moved image is nearer than this
 MIN_VOTES = 10  # near descriptors, both ways, for RANSAC to check a pair (two cells: 99.9th pct ~5)
 MIN_MATCHES = 10  # descriptor matches (cross-checked, ratio test) below which RANSAC is skipped
+BLOCK_DESCRIPTORS = 30_000  # other images' descriptors compared at once (about 30 MB in float32)
 GROUPING_REVISION = 1  # raised whenever the rule changes: cached groups are keyed on it
 
 
@@ -68,64 +69,91 @@ def shared_keypoints(a, b) -> int:
     return 0 if kept is None else int(kept.sum())
 
 
-def candidate_pairs(points: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def candidate_pairs(points: list[tuple[np.ndarray, np.ndarray]], bar=None) -> np.ndarray:
     """Pairs (i < j) of images where at least ``MIN_VOTES`` descriptors of one have a descriptor
     within ``NEAR_BITS`` (Hamming distance) in the other, counted both ways: an (n, 2) array.
 
     A radius, not the nearest image: where a data set holds an exact twin, the twin would take
-    every nearest-descriptor vote and hide the cell's other copies."""
+    every nearest-descriptor vote and hide the cell's other copies. The cost grows with the
+    square of the images (LISC's 306 monocytes: about a minute on 2 cores); the other images'
+    descriptors are compared a block at a time, so memory stays bounded."""
     sizes = np.array([len(d) for _, d in points])
     start = np.concatenate([[0], np.cumsum(sizes)])
+    bits = np.concatenate([d for _, d in points]).astype(np.uint8)  # 0/1, converted per block
     described = np.flatnonzero(sizes)  # images with no keypoints take no part
-    bits = np.concatenate([d for _, d in points]).astype(np.float32)
-    ones = bits.sum(1)
     votes = np.zeros((len(points), len(points)), np.int64)
-    for i in described:
-        rows = slice(start[i], start[i + 1])
-        distance = ones[rows, None] + ones[None, :] - 2 * (bits[rows] @ bits.T)
-        nearest = np.minimum.reduceat(distance, start[described], axis=1)  # per image
-        votes[i, described] = (nearest <= NEAR_BITS).sum(0)
+    for block in _blocks(sizes):
+        others = block[sizes[block] > 0]
+        if not len(others):
+            continue
+        target = bits[start[block[0]] : start[block[-1] + 1]].astype(np.float32)
+        target_ones = target.sum(1)
+        for i in described:
+            query = bits[start[i] : start[i + 1]].astype(np.float32)
+            distance = query.sum(1)[:, None] + target_ones[None, :] - 2 * (query @ target.T)
+            nearest = np.minimum.reduceat(distance, start[others] - start[block[0]], axis=1)
+            votes[i, others] = (nearest <= NEAR_BITS).sum(0)
+            if bar is not None:
+                bar.advance()
     return np.argwhere(np.triu(votes + votes.T >= MIN_VOTES, 1))
 
 
 def near_duplicate_groups(paths: list[Path], show_progress: bool = False) -> np.ndarray:
     """A group number per image; images of one group show the same cell.
 
-    Computed once per set of files (cached by content, see ``data.cache``): minutes for LISC."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
+    Computed once per set of files (cached by content under ``$HEMATOVISION_CACHE``): minutes
+    for LISC's 1,287 crops on 2 cores."""
     n = len(paths)
     if n < 2:
         return np.zeros(n, dtype=np.int64)
     cached = _cache_file(paths)
-    if cached is not None and cached.is_file():
-        try:
-            groups = np.load(cached, allow_pickle=False)
-            if groups.shape == (n,):
-                return groups
-        except (OSError, ValueError):
-            pass  # a damaged entry: computed again and replaced
-    with progress_bar("finding copies of one cell: keypoints", n, show_progress) as bar:
+    groups = _read_groups(cached, n)
+    if groups is not None:
+        return groups
+    title = "finding copies of one cell"
+    with progress_bar(f"{title}: keypoints", n, show_progress) as bar:
         points = []
         for path in paths:
             points.append(keypoints(path))
             bar.advance()
-    pairs = candidate_pairs(points)
-    with progress_bar("finding copies of one cell: matches", len(pairs), show_progress) as bar:
+    steps = sum(len(d) > 0 for _, d in points) * len(_blocks([len(d) for _, d in points]))
+    with progress_bar(f"{title}: near descriptors", steps, show_progress) as bar:
+        pairs = candidate_pairs(points, bar)
+    with progress_bar(f"{title}: matches", len(pairs), show_progress) as bar:
         edges = []
         for i, j in pairs:
             if shared_keypoints(points[i], points[j]) >= SAME_CELL_INLIERS:
                 edges.append((i, j))
             bar.advance()
-    edges = np.array(edges, dtype=np.int64).reshape(-1, 2)
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    groups = connected_components(graph, directed=False)[1].astype(np.int64)
+    groups = _components(n, edges)
     if cached is not None:
         buffer = io.BytesIO()
         np.save(buffer, groups, allow_pickle=False)
         write_atomic(cached, buffer.getvalue())
     return groups
+
+
+def _blocks(sizes) -> list[np.ndarray]:
+    """Consecutive images in blocks of about ``BLOCK_DESCRIPTORS`` keypoints."""
+    cut = np.cumsum(sizes) // BLOCK_DESCRIPTORS
+    return [np.flatnonzero(cut == k) for k in np.unique(cut)]
+
+
+def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def _read_groups(cached: Path | None, n: int) -> np.ndarray | None:
+    try:
+        groups = np.load(cached, allow_pickle=False)
+    except (TypeError, OSError, ValueError):  # no cache, no entry or a damaged one
+        return None
+    return groups if groups.shape == (n,) else None
 
 
 def _cache_file(paths: list[Path]) -> Path | None:
