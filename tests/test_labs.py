@@ -2,6 +2,9 @@
 near-duplicates grouped, balanced sampling, other-lab augmentation, test-time augmentation."""
 
 import csv
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -89,7 +92,8 @@ def test_framing_is_part_of_the_spec_and_of_the_decode(pbc_dir):
     assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)
 
 
-def test_combined_labs_keep_their_names_and_split_by_group(tmp_path, pbc_dir, lisc_dir):
+def small_labs(tmp_path, pbc_dir, lisc_dir) -> dict:
+    """12 PBC and 20 LISC images of two classes, each lab a class-per-folder set."""
     small = {}
     for lab, root, n in (("pbc", pbc_dir, 12), ("lisc", lisc_dir, 20)):
         for c in ("neutrophil", "lymphocyte"):
@@ -97,6 +101,46 @@ def test_combined_labs_keep_their_names_and_split_by_group(tmp_path, pbc_dir, li
             for p in sorted((root / c).glob("*.jpg"), key=lambda p: p.stem)[:n]:
                 (tmp_path / lab / c / p.name).symlink_to(p)
         small[lab] = tmp_path / lab
+    return small
+
+
+def test_data_combine_on_the_command_line_as_the_readme_shows(tmp_path, pbc_dir, lisc_dir):
+    small = small_labs(tmp_path, pbc_dir, lisc_dir)
+    labs = [f"--lab={lab}={folder}" for lab, folder in small.items()]
+    out = tmp_path / "labs"
+
+    def combine(*args):
+        command = [sys.executable, "-m", "hematovision", "data", "combine", str(out), *args]
+        env = {**os.environ, "COLUMNS": "400"}  # rich wraps at 80 columns otherwise
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    r = combine(*labs, "--group-duplicates", "lisc")
+    assert r.returncode == 0, r.stderr
+    assert f"2 labs linked into {out}" in r.stdout
+    before = (out / "meta.csv").read_text()
+    groups = {row["group"] for row in csv.DictReader(before.splitlines()) if row["lab"] == "lisc"}
+    assert 4 <= len(groups) < 40
+    for args, message in (
+        ((*labs,), "exists; pass --overwrite"),
+        (("--lab", "pbc", "--overwrite"), "--lab takes NAME=FOLDER"),
+        ((*labs, "--group-duplicates", "bccd", "--overwrite"), "names no source: bccd"),
+        (("--lab", f"x={tmp_path / 'none'}", "--overwrite"), "data folder not found"),
+    ):
+        r = combine(*args)
+        assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (out / "meta.csv").read_text() == before  # nothing replaced by a refused command
+    assert not list(tmp_path.glob(".labs.*"))  # no half-built folder left behind
+    (tmp_path / "file").write_text("x")
+    r = subprocess.run(
+        [sys.executable, "-m", "hematovision", "data", "combine", str(tmp_path / "file"), *labs],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_combined_labs_keep_their_names_and_split_by_group(tmp_path, pbc_dir, lisc_dir):
+    small = small_labs(tmp_path, pbc_dir, lisc_dir)
     out = combine_labs(tmp_path / "combined", small, {"lisc"}, show_progress=False)
     folder = scan_folder(out)
     assert folder.classes == ["lymphocyte", "neutrophil"] and len(folder) == 64

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,31 +33,39 @@ def combine_labs(
 ) -> Path:
     """Link the class-per-folder sets ``sources`` ({lab: folder}) into one data folder.
 
-    ``group_duplicates``: the labs whose images come in near-duplicate copies to group."""
+    ``group_duplicates``: the labs whose images come in near-duplicate copies to group. An
+    existing ``out`` is replaced (with ``overwrite``) only once the new folder is complete."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise HematoVisionError(f"{out} exists; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise HematoVisionError(f"{out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise HematoVisionError(f"{out} exists; pass --overwrite to replace it")
     bad = [lab for lab in sources if not re.fullmatch(r"[A-Za-z0-9_-]+", lab)]
     if bad:
         raise HematoVisionError(f"lab names are letters, digits, - and _: {', '.join(bad)}")
     unknown = set(group_duplicates) - set(sources)
     if unknown:
         raise HematoVisionError(f"--group-duplicates names no source: {', '.join(sorted(unknown))}")
-    rows = []
-    for lab, root in sources.items():
-        folder = scan_folder(root)
-        groups = _groups(folder, lab in group_duplicates, show_progress)
-        with progress_bar(f"linking {lab}", len(folder), enabled=show_progress) as bar:
-            for path, label, group in zip(folder.paths, folder.labels, groups):
-                name = folder.classes[label]
-                rows.append(_link(out, folder, path, name, lab, f"{lab}/{name}/{group}"))
-                bar.advance()
-    with open(out / META, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "lab", "group"])
-        writer.writerows(rows)
+    folders = {lab: scan_folder(root) for lab, root in sources.items()}  # each one readable
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        rows = []
+        for lab, folder in folders.items():
+            groups = _groups(folder, lab in group_duplicates, show_progress)
+            with progress_bar(f"linking {lab}", len(folder), enabled=show_progress) as bar:
+                for path, label, group in zip(folder.paths, folder.labels, groups):
+                    name = folder.classes[label]
+                    rows.append(_link(work, folder, path, name, lab, f"{lab}/{name}/{group}"))
+                    bar.advance()
+        with open(work / META, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "lab", "group"])
+            writer.writerows(rows)
+        shutil.rmtree(out, ignore_errors=True)
+        work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # left only where something failed
     return out
 
 
