@@ -1,6 +1,7 @@
 """Copies of one cell found among a data set's crops (issue 11: group LISC before splitting)."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,22 @@ def test_groups_are_cached_by_content(lisc_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HEMATOVISION_CACHE", "off")
     with pytest.raises(AssertionError, match="computed again"):  # no cache: computed
         near_duplicate_groups(paths)
+
+
+def test_adapt_finds_copies_when_a_lab_folder_has_no_meta_csv(pbc_dir, tmp_path):
+    """adapt holds out cells, not copies: without meta.csv its groups come from the images."""
+    from hematovision.adapt import embed
+    from hematovision.artifact import ModelArtifact
+    from hematovision.inference import DEFAULT_MODEL
+
+    folder = tmp_path / "lab"
+    for name in ("lymphocyte", "neutrophil"):
+        (folder / name).mkdir(parents=True)
+        for cell in sorted((pbc_dir / name).glob("[!.]*.jpg"))[:3]:
+            shutil.copy(cell, folder / name / cell.name)
+            copies_of(folder / name / cell.name, folder / name)
+    cells = embed(ModelArtifact.load(DEFAULT_MODEL), folder)
+    stems = [Path(p).stem.split("-")[0] for p in cells.paths]  # the cell each file shows
+    assert len(set(cells.groups)) == len(set(stems)) == 6
+    for stem in set(stems):
+        assert len({g for g, s in zip(cells.groups, stems) if s == stem}) == 1

@@ -28,6 +28,7 @@ from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from .artifact import Calibration, ModelArtifact, neighbour_distances, unit_rows
+from .data.duplicates import groups_by_class
 from .data.folders import scan_folder
 from .errors import HematoVisionError
 from .inference.classifier import DIHEDRAL, SAMPLES
@@ -182,8 +183,9 @@ def embed(artifact: ModelArtifact, folder: str | Path, show_progress: bool = Fal
     # a cell has no orientation: its 8 flips and turns are 8 examples (and TTA's views)
     views, ood = embed_paths(artifact, images.paths, views=DIHEDRAL, show_progress=show_progress)
     labels = np.array([artifact.classes.index(images.classes[y]) for y in images.labels])
-    groups = images.groups if images.groups is not None else np.arange(len(labels))
-    return LabCells(views, labels, [str(p) for p in images.paths], groups, ood)
+    if images.groups is None:  # no meta.csv: copies of one cell found, so held-out cells are new
+        images.groups = groups_by_class(images, show_progress)
+    return LabCells(views, labels, [str(p) for p in images.paths], images.groups, ood)
 
 
 @dataclass

@@ -133,6 +133,18 @@ def near_duplicate_groups(paths: list[Path], show_progress: bool = False) -> np.
     return groups
 
 
+def groups_by_class(folder, show_progress: bool = False) -> np.ndarray:
+    """A group per image of an ``ImageFolder``, ``<class>/<n>``: copies of one cell are of one
+    class, and grouping class by class costs a fraction of all at once (the cost is quadratic)."""
+    groups = np.empty(len(folder), dtype=object)
+    labels = np.asarray(folder.labels)
+    for c, name in enumerate(folder.classes):
+        where = np.flatnonzero(labels == c)
+        found = near_duplicate_groups([folder.paths[i] for i in where], show_progress)
+        groups[where] = [f"{name}/{g}" for g in found]
+    return groups
+
+
 def _blocks(sizes) -> list[np.ndarray]:
     """Consecutive images in blocks of about ``BLOCK_DESCRIPTORS`` keypoints."""
     cut = np.cumsum(sizes) // BLOCK_DESCRIPTORS

@@ -16,11 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import HematoVisionError
 from ..progress import progress_bar
-from .duplicates import near_duplicate_groups
+from .duplicates import groups_by_class
 from .folders import META, scan_folder
 
 
@@ -52,11 +50,15 @@ def combine_labs(
     try:
         rows = []
         for lab, folder in folders.items():
-            groups = _groups(folder, lab in group_duplicates, show_progress)
+            groups = (
+                groups_by_class(folder, show_progress)
+                if lab in group_duplicates
+                else _one_per_image(folder)
+            )
             with progress_bar(f"linking {lab}", len(folder), enabled=show_progress) as bar:
                 for path, label, group in zip(folder.paths, folder.labels, groups):
                     name = folder.classes[label]
-                    rows.append(_link(work, folder, path, name, lab, f"{lab}/{name}/{group}"))
+                    rows.append(_link(work, folder, path, name, lab, f"{lab}/{group}"))
                     bar.advance()
         with open(work / META, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -69,15 +71,14 @@ def combine_labs(
     return out
 
 
-def _groups(folder, find_copies: bool, show_progress: bool) -> np.ndarray:
-    """A group number per image of ``folder``, within its class: one per image, or one per
-    cell where ``find_copies``."""
-    groups = np.arange(len(folder))
-    if find_copies:
-        labels = np.asarray(folder.labels)
-        for c in range(len(folder.classes)):
-            where = np.flatnonzero(labels == c)
-            groups[where] = near_duplicate_groups([folder.paths[i] for i in where], show_progress)
+def _one_per_image(folder) -> list[str]:
+    """``<class>/<n>``, n counting each class's images from 0."""
+    seen = dict.fromkeys(folder.classes, 0)
+    groups = []
+    for label in folder.labels:
+        name = folder.classes[label]
+        groups.append(f"{name}/{seen[name]}")
+        seen[name] += 1
     return groups
 
 
