@@ -161,9 +161,11 @@ def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
 
 
 def _read_groups(cached: Path | None, n: int) -> np.ndarray | None:
+    if cached is None:
+        return None
     try:
         groups = np.load(cached, allow_pickle=False)
-    except (TypeError, OSError, ValueError):  # no cache, no entry or a damaged one
+    except (OSError, ValueError):  # no entry yet, or a damaged one: computed again
         return None
     return groups if groups.shape == (n,) else None
 
