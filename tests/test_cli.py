@@ -206,3 +206,13 @@ def test_smear_tells_a_lab_when_most_of_its_white_cells_are_flagged(bccd_dir):
     text = " ".join(result.stdout.split())
     assert f"{len(flagged)} of {len(cells)} cells are flagged for review" in text
     assert "hematovision adapt" in text
+
+
+def test_export_help_states_the_tolerance_the_export_checks(capsys, monkeypatch):
+    """The CLI builds its help without importing torch: its copy of the limit must agree."""
+    from hematovision.export.onnx_export import FP16_WEIGHTS_TOLERANCE
+
+    monkeypatch.setenv("COLUMNS", "300")  # argparse wraps at the terminal's width
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert f"(probabilities within {FP16_WEIGHTS_TOLERANCE:g})" in capsys.readouterr().out
