@@ -43,7 +43,8 @@ from hematovision.adapt import (
     out_of_fold_distances,
 )
 from hematovision.artifact import ModelArtifact
-from hematovision.data.duplicates import near_duplicate_groups
+from hematovision.data import scan_folder
+from hematovision.data.duplicates import groups_by_class
 from hematovision.export.calibration import softmax
 from hematovision.inference.classifier import (
     DIHEDRAL,
@@ -79,12 +80,10 @@ def scores(views, view_ood, labels, w, b, c, tta=False) -> tuple[float, float, f
 
 
 def lisc_cells(artifact):
-    paths, labels = [], []
-    for folder in sorted(p for p in LISC.iterdir() if p.is_dir()):
-        for path in sorted(folder.glob("*.jpg")):
-            paths.append(path)
-            labels.append(artifact.classes.index(folder.name))
-    return paths, np.array(labels)
+    """LISC's crops, their classes (the artifact's numbers) and their cells (copies grouped)."""
+    folder = scan_folder(LISC)
+    labels = np.array([artifact.classes.index(folder.classes[y]) for y in folder.labels])
+    return list(folder.paths), labels, groups_by_class(folder, show_progress=True)
 
 
 def pbc_test(run: Path, artifact):
@@ -153,13 +152,8 @@ def main() -> None:
 class Lab:
     """LISC as the new lab: its crops, their 8 views through the base, and the two measures."""
 
-    def __init__(self, artifact, paths, labels):
-        self.artifact, self.paths, self.labels = artifact, paths, labels
-        self.groups = np.empty(len(paths), dtype=object)
-        for k in np.unique(labels):  # copies are of one class; all at once costs 5x as much
-            where = np.flatnonzero(labels == k)
-            found = near_duplicate_groups([paths[i] for i in where], show_progress=True)
-            self.groups[where] = [f"{k}/{g}" for g in found]
+    def __init__(self, artifact, paths, labels, groups):
+        self.artifact, self.paths, self.labels, self.groups = artifact, paths, labels, groups
         t = time.perf_counter()
         self.views, self.ood = embed_paths(artifact, paths, views=DIHEDRAL)
         self.seconds = time.perf_counter() - t

@@ -56,23 +56,25 @@ def pair_rows(paths, points, groups, rng) -> dict[str, list[int]]:
 def rescore(run, groups: dict[str, np.ndarray], paths: dict) -> list[str]:
     """A run's LISC test accuracy on cells with a copy in its training or validation split, and
     on cells wholly in test."""
-    files = json.loads((run / "split.json").read_text())["files"]
-    classes = json.loads((run / "split.json").read_text())["classes"]
-    tests = [f for f in files if f["split"] == "test"]
+    split = json.loads((run / "split.json").read_text())
+    tests = [f for f in split["files"] if f["split"] == "test"]
     probs = np.load(run / "test_probs.npy")
     assert len(probs) == len(tests), f"{run}: {len(probs)} scores for {len(tests)} test images"
     group_of = {(c, p.name): f"{c}/{g}" for c in groups for p, g in zip(paths[c], groups[c])}
+    cell = {  # each LISC file of the run: its cell by today's groups
+        f["path"]: group_of[(f["label"], f["path"].rsplit("/", 1)[-1])]
+        for f in split["files"]
+        if f.get("lab") == "lisc"
+    }
     sides = {}
-    for f in files:
-        if f.get("lab") == "lisc":
-            key = group_of[(f["label"], f["path"].rsplit("/", 1)[-1])]
-            sides.setdefault(key, set()).add(f["split"])
+    for f in split["files"]:
+        if f["path"] in cell:
+            sides.setdefault(cell[f["path"]], set()).add(f["split"])
     correct, leaked = [], []
     for f, p in zip(tests, probs):
-        if f.get("lab") == "lisc":
-            correct.append(classes[int(p.argmax())] == f["label"])
-            key = group_of[(f["label"], f["path"].rsplit("/", 1)[-1])]
-            leaked.append(sides[key] != {"test"})
+        if f["path"] in cell:
+            correct.append(split["classes"][int(p.argmax())] == f["label"])
+            leaked.append(sides[cell[f["path"]]] != {"test"})
     correct, leaked = np.array(correct), np.array(leaked)
     return [
         run.name,

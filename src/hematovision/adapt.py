@@ -183,9 +183,10 @@ def embed(artifact: ModelArtifact, folder: str | Path, show_progress: bool = Fal
     # a cell has no orientation: its 8 flips and turns are 8 examples (and TTA's views)
     views, ood = embed_paths(artifact, images.paths, views=DIHEDRAL, show_progress=show_progress)
     labels = np.array([artifact.classes.index(images.classes[y]) for y in images.labels])
-    if images.groups is None:  # no meta.csv: copies of one cell found, so held-out cells are new
-        images.groups = groups_by_class(images, show_progress)
-    return LabCells(views, labels, [str(p) for p in images.paths], images.groups, ood)
+    groups = images.groups  # from meta.csv; without one, copies found so held-out cells are new
+    if groups is None:
+        groups = groups_by_class(images, show_progress)
+    return LabCells(views, labels, [str(p) for p in images.paths], groups, ood)
 
 
 @dataclass
