@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from scipy.special import softmax
@@ -90,7 +91,7 @@ def test_an_ensemble_exported_as_the_readme_shows_answers_the_mean_of_its_member
 
 
 def test_an_ensemble_adapts_to_a_lab_as_one_network_does(ensemble, synth_dir, tmp_path):
-    from hematovision.adapt import adapt
+    from hematovision.adapt import NeighbourSpace, adapt, anchor_features
     from hematovision.artifact import ModelArtifact
 
     adapted = adapt(ModelArtifact.load(ensemble), synth_dir, tmp_path / "adapted", force=True)
@@ -101,6 +102,12 @@ def test_an_ensemble_adapts_to_a_lab_as_one_network_does(ensemble, synth_dir, tm
         ensemble / "model.onnx"
     ).stat().st_size
     assert all(p.ok for p in clf.predict(sorted(synth_dir.rglob("*.png"))[:4]))
+    # the lab's cells joined the graph's anchors after the training images, so a second
+    # adaptation keeps the model's answers on the same training images as the first
+    base_anchors = anchor_features(ModelArtifact.load(ensemble))
+    graph = onnx.load(str(adapted.path / "model.onnx")).graph
+    assert NeighbourSpace.of(graph).size > len(base_anchors)
+    assert np.array_equal(anchor_features(adapted), base_anchors)
 
 
 def test_the_ensembles_logits_are_the_mean_of_its_members(members, synth_dir):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hematovision.adapt import anchor_features
+from hematovision.artifact import ModelArtifact
 from hematovision.cli import main
 from hematovision.errors import HematoVisionError
 from hematovision.export import choose_confidence_threshold, export_run, fit_temperature, softmax
@@ -35,7 +37,8 @@ def test_artifact_holds_models_checks_and_calibration(artifact):
     assert {"ece_before", "ece_after"} <= set(meta["metrics"]["val"])
     assert len(meta["files"]["onnx"]["sha256"]) == 64
     with np.load(artifact / meta["files"]["anchors"]["path"]) as anchors:  # for hematovision adapt
-        assert anchors["features"].shape[0] >= 2 and set(anchors["labels"]) == {0, 1}
+        assert anchors["norms"].shape[0] >= 2 and set(anchors["labels"]) == {0, 1}
+        assert "features" not in anchors  # the graph holds their directions: stored once
 
 
 def test_classifier_accepts_paths_pil_and_arrays_alike(artifact, synth_dir):
@@ -61,8 +64,9 @@ def test_the_exported_graph_takes_pixels_and_normalises_them_itself(artifact):
 
 
 def test_the_distance_score_is_the_kth_nearest_anchor(artifact, synth_run, synth_dir):
-    """The graph's "ood" output: cosine distance to the 10th nearest of the anchors (the same
-    training images as anchors.npz, stored once in float16), and noise lies farther."""
+    """The graph's "ood" output: cosine distance to the 10th nearest of the anchors (training
+    images' features, stored once in float16: the graph their directions, anchors.npz their
+    lengths), and noise lies farther."""
     import onnx
     from onnx import numpy_helper
 
@@ -74,14 +78,19 @@ def test_the_distance_score_is_the_kth_nearest_anchor(artifact, synth_run, synth
     clf = Classifier.load(artifact, engine="onnxruntime")  # the reference engine, in fp32
     graph = onnx.load(str(artifact / "model.onnx")).graph
     (stored,) = [i for i in graph.initializer if i.name == "anchors"]
-    with np.load(artifact / "anchors.npz") as saved:
-        anchors = saved["features"].astype(np.float32)
+    anchors = anchor_features(ModelArtifact.load(artifact))  # what adapt keeps answers on
     assert stored.data_type == onnx.TensorProto.FLOAT16 and len(anchors) > NEIGHBOUR_K
     assert np.allclose(numpy_helper.to_array(stored), unit_rows(anchors), atol=2e-3)
+    model, info = load_trained(synth_run)
+    train = sorted(synth_dir.glob("*/*"))  # the training images among them
+    pixels = np.stack([resize(model_view(to_rgb(p), clf.spec)[0], clf.spec) for p in train])
+    features = pooled_features(model, pixels, info.preprocess)  # as training computes them
+    nearest = np.linalg.norm(anchors[:, None] - features[None], axis=-1).min(1)
+    # anchors are training images' features, lengths and all: each is found again
+    assert np.max(nearest / np.linalg.norm(anchors, axis=1)) < 5e-3
     cells = sorted((synth_dir / "lymphocyte").iterdir())[:6]
     pixels = np.stack([resize(model_view(to_rgb(p), clf.spec)[0], clf.spec) for p in cells])
-    model, info = load_trained(synth_run)
-    features = pooled_features(model, pixels, info.preprocess)  # as training computes them
+    features = pooled_features(model, pixels, info.preprocess)
     ood = clf.predict_arrays(pixels)[2]
     assert np.allclose(ood, neighbour_distances(unit_rows(anchors), features), atol=2e-3)
     noise = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), np.uint8)

@@ -205,10 +205,18 @@ class NeighbourSpace:
     def dims(self) -> int:
         return int(self.initializer.dims[1])
 
-    def with_lab(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    @property
+    def size(self) -> int:
+        return int(self.initializer.dims[0])
+
+    def known(self) -> np.ndarray:
+        """The anchors (unit rows) as the graph stores them."""
         from onnx import numpy_helper
 
-        known = numpy_helper.to_array(self.initializer)
+        return numpy_helper.to_array(self.initializer)
+
+    def with_lab(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        known = self.known()
         return np.concatenate([known, unit_rows(features).astype(known.dtype)])
 
     def distances(self, known: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -343,13 +351,24 @@ def _anchors_or_empty(anchors, dims: int) -> np.ndarray:
 
 
 def anchor_features(artifact: ModelArtifact) -> np.ndarray:
-    """Features of images the model was trained on: the artifact's ``anchors`` file (written
-    at export, a class-balanced sample of the training split), else the bundled samples."""
+    """Features of images the model was trained on: a class-balanced sample of its training
+    split chosen at export, else the bundled samples. The graph's distance score holds their
+    directions (unit rows) and ``anchors.npz`` their lengths; artifacts exported before
+    that (the bundled model until 2026-11-28) keep the whole features in ``anchors.npz``."""
     path = artifact.file("anchors")
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as saved:
+    if path is None or not path.is_file():
+        return embed_paths(artifact, sorted(SAMPLES.glob("*.jpg")))[0]
+    with np.load(path, allow_pickle=False) as saved:
+        if "features" in saved:
             return saved["features"].astype(np.float32)
-    return embed_paths(artifact, sorted(SAMPLES.glob("*.jpg")))[0]
+        norms = saved["norms"].astype(np.float32)
+    import onnx
+
+    space = NeighbourSpace.of(onnx.load_from_string(artifact.model_bytes("fp32")).graph)
+    if space is None or space.size < len(norms):
+        raise HematoVisionError(f"{path}: its model holds no anchors of these lengths")
+    directions = space.known()[: len(norms)].astype(np.float32)  # a lab's cells come after
+    return directions * norms[:, None]
 
 
 def adapted_calibration(base: Calibration, lab_distances: np.ndarray) -> Calibration:

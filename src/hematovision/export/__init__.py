@@ -2,7 +2,7 @@
 ``model.json``), checked against PyTorch and fitted with what serving needs:
 
 * ``graph``: the network plus class-activation maps and an out-of-distribution distance (to
-  the nearest "anchors", training images also kept in ``anchors.npz`` for ``adapt``);
+  the nearest "anchors", training images whose lengths ``anchors.npz`` keeps for ``adapt``);
 * ``calibration``: a temperature and a confidence threshold fitted on the validation split,
   and the distance threshold (from the distances of the images the model knows);
 * ``onnx_export``: the ONNX files, the fp32 parity check and the int8 agreement check.
@@ -140,9 +140,12 @@ def anchor_sample(features: np.ndarray, labels: np.ndarray, n: int = ANCHORS):
 
 
 def write_anchors(path: Path, features: np.ndarray, labels: np.ndarray) -> ArtifactFile:
-    """The anchors' features (float16): what ``hematovision adapt`` keeps the model's answers
-    on while it learns a new lab's cells."""
-    np.savez_compressed(path, features=features.astype(np.float16), labels=labels)
+    """The anchors' lengths and classes: with their directions, which the graph holds for its
+    distance score, the features ``hematovision adapt`` keeps the model's answers on while it
+    learns a new lab's cells (``adapt.anchor_features``). Stored once, not twice: 1.3 MB less
+    for EfficientNet-Lite0's 1,200 anchors."""
+    norms = np.linalg.norm(np.asarray(features, np.float32), axis=1)
+    np.savez_compressed(path, norms=norms.astype(np.float32), labels=labels)
     return ArtifactFile(path.name, sha256_file(path))
 
 
