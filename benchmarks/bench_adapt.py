@@ -158,8 +158,8 @@ class Lab:
         self.views, self.ood = embed_paths(artifact, paths, views=DIHEDRAL)
         self.seconds = time.perf_counter() - t
         self.w0, self.b0 = head_weights(artifact)
-        self.anchors = anchor_features(artifact)
         graph = onnx.load_from_string(artifact.model_bytes("fp32")).graph
+        self.anchors = anchor_features(artifact, graph)
         self.space = ood_space(graph, self.views.shape[-1])
 
     def draw(self, pool, n, rng) -> np.ndarray:

@@ -350,11 +350,12 @@ def _anchors_or_empty(anchors, dims: int) -> np.ndarray:
     return np.zeros((0, dims)) if anchors is None else anchors.astype(np.float64)
 
 
-def anchor_features(artifact: ModelArtifact) -> np.ndarray:
+def anchor_features(artifact: ModelArtifact, graph=None) -> np.ndarray:
     """Features of images the model was trained on: a class-balanced sample of its training
     split chosen at export, else the bundled samples. The graph's distance score holds their
     directions (unit rows) and ``anchors.npz`` their lengths; artifacts exported before
-    that (the bundled model until 2026-11-28) keep the whole features in ``anchors.npz``."""
+    that (the bundled model until 2026-11-28) keep the whole features in ``anchors.npz``.
+    ``graph``: the artifact's fp32 ONNX graph where the caller has it loaded already."""
     path = artifact.file("anchors")
     if path is None or not path.is_file():
         return embed_paths(artifact, sorted(SAMPLES.glob("*.jpg")))[0]
@@ -362,9 +363,11 @@ def anchor_features(artifact: ModelArtifact) -> np.ndarray:
         if "features" in saved:
             return saved["features"].astype(np.float32)
         norms = saved["norms"].astype(np.float32)
-    import onnx
+    if graph is None:
+        import onnx
 
-    space = NeighbourSpace.of(onnx.load_from_string(artifact.model_bytes("fp32")).graph)
+        graph = onnx.load_from_string(artifact.model_bytes("fp32")).graph
+    space = NeighbourSpace.of(graph)
     if space is None or space.size < len(norms):
         raise HematoVisionError(f"{path}: its model holds no anchors of these lengths")
     directions = space.known()[: len(norms)].astype(np.float32)  # a lab's cells come after
@@ -411,7 +414,8 @@ def adapt(
     _, weight, bias = _head(model.graph)
     w0, b0 = numpy_helper.to_array(weight), numpy_helper.to_array(bias)
     lab = (cells.views[train], cells.labels[train], cells.groups[train])
-    w, b, pull, pull_losses = fit_lab_head(*lab, w0, b0, anchor_features(base), show_progress)
+    anchors = anchor_features(base, model.graph)  # before the lab's cells join the graph's
+    w, b, pull, pull_losses = fit_lab_head(*lab, w0, b0, anchors, show_progress)
     held = _held_out_scores(base, cells.views[test], cells.labels[test], (w0, b0), (w, b))
     as_predicted = held["accuracy_after_tta" if held["tta"] else "accuracy_after"]
     if not as_predicted >= held["accuracy_before"] and not force:  # NaN (a failed fit) too

@@ -145,7 +145,7 @@ def write_anchors(path: Path, features: np.ndarray, labels: np.ndarray) -> Artif
     learns a new lab's cells (``adapt.anchor_features``). Stored once, not twice: 1.3 MB less
     for EfficientNet-Lite0's 1,200 anchors."""
     norms = np.linalg.norm(np.asarray(features, np.float32), axis=1)
-    np.savez_compressed(path, norms=norms.astype(np.float32), labels=labels)
+    np.savez_compressed(path, norms=norms, labels=labels)
     return ArtifactFile(path.name, sha256_file(path))
 
 
