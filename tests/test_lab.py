@@ -565,9 +565,16 @@ def shifted_lab(tmp_path_factory):
     return out
 
 
-def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, tmp_path):
-    out = tmp_path / "adapted"
-    r = run_cli("adapt", "--data", str(shifted_lab), "--out", str(out))
+@pytest.fixture(scope="module")
+def adapted_cli(shifted_lab, tmp_path_factory):
+    """``hematovision adapt`` on the shifted lab, as the README shows it: run once per module
+    (about 40 s on 2 cores); the tests that register the model copy it, never change it."""
+    out = tmp_path_factory.mktemp("adapted") / "model"
+    return out, run_cli("adapt", "--data", str(shifted_lab), "--out", str(out))
+
+
+def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, adapted_cli):
+    out, r = adapted_cli
     assert r.returncode == 0, r.stderr
     card = json.loads((out / "model.json").read_text())
     held = card["metrics"]["adaptation"]["held_out"]
@@ -712,13 +719,14 @@ def test_adapt_refuses_a_worse_model_and_unknown_classes(shifted_lab, tmp_path, 
     assert r.returncode != 0 and "blast" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_admins_activate_a_model_version_and_roll_back(app, client, shifted_lab, tmp_path):
-    from hematovision.adapt import adapt
+def test_admins_activate_a_model_version_and_roll_back(app, client, adapted_cli, tmp_path):
     from hematovision.artifact import ModelArtifact
 
-    adapted = adapt(ModelArtifact.load(DEFAULT_MODEL), shifted_lab, tmp_path / "adapted")
+    out, made = adapted_cli
+    assert made.returncode == 0, made.stderr
+    adapted = ModelArtifact.load(out)
     where = ["--data-dir", str(tmp_path / "data"), "--database-url", storage_of(app).url]
-    r = run_cli("models", "add", str(tmp_path / "adapted"), *where)
+    r = run_cli("models", "add", str(out), *where)
     assert r.returncode == 0, r.stderr
     slug = storage_of(app).models.slugs()[0]
     storage_of(app).users.add("admin", PASSWORD, "admin")
