@@ -16,12 +16,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HEMATOVISION_DATA_DIR=/data
 
 WORKDIR /app
-COPY pyproject.toml constraints.txt README.md LICENSE ./
-COPY src ./src
+# The pinned dependencies first, in a layer of their own: a change to the source rebuilds only
+# the small layer below, not the whole install (tomllib reads the list pip would resolve).
+COPY pyproject.toml constraints.txt ./
 RUN python3 -m venv /opt/venv \
-    && pip install --no-compile -c constraints.txt '.[web]' \
+    && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['web']))" > /tmp/web.txt \
+    && pip install --no-compile -c constraints.txt -r /tmp/web.txt \
     && useradd --system --create-home --uid 10001 hematovision \
     && mkdir -p /data && chown hematovision /data
+COPY README.md LICENSE ./
+COPY src ./src
+RUN pip install --no-compile --no-deps .
 
 USER hematovision
 VOLUME /data
