@@ -31,6 +31,7 @@ from .artifact import Calibration, ModelArtifact, neighbour_distances, unit_rows
 from .data.duplicates import groups_by_class
 from .data.folders import scan_folder
 from .errors import HematoVisionError
+from .files import FAST_PNG
 from .inference.classifier import DIHEDRAL, SAMPLES
 from .preprocess import model_input, model_view, resize, to_rgb
 from .progress import progress_bar
@@ -90,7 +91,7 @@ def export_reviewed(storage, out: str | Path) -> dict[str, int]:
         name = f"{cell.label}/{sample.public_id}-{cell.id}.png"
         (out / cell.label).mkdir(parents=True, exist_ok=True)
         picture = to_rgb(source)
-        (crop_cell(picture, cell.box) if cell.box else picture).save(out / name)
+        (crop_cell(picture, cell.box) if cell.box else picture).save(out / name, **FAST_PNG)
         counts[cell.label] = counts.get(cell.label, 0) + 1
         signed = sample.versions[-1] if sample.versions else None
         rows.append(

@@ -418,6 +418,7 @@ def cmd_smear(args) -> int:
 
 def _analyse_paths(classifier, paths, params, out_dir: Path | None, args):
     """Each readable field as a dict (``SmearField.to_dict``), and the error of each other."""
+    from .files import FAST_PNG
     from .progress import progress_bar
     from .smear import annotate
     from .smear.slide import analyze_any, overview
@@ -438,7 +439,7 @@ def _analyse_paths(classifier, paths, params, out_dir: Path | None, args):
             if out_dir:
                 picture = overview(path, field) if slide else annotate(path, field)
                 kind = "overview" if slide else "annotated"
-                picture.save(out_dir / f"{n:05d}_{Path(path).stem}_{kind}.png")
+                picture.save(out_dir / f"{n:05d}_{Path(path).stem}_{kind}.png", **FAST_PNG)
             for warning in field["warnings"]:
                 print(f"warning: {path}: {warning}", file=sys.stderr)
     return fields, failures

@@ -7,6 +7,11 @@ import os
 import tempfile
 from pathlib import Path
 
+# zlib level 1 instead of Pillow's 6: a quarter to a fifth of the time (an 873-px cell crop
+# 21 ms instead of 93 ms, a 640x480 annotated field 31 ms instead of 156 ms, 2 cores) for about
+# 20% more bytes; for pictures written often or while someone waits. ``image.save(f, **FAST_PNG)``
+FAST_PNG = {"format": "PNG", "compress_level": 1}
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """The SHA-256 of a file's bytes, read in chunks (archives can be gigabytes)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.bccd import WBC_TYPES, annotation, field_labels, fields, match
+from ..files import FAST_PNG
 from ..preprocess import to_rgb
 from ..progress import progress_bar
 from . import DEFAULT_PARAMS, FRAMED_CROP_FACTOR, crop_cell, locate_cells
@@ -37,7 +38,8 @@ def bccd_white_cells(
             boxes = locate_cells(np.asarray(picture)).white_cells
             for i, _ in match(boxes, annotation(bccd, image)["WBC"]):
                 (out / kind).mkdir(parents=True, exist_ok=True)
-                crop_cell(picture, boxes[i], params).save(out / kind / f"{image.stem}_{i}.png")
+                crop = crop_cell(picture, boxes[i], params)
+                crop.save(out / kind / f"{image.stem}_{i}.png", **FAST_PNG)
                 counts[kind] = counts.get(kind, 0) + 1
             bar.advance()
     return counts

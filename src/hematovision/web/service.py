@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 
 from ..errors import HematoVisionError
+from ..files import FAST_PNG
 from ..inference import Classifier, heatmap_overlay
 from ..preprocess import to_rgb, upright_size
 from ..smear import MAX_FIELD_PIXELS, annotate, field_differential
@@ -223,5 +224,5 @@ def annotated_png(image_path, field: dict, marks: bool) -> bytes:
         picture = overview(image_path, field)
     else:
         picture = annotate(image_path, field, marks)
-    picture.save(buffer, format="PNG", optimize=False)
+    picture.save(buffer, **FAST_PNG)
     return buffer.getvalue()
