@@ -75,9 +75,11 @@ def pick_samples(run: Path, classifier: Classifier, per_class: int = 3) -> list[
 
 
 def prepare_data(shared: Path, work: Path) -> Path:
+    """The three labs linked into ``work/three-labs``, BCCD's white cells cut anew each time:
+    crops left by an older detector would change the data, and with it every split."""
     crops = work / "bccd-white-cells-even"
-    if not crops.is_dir():
-        bccd_white_cells(shared / "bccd", crops, parity="even")
+    shutil.rmtree(crops, ignore_errors=True)
+    bccd_white_cells(shared / "bccd", crops, parity="even")
     sources = {"pbc": shared / "pbc", "lisc": shared / "lisc", "bccd": crops}
     return combine_labs(work / "three-labs", sources, {"lisc"}, overwrite=True)
 

@@ -133,3 +133,36 @@ def test_the_rebuild_script_reports_a_missing_run_in_one_line(tmp_path):
         == f"error: {tmp_path} is not a training run (run.json and best.pt expected)"
     )
     assert "Traceback" not in done.stderr and not done.stdout
+
+
+def test_the_rebuild_cuts_bccds_cells_anew_rather_than_reusing_old_crops(
+    tmp_path, bccd_dir, monkeypatch
+):
+    """Crops an older detector left in the work folder must not enter the next build's data
+    (they change every split: a rebuild would not reproduce its figures)."""
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    build = runpy.run_path(str(root / "scripts" / "build_default_model.py"))
+    shared = tmp_path / "shared" / "bccd"
+    (shared / "JPEGImages").mkdir(parents=True)
+    (shared / "Annotations").mkdir()
+    (shared / "labels.csv").symlink_to(bccd_dir / "labels.csv")
+    for image in sorted((bccd_dir / "JPEGImages").glob("*.jpg"))[:8]:  # 4 even fields
+        (shared / "JPEGImages" / image.name).symlink_to(image)
+        xml = f"{image.stem}.xml"
+        (shared / "Annotations" / xml).symlink_to(bccd_dir / "Annotations" / xml)
+    stale = tmp_path / "work" / "bccd-white-cells-even" / "basophil" / "old.png"
+    stale.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(stale)
+    linked = {}
+    monkeypatch.setitem(
+        build["prepare_data"].__globals__,
+        "combine_labs",
+        lambda out, sources, *args, **kwargs: linked.update(sources) or out,
+    )
+    build["prepare_data"](tmp_path / "shared", tmp_path / "work")
+    crops = sorted(p.relative_to(linked["bccd"]) for p in linked["bccd"].rglob("*.png"))
+    assert crops and not stale.exists()
+    assert all(int(p.stem.split("_")[-2]) % 2 == 0 for p in crops)  # even fields only
