@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from threadpoolctl import threadpool_limits
 
 from .artifact import Calibration, ModelArtifact, neighbour_distances, unit_rows
 from .data.duplicates import groups_by_class
@@ -56,6 +57,10 @@ PULL_FOLDS = 2  # each choice fitted twice on half the cells: seconds, not minut
 # most 1.9%). With the nearest-anchor distance, 100 crops: 29.6% flagged, 0.6% (RESULTS.md).
 LAB_OOD_PERCENTILE = 75
 OOD_FOLDS = 5
+# BLAS threads while the head is fitted (None: as the process has them). Its products are small,
+# and numpy's and scipy's OpenBLAS (two thread pools) at 2 threads each spun against each other:
+# 1 thread fits 3.5-5x faster on 2 cores (benchmarks/bench_head_fit.py)
+FIT_BLAS_THREADS = 1
 
 
 @dataclass
@@ -337,7 +342,8 @@ def fit_head(
         return value, np.concatenate([gw.ravel(), gb])
 
     start = np.concatenate([w0.ravel(), b0]).astype(np.float64)
-    result = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 300})
+    with threadpool_limits(limits=FIT_BLAS_THREADS, user_api="blas"):
+        result = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 300})
     theta = result.x.astype(np.float32)
     return theta[: w0.size].reshape(w0.shape), theta[w0.size :]
 
