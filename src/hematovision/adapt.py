@@ -59,7 +59,7 @@ LAB_OOD_PERCENTILE = 75
 OOD_FOLDS = 5
 # BLAS threads while the head is fitted (None: as the process has them). Its products are small,
 # and numpy's and scipy's OpenBLAS (two thread pools) at 2 threads each spun against each other:
-# 1 thread fits 3.5-5x faster on 2 cores (benchmarks/bench_head_fit.py)
+# 1 thread fits 4-6x faster on 2 cores (benchmarks/bench_head_fit.py)
 FIT_BLAS_THREADS = 1
 
 

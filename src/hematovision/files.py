@@ -1,4 +1,4 @@
-"""Small file helpers shared by every layer: content hashes and atomic writes."""
+"""Small file helpers shared by every layer: content hashes, atomic writes, fast PNG."""
 
 from __future__ import annotations
 
