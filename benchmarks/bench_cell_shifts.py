@@ -9,6 +9,7 @@ a pale stain, blur, JPEG quality 30) plus a strong cast like a rapid stain's; fo
 and shift: accuracy, wrong and not flagged, flagged.
 
     python benchmarks/bench_cell_shifts.py --run runs/default-grey [--model runs/default-grey/artifact]
+        [--section cell_shifts]
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ def main() -> None:
     ap.add_argument(
         "--model", type=Path, help="the artifact beside the bundled model (default: the run's)"
     )
+    ap.add_argument(
+        "--section",
+        default="cell_shifts",
+        help="the RESULTS.md section to write (a new name keeps an earlier comparison)",
+    )
     args = ap.parse_args()
     models = {
         "bundled": Classifier.load(),
@@ -102,7 +108,7 @@ def main() -> None:
     for i in range(0, len(rows), 2):
         a, b = rows[i], rows[i + 1]
         lines.append(f"| {a['cells']} ({a['n']}) | {a['shift']} | {_cell(a)} | {_cell(b)} |")
-    write_section("cell_shifts", "\n".join(lines))
+    write_section(args.section, "\n".join(lines))
     print("\n".join(lines))
 
 
