@@ -303,6 +303,7 @@ def _on_ray(args, patterns: list[str], job, done: str) -> int:
 
 def _classify_paths(classifier, paths: list[str], heat_dir: Path | None, args):
     """[(absolute path, Prediction)] and the error of each file that could not be read."""
+    from .files import FAST_PNG
     from .inference import heatmap_overlay
     from .progress import progress_bar
 
@@ -319,7 +320,7 @@ def _classify_paths(classifier, paths: list[str], heat_dir: Path | None, args):
                 continue
             if heat_dir:
                 name = f"{n:05d}_{Path(path).stem}_heatmap.png"
-                heatmap_overlay(path, pred.heatmap).save(heat_dir / name)
+                heatmap_overlay(path, pred.heatmap).save(heat_dir / name, **FAST_PNG)
                 pred.heatmap = None  # written: do not keep every map in memory
             results.append((str(Path(path).resolve()), pred))
     return results, failures
