@@ -508,6 +508,29 @@ def test_users_on_the_command_line_as_the_readme_shows(tmp_path):
     assert r.returncode != 0 and "no user nobody" in r.stderr
 
 
+def test_a_database_command_says_once_that_it_made_the_schema_and_nothing_of_alembic(tmp_path):
+    command = [sys.executable, "-m", "hematovision", "users", "list"]
+    data = ["--data-dir", str(tmp_path / "data")]
+    first, second = (
+        subprocess.run(command + data, capture_output=True, text=True, timeout=120)
+        for _ in range(2)
+    )
+    assert first.returncode == second.returncode == 0, first.stderr
+    assert "database schema new -> " in first.stderr
+    assert "alembic" not in first.stderr and "setup plugin" not in first.stderr
+    assert second.stderr == ""  # the schema is current: nothing to say
+
+
+def test_account_and_model_commands_start_without_the_model_runtimes():
+    code = (
+        "import sys, hematovision.cli, hematovision.web.config, hematovision.storage\n"
+        "print(sorted(m for m in ('numpy', 'scipy', 'onnxruntime', 'openvino', 'skimage', 'PIL')"
+        " if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 # ---------------------------------------------------------------- lab adaptation
 def test_reviewed_cells_of_signed_samples_export_as_a_data_set(client, app, tmp_path, bccd_dir):
     signed = new_sample(client, SAMPLES[:6])

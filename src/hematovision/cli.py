@@ -214,7 +214,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     """Files as given, folders searched recursively for images, globs expanded; in order."""
     import glob
 
-    from .data.folders import IMAGE_SUFFIXES
+    from .files import IMAGE_SUFFIXES  # not data.folders: the data package imports sklearn
 
     found: list[str] = []
     for pattern in patterns:
@@ -983,6 +983,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(console=err, show_path=False, show_time=False)],
         force=True,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Storage.migrate says what changed
     try:
         return args.func(args)
     except HematoVisionError as exc:

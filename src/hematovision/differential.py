@@ -25,8 +25,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scipy.special import betaincinv
-
 from .errors import HematoVisionError
 
 WHITE_CELL_CLASSES = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
@@ -44,6 +42,9 @@ def percent_interval(count: int, total: int, level: float = 0.95) -> tuple[float
     what Rümke's tables give labs for a manual differential."""
     if total <= 0:
         return (0.0, 100.0)
+    from scipy.special import betaincinv  # here: web.config imports this module, and the
+    # CLI's account commands read web.config; scipy.special takes half a second to import
+
     alpha = 1 - level
     # the beta distribution's quantiles (scipy.stats.beta.ppf, without its 30x overhead)
     low = betaincinv(count, total - count + 1, alpha / 2) if count > 0 else 0.0

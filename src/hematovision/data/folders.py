@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HematoVisionError
+from ..files import IMAGE_SUFFIXES
 from ..preprocess import PreprocessSpec, load_resized
 from ..progress import progress_bar
 from .cache import DecodeCache
 
 log = logging.getLogger("hematovision")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 def normalize_class_name(name: str) -> str:

@@ -13,6 +13,7 @@ A person's delete is a soft delete (``delete_*``: hidden, with who, when and why
 from __future__ import annotations
 
 import errno
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger("hematovision")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 LEGACY_DERIVED = ("heatmap", "annotated")  # image caches of version 0.1, removed with the image
 
@@ -131,9 +133,11 @@ class Storage:
 
     # ---------------------------------------------------------------- schema
     def migrate(self) -> None:
-        """Create or upgrade the schema to the newest revision (Alembic)."""
+        """Create or upgrade the schema to the newest revision (Alembic); one log line when it
+        changed (Alembic's own lines are for developers: the CLI keeps them at WARNING)."""
         from alembic import command
         from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
@@ -144,8 +148,13 @@ class Storage:
                 connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 connection.commit()  # PRAGMA foreign_keys is ignored inside a transaction
             with connection.begin():
+                before = MigrationContext.configure(connection).get_current_revision()
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
+                after = MigrationContext.configure(connection).get_current_revision()
+            if after != before:
+                where = self.engine.url.render_as_string(hide_password=True)
+                log.info("database schema %s -> %s: %s", before or "new", after, where)
             if connection.dialect.name == "sqlite":
                 connection.exec_driver_sql("PRAGMA foreign_keys=ON")
                 # the schema into the database file, the write-ahead log back to empty: a

@@ -1,11 +1,14 @@
 """The web application: Flask application factory, pages and REST API blueprints.
 
-Serving imports only ``inference``, ``smear`` and ``storage``: no torch at run time.
+Serving imports only ``inference``, ``smear`` and ``storage``: no torch at run time. The
+classifiers' modules are imported by the factory, as the blueprints are, so that the CLI's
+account and model commands, which read ``config`` only, start without them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flask import Flask, jsonify, render_template, request
 from flask.sessions import SecureCookieSessionInterface
@@ -14,10 +17,11 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
-from ..inference import Classifier
-from ..smear import load_smear_classifier
 from ..storage import Storage, StorageFull
 from .config import WebSettings
+
+if TYPE_CHECKING:
+    from ..inference import Classifier
 
 csrf = CSRFProtect()
 
@@ -54,6 +58,9 @@ def create_app(
     smear_classifier: Classifier | None = None,
 ) -> Flask:
     """Build the app: the classifiers (loaded once per process) and one Storage."""
+    from ..inference import Classifier
+    from ..smear import load_smear_classifier
+
     settings = settings or WebSettings.from_env()
     app = Flask(__name__)
     app.config.update(
