@@ -48,13 +48,22 @@ def image(tmp_path_factory):
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         sh("podman", "import", "-", BASE, stdin=tar.stdout, timeout=300)
         tar.wait()
+    replaced = image_id(IMAGE)
     sh(
         "podman", "build", "--isolation", "chroot", "--format", "docker",
         "--build-arg", f"BASE={BASE}", "--build-arg", "PIP_CERT=/etc/ssl/certs/host-ca.crt",
         "--volume", f"{CA}:/etc/ssl/certs/host-ca.crt:ro", "-t", IMAGE, str(ROOT),
         timeout=1200,
     )  # fmt: skip
+    if replaced and replaced != image_id(IMAGE):  # its tag moved: remove it, not left dangling
+        subprocess.run(["podman", "rmi", replaced], capture_output=True)  # kept if in use
     return IMAGE
+
+
+def image_id(name: str) -> str | None:
+    found = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", name],
+                           capture_output=True, text=True)  # fmt: skip
+    return found.stdout.strip() if found.returncode == 0 else None
 
 
 @pytest.fixture
