@@ -2,12 +2,14 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from hematovision.cli import main
+from hematovision.inference import DEFAULT_MODEL
 
 
 def _err_lines(capsys):
@@ -102,6 +104,53 @@ def _run(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "hematovision", *args], capture_output=True, text=True, cwd=cwd
     )
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["predict", "{sample}", "--heatmaps", "{file}"], {}, "exists and is not a folder"),
+        (["smear", "{field}", "--out", "{file}"], {}, "exists and is not a folder"),
+        (["adapt", "--data", "{tmp}", "--out", "{file}"], {}, "exists and is not a folder"),
+        (["data", "synth", "{file}"], {}, "exists and is not a folder"),
+        (["data", "crops", "{tmp}", "{tmp}/cells"], {}, "is not a BCCD folder"),
+        (["predict", "{sample}", "--top-k", "0"], {}, "--top-k: must be at least 1, not 0"),
+        (["serve", "--port", "99999"], {}, "--port: must be from 1 to 65535"),
+        (["serve", "--workers", "0"], {}, "--workers: must be at least 1"),
+        (["serve", "--port", "5997"], {"HEMATOVISION_MAX_UPLOAD_MB": "-1"}, "more than 0"),
+    ],
+)
+def test_bad_folders_numbers_and_settings_are_refused_in_one_line_before_any_work(
+    args, env, message, tmp_path, bccd_dir
+):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    names = {
+        "tmp": tmp_path,
+        "file": tmp_path / "notes.txt",
+        "sample": next((DEFAULT_MODEL.parent / "samples").glob("*.jpg")),
+        "field": next((bccd_dir / "JPEGImages").glob("*.jpg")),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "hematovision", *(a.format(**names) for a in args)],
+        env={**os.environ, **env, "HEMATOVISION_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "notes.txt").read_text() == "not a folder"  # nothing replaced
+    assert not (tmp_path / "cells").exists()  # nothing made
+
+
+def test_a_file_system_error_no_check_foresaw_is_one_line_and_exit_1(monkeypatch, capsys):
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/srv/lab/out")
+
+    monkeypatch.setattr("hematovision.cli.cmd_storage_check", denied)
+    assert main(["-q", "storage", "check"]) == 1
+    captured, lines = _err_lines(capsys)
+    assert lines == ["error: Permission denied: /srv/lab/out"]
 
 
 def test_predict_a_missing_file_is_one_line_and_exit_2():

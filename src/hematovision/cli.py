@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ._version import __version__
 from .errors import HematoVisionError
+from .files import output_folder
 
 out = Console(highlight=False)  # results: stdout
 err = Console(stderr=True, highlight=False)  # messages: stderr
@@ -237,10 +238,7 @@ def _inputs_and_folder(patterns: list[str], folder: str | None) -> tuple[list[st
     paths = expand_inputs(patterns)
     if not paths:
         raise HematoVisionError("no images found in the given paths")
-    out_dir = Path(folder) if folder else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    return paths, out_dir
+    return paths, output_folder(folder) if folder else None
 
 
 def _report_failures(failures: list[str], total: int) -> None:
@@ -551,8 +549,7 @@ def cmd_adapt(args) -> int:
 
     if not 0.05 <= args.held_out <= 0.9:
         raise HematoVisionError("--held-out must be between 0.05 and 0.9")
-    if Path(args.out).exists() and any(Path(args.out).iterdir()):
-        raise HematoVisionError(f"{args.out} exists and is not empty: choose a new --out")
+    output_folder(args.out, empty=True, make=False)  # before minutes of work
     base = ModelArtifact.load(args.model or DEFAULT_MODEL)
     artifact = adapt(
         base,
@@ -818,9 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("paths", nargs="+", help="files, folders (recursive) or globs")
     r.add_argument("--model", help="model artifact folder (default: the bundled model)")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    r.add_argument("--top-k", type=int, default=3)
+    r.add_argument("--top-k", type=whole_number(1), default=3)
     r.add_argument("--heatmaps", help="write heatmap overlays (PNG) into this folder")
-    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--batch-size", type=whole_number(1), default=32)
     r.add_argument(
         "--precision", choices=["fp32", "int8"], help="default: fp32 where the model has it"
     )
@@ -859,13 +856,15 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("serve", help="run the web application (production server)")
     w.add_argument("--model", help="model artifact folder (default: the bundled model)")
     w.add_argument("--host", default="127.0.0.1")
-    w.add_argument("--port", type=int, default=5000)
-    w.add_argument("--workers", type=int, default=2)
+    w.add_argument("--port", type=whole_number(1, 65535), default=5000)
+    w.add_argument("--workers", type=whole_number(1), default=2)
     w.add_argument("--data-dir", help="database, images (env HEMATOVISION_DATA_DIR)")
     w.add_argument("--database-url", help="any SQLAlchemy URL (env HEMATOVISION_DATABASE_URL)")
     w.add_argument("--max-upload-mb", type=float, help="env HEMATOVISION_MAX_UPLOAD_MB")
     w.add_argument("--no-store-images", action="store_true", help="keep results, not images")
-    w.add_argument("--threads", type=int, help="threads per worker (env HEMATOVISION_THREADS)")
+    w.add_argument(
+        "--threads", type=whole_number(1), help="threads per worker (env HEMATOVISION_THREADS)"
+    )
     _engine_option(w, default=None, env=" (env HEMATOVISION_ENGINE)")
     _intervals_option(w)
     w.set_defaults(func=cmd_serve)
@@ -965,6 +964,23 @@ def _ray_option(parser) -> None:
     )
 
 
+def whole_number(least: int, most: int | None = None):
+    """An argparse type: a whole number from ``least`` to ``most``; anything else is refused
+    with argparse's usage line and exit status 2."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least or (most is not None and value > most):
+            limits = f"from {least} to {most}" if most is not None else f"at least {least}"
+            raise argparse.ArgumentTypeError(f"must be {limits}, not {value}")
+        return value
+
+    return parse
+
+
 def _engine_option(parser, default: str | None = "auto", env: str = "") -> None:
     parser.add_argument(
         "--engine",
@@ -990,6 +1006,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)  # one line, never wrapped
         return exc.exit_code
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        return 1
+    except OSError as exc:  # a path the checks above did not foresee: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

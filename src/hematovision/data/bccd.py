@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import HematoVisionError
+
 # the white-cell types labels.csv names (one per field; a few fields hold two and are left out)
 WBC_TYPES = ("neutrophil", "eosinophil", "lymphocyte", "monocyte")
 
@@ -27,11 +29,23 @@ def voc_boxes(path: Path) -> dict[str, list[list[float]]]:
     return out
 
 
+def check_folder(root: Path) -> Path:
+    """``root`` if it is laid out as BCCD is, else one clear error naming what is missing."""
+    root = Path(root)
+    missing = [n for n in ("labels.csv", "JPEGImages", "Annotations") if not (root / n).exists()]
+    if missing:
+        raise HematoVisionError(f"{root} is not a BCCD folder: no {', '.join(missing)} in it")
+    return root
+
+
 def field_labels(path: Path) -> dict[str, str]:
     """Field name (``BloodImage_00001``) -> its one white-cell type, from labels.csv."""
     out = {}
     with open(path) as fh:
-        for row in csv.DictReader(fh):
+        reader = csv.DictReader(fh)
+        if not {"image", "category"} <= set(reader.fieldnames or ()):
+            raise HematoVisionError(f"{path} needs the columns 'image' and 'category'")
+        for row in reader:
             kinds = [k.strip().lower() for k in row["category"].split(",") if k.strip()]
             if len(kinds) == 1:
                 out[

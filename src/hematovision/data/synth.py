@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import HematoVisionError
+from ..files import output_folder
 from ..progress import progress_bar
 
 Color = tuple[int, int, int]
@@ -163,6 +164,7 @@ def make_synthetic(
         raise HematoVisionError("need at least one class and --per-class >= 1")
     if size < 32:
         raise HematoVisionError(f"--size {size} is too small; at least 32 px")
+    output_folder(out, make=False)  # not a file
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise HematoVisionError(f"{out} exists and is not empty; pass --overwrite to replace it")
     with progress_bar("simulating", len(classes) * per_class, enabled=show_progress) as bar:

@@ -24,7 +24,7 @@ from ..data import decode_folder, decode_labelled, scan_folder
 from ..data.fetch import CITATIONS
 from ..errors import HematoVisionError
 from ..evaluation import classification_metrics, expected_calibration_error, plot_confusion
-from ..files import sha256_file
+from ..files import output_folder, sha256_file
 from ..models import load_trained
 from ..models.ensemble import run_list
 from .calibration import calibrate, choose_confidence_threshold, fit_temperature, softmax
@@ -177,6 +177,7 @@ def _write_onnx(graph, out: Path, val_x, spec, val_logits, int8: bool, half_weig
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:
+    output_folder(out, make=False)  # not a file
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise HematoVisionError(f"{out} exists; pass --overwrite to replace it")

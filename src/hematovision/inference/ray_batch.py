@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..artifact import ModelArtifact
 from ..errors import HematoVisionError
+from ..files import output_folder
 from .classifier import DEFAULT_MODEL, Classifier, Prediction
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".txt")  # files that list images, one per row or line
@@ -195,9 +196,7 @@ class RayJob:
         import ray
         import ray.data
 
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()):
-            raise HematoVisionError(f"output folder {out} exists and is not empty")
+        out = output_folder(out_dir, empty=True, make=False)
         folder = None if isinstance(inputs, list) else str(Path(inputs).resolve().parent)
         pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         results = read_paths(inputs).map_batches(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.bccd import WBC_TYPES, annotation, field_labels, fields, match
-from ..files import FAST_PNG
+from ..data.bccd import WBC_TYPES, annotation, check_folder, field_labels, fields, match
+from ..files import FAST_PNG, output_folder
 from ..preprocess import to_rgb
 from ..progress import progress_bar
 from . import DEFAULT_PARAMS, FRAMED_CROP_FACTOR, crop_cell, locate_cells
@@ -26,7 +26,7 @@ def bccd_white_cells(
     classifier that frames cells itself (``crop_factor``: 1.8 for one that does not); full
     resolution, PNG. ``parity``: even (the fields the
     detector was tuned on; the odd ones stay held out), odd or all. Returns counts per class."""
-    bccd, out = Path(bccd), Path(out)
+    bccd, out = check_folder(bccd), output_folder(out)
     labels = field_labels(bccd / "labels.csv")
     params = replace(DEFAULT_PARAMS, crop_factor=crop_factor)
     chosen = [f for f in fields(bccd, parity) if labels.get(f.stem) in WBC_TYPES]

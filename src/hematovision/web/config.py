@@ -39,6 +39,7 @@ class WebSettings:
         # resolved once, at start-up: files are written and served from the same place
         # whatever folder a worker or a library later resolves relative paths against
         self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        _check_limits(self)
 
     @classmethod
     def from_env(cls, **overrides) -> WebSettings:
@@ -70,6 +71,25 @@ class WebSettings:
         with os.fdopen(fd, "wb") as fh:
             fh.write(secrets.token_bytes(32))
         return path.read_bytes()
+
+
+# a limit that cannot work (none, or a negative size) stops the start with one clear line
+LIMITS = (
+    (("max_upload_mb", "max_image_megapixels", "max_request_megapixels", "request_timeout"),
+     lambda v: v > 0, "more than 0"),
+    (("max_files", "threads", "model_threads"), lambda v: v >= 1, "at least 1"),
+    (("min_free_mb", "trusted_proxies"), lambda v: v >= 0, "0 or more"),
+)  # fmt: skip
+
+
+def _check_limits(settings: WebSettings) -> None:
+    for names, holds, rule in LIMITS:
+        for name in names:
+            value = getattr(settings, name)
+            if not holds(value):  # NaN holds no rule either
+                raise HematoVisionError(
+                    f"the setting {name} (HEMATOVISION_{name.upper()}) must be {rule}, not {value}"
+                )
 
 
 def _parse(name: str, text: str, default):

@@ -108,6 +108,8 @@ class _Gunicorn(BaseApplication):
 
 def check_port(host: str, port: int) -> None:
     """Fail with one clear line when the address cannot be listened on (e.g. in use)."""
+    if not 1 <= port <= 65535:
+        raise HematoVisionError(f"port {port}: must be from 1 to 65535")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
