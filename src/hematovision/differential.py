@@ -42,8 +42,9 @@ def percent_interval(count: int, total: int, level: float = 0.95) -> tuple[float
     what Rümke's tables give labs for a manual differential."""
     if total <= 0:
         return (0.0, 100.0)
-    from scipy.special import betaincinv  # here: web.config imports this module, and the
-    # CLI's account commands read web.config; scipy.special takes half a second to import
+    # imported here, not above: web.config imports this module and the CLI's account commands
+    # read web.config, which should not cost them scipy.special's half second
+    from scipy.special import betaincinv
 
     alpha = 1 - level
     # the beta distribution's quantiles (scipy.stats.beta.ppf, without its 30x overhead)
