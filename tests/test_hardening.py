@@ -6,6 +6,7 @@ workers, signals, slow sockets, a full disk, `make run`) are in test_server.py.
 
 import io
 import re
+import socket
 import subprocess
 import sys
 
@@ -292,6 +293,48 @@ def test_the_first_request_after_the_database_restarts_succeeds(tmp_path, classi
             )
         )
     assert client.get("/api/v1/predictions").status_code == 200
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening: a database server that is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_while_the_database_is_down_every_answer_is_503_and_healthz_says_why(tmp_path, classifier):
+    down = f"postgresql+psycopg://postgres:secret@127.0.0.1:{closed_port()}/lab"
+    settings = WebSettings(data_dir=str(tmp_path / "data"), database_url=down)
+    client = create_app(settings, classifier=classifier, migrate=False).test_client()
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.get_json()["database"] == "unavailable"
+    assert health.get_json()["model"]["name"] == classifier.name  # the model still answers
+    for r in (client.get("/"), client.get("/samples"), post(client, [sample("basophil")])):
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert "database did not answer" in r.get_data(as_text=True)
+        assert "secret" not in r.get_data(as_text=True)
+    assert post(client, [sample("basophil")]).get_json()["error"]["code"] == "database_unavailable"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("postgresql+psycopg://postgres:secret@127.0.0.1:{port}/lab", "cannot reach the database"),
+        ("sqlite:////{tmp}/no/such/folder/lab.db", "cannot reach the database"),
+        ("mysql://lab@127.0.0.1/lab", "no driver for the database URL"),
+        ("not a url", "the database URL cannot be used"),
+    ],
+)
+def test_a_database_url_that_cannot_work_stops_the_commands_in_one_line(url, message, tmp_path):
+    url = url.format(port=closed_port(), tmp=tmp_path)
+    for command in (["users", "list"], ["serve", "--port", str(closed_port())]):
+        r = subprocess.run(
+            [sys.executable, "-m", "hematovision", "-q", *command, "--database-url", url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "secret" not in lines[0]
 
 
 # ---------------------------------------------------------------- 18. answers

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import and_, create_engine, delete, event, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..errors import HematoVisionError
@@ -141,7 +141,7 @@ class Storage:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.connect() as connection:
+        with _connect(self.engine) as connection:
             if connection.dialect.name == "sqlite":
                 # a table rebuilt by a migration is dropped: with foreign keys on, SQLite would
                 # cascade that drop to the rows that point at it. Off only while migrating.
@@ -496,14 +496,36 @@ def _uses(record_type: str, record_id: int):
     return and_(ImageRef.record_type == record_type, ImageRef.record_id == record_id)
 
 
+def _connect(engine):
+    """A connection, or one clear line saying why the database cannot be reached (a server that
+    is down, a wrong password, a SQLite file in a folder that does not exist)."""
+    try:
+        return engine.connect()
+    except DBAPIError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise HematoVisionError(f"cannot reach the database {where}: {reason}") from None
+
+
 def _engine(url: str):
     sqlite = url.startswith("sqlite")
-    engine = create_engine(
-        url,
-        # pre-ping: the first request after a database restart reconnects instead of failing
-        pool_pre_ping=True,
-        connect_args={"timeout": 30, "check_same_thread": False} if sqlite else {},
-    )
+    try:
+        engine = create_engine(
+            url,
+            # pre-ping: the first request after a database restart reconnects instead of failing
+            pool_pre_ping=True,
+            connect_args={"timeout": 30, "check_same_thread": False} if sqlite else {},
+        )
+    except ArgumentError as exc:  # not a URL, or a database SQLAlchemy has no dialect for
+        raise HematoVisionError(
+            f"the database URL cannot be used ({exc}); PostgreSQL's looks like "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DATABASE"
+        ) from None
+    except ImportError as exc:  # a dialect whose driver is not installed (e.g. mysql://)
+        raise HematoVisionError(
+            f"no driver for the database URL ({exc.name or exc} is not installed); HematoVision "
+            "comes with PostgreSQL's (postgresql+psycopg://) and SQLite's"
+        ) from None
     if sqlite:
 
         @event.listens_for(engine, "connect")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, jsonify, render_template, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
@@ -106,7 +107,8 @@ def create_app(
     csrf.exempt(api)  # the API takes no cookies: token auth, not forms
     for blueprint in (pages, api, auth, review):
         app.register_blueprint(blueprint)
-    _register_hooks(app, settings)
+    _register_hooks(app)
+    _register_error_handlers(app, settings)
     return app
 
 
@@ -123,7 +125,7 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return response, status, headers or {}
 
 
-def _register_hooks(app: Flask, settings: WebSettings) -> None:
+def _register_hooks(app: Flask) -> None:
     @app.before_request
     def refuse_nul_bytes():
         # a NUL byte is never meaningful in a URL or a form field, and PostgreSQL cannot store it
@@ -136,8 +138,11 @@ def _register_hooks(app: Flask, settings: WebSettings) -> None:
 
     @app.context_processor
     def account():
-        on = accounts_on()
-        return {"accounts": on, "account": current_account() if on else None}
+        try:
+            on = accounts_on()
+            return {"accounts": on, "account": current_account() if on else None}
+        except OperationalError:  # rendering the page that says the database is down
+            return {"accounts": False, "account": None}
 
     @app.after_request
     def security_headers(response):
@@ -147,6 +152,10 @@ def _register_hooks(app: Flask, settings: WebSettings) -> None:
         response.headers["Referrer-Policy"] = "same-origin"
         return response
 
+
+def _register_error_handlers(app: Flask, settings: WebSettings) -> None:
+    """Every error answers in the one shape of ``error_response``; never a stack trace."""
+
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
         return error_response(400, "csrf", exc.description)
@@ -154,6 +163,12 @@ def _register_hooks(app: Flask, settings: WebSettings) -> None:
     @app.errorhandler(StorageFull)
     def storage_full(exc):
         return error_response(507, exc.code, f"{exc}; free space on the server and try again")
+
+    @app.errorhandler(OperationalError)
+    def database_unavailable(exc):  # down, restarting, or (SQLite) locked past its timeout
+        app.logger.warning("database unavailable: %s", str(exc.orig or exc).strip())
+        message = "the database did not answer; try again in a moment"
+        return error_response(503, "database_unavailable", message, {"Retry-After": "5"})
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

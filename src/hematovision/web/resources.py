@@ -8,6 +8,7 @@ import threading
 import time
 
 from flask import current_app, g
+from sqlalchemy.exc import OperationalError
 
 from ..inference import Classifier
 from ..storage import Storage
@@ -44,7 +45,11 @@ def _models() -> tuple[Classifier, Classifier]:
             with _swap:  # only when it is time to look: no lock on every request
                 if time.monotonic() - state["checked"] > ACTIVE_CHECK_SECONDS:
                     state["checked"] = time.monotonic()
-                    _follow(state, get_storage().models.active() or None)
+                    try:
+                        active = get_storage().models.active() or None
+                    except OperationalError:  # the database is down: keep the model in use
+                        active = state["slug"]
+                    _follow(state, active)
         g.models = state["current"]
     return g.models
 
