@@ -118,6 +118,8 @@ def _run(*args, cwd=None):
         (["serve", "--port", "99999"], {}, "--port: must be from 1 to 65535"),
         (["serve", "--workers", "0"], {}, "--workers: must be at least 1"),
         (["serve", "--port", "5997"], {"HEMATOVISION_MAX_UPLOAD_MB": "-1"}, "more than 0"),
+        (["serve", "--port", "5997"], {"HEMATOVISION_STORE_IMAGES": "maybe"}, "is not yes or no"),
+        (["users", "list"], {"HEMATOVISION_DATA_DIR": "{file}"}, "as the data folder: File exists"),
     ],
 )
 def test_bad_folders_numbers_and_settings_are_refused_in_one_line_before_any_work(
@@ -132,7 +134,11 @@ def test_bad_folders_numbers_and_settings_are_refused_in_one_line_before_any_wor
     }
     result = subprocess.run(
         [sys.executable, "-m", "hematovision", *(a.format(**names) for a in args)],
-        env={**os.environ, **env, "HEMATOVISION_DATA_DIR": str(tmp_path / "data")},
+        env={
+            **os.environ,
+            "HEMATOVISION_DATA_DIR": str(tmp_path / "data"),
+            **{k: v.format(**names) for k, v in env.items()},
+        },
         capture_output=True,
         text=True,
         timeout=120,

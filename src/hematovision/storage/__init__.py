@@ -120,7 +120,12 @@ class Storage:
         min_free_mb: float = 100.0,
     ):
         self.data_dir = Path(data_dir).resolve()  # never relative to a later working folder
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file of that name, no permission...
+            raise HematoVisionError(
+                f"cannot use {self.data_dir} as the data folder: {exc.strerror}"
+            ) from None
         self.store_images = store_images
         self.min_free_mb = min_free_mb
         self.url = database_url or f"sqlite:///{self.data_dir / 'hematovision.db'}"

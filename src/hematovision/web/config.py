@@ -92,17 +92,22 @@ def _check_limits(settings: WebSettings) -> None:
                 )
 
 
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
+BOOLEANS |= {"0": False, "false": False, "no": False, "off": False}
+
+
 def _parse(name: str, text: str, default):
     """An environment variable's text as the type of the setting's default."""
+    kinds = {bool: "yes or no (1/0, true/false, on/off)", int: "a whole number", float: "a number"}
     try:
         if isinstance(default, bool):
-            return text.strip().lower() not in ("0", "false", "no", "off")
+            return BOOLEANS[text.strip().lower()]
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float):
             return float(text)
-    except ValueError:
+    except (KeyError, ValueError):
         raise HematoVisionError(
-            f"HEMATOVISION_{name.upper()}={text!r} is not a {type(default).__name__}"
+            f"HEMATOVISION_{name.upper()}={text!r} is not {kinds[type(default)]}"
         ) from None
     return text
