@@ -25,7 +25,7 @@ ALLOWED = {
     "fhir": set(),
     "pdf_report": {"differential"},
     # the lab's reviewed cells (storage) into a data set, and a model refitted on them
-    "adapt": {"artifact", "data", "inference", "preprocess", "smear", "storage"},
+    "adapt": {"artifact", "data", "evaluation", "inference", "preprocess", "smear", "storage"},
     "web": {
         "artifact",
         "differential",

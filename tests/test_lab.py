@@ -607,6 +607,12 @@ def test_adapt_on_a_new_labs_cells_improves_its_held_out_score(shifted_lab, adap
     assert Classifier.load(out).tta == card["tta"]
     shown = held["accuracy_after_tta" if card["tta"] else "accuracy_after"]
     assert f"-> {shown:.1%}" in r.stdout
+    # its held-out cells, before and after, as confusion matrices and their plot
+    for when, accuracy in (("before", held["accuracy_before"]), ("after", shown)):
+        confusion = np.asarray(held[f"confusion_{when}"])
+        assert confusion.sum() == held["n"]
+        assert np.trace(confusion) / held["n"] == pytest.approx(accuracy)
+    assert (out / card["files"]["adaptation"]["path"]).read_bytes().startswith(b"\x89PNG")
     adaptation = card["metrics"]["adaptation"]
     assert len(adaptation["pull_log_loss"]) == 3  # the pull chosen on the lab's cells
     assert adaptation["pull_log_loss"][f"{adaptation['pull']:g}"] == min(
@@ -771,8 +777,14 @@ def test_admins_activate_a_model_version_and_roll_back(app, client, adapted_cli,
 
     token = {"Authorization": f"Bearer {storage_of(app).users.new_token('admin')}"}
     assert classify() == adapted.version  # every prediction records the version that made it
+    held = adapted.metrics["adaptation"]["held_out"]
+    card = client.get("/model").data.decode()  # the model card says what the lab's cells gave
+    assert "Adapted to this lab" in card and f"{100 * held['accuracy_before']:.1f}% before" in card
+    assert client.get("/model/adaptation.png").data.startswith(b"\x89PNG")
     assert client.post("/admin/models/activate", data={"slug": ""}).status_code == 303
     assert classify() == Classifier.load().version  # rolled back to the configured model
+    assert "Adapted to this lab" not in client.get("/model").data.decode()
+    assert client.get("/model/adaptation.png").status_code == 404
     history = client.get("/admin/models").data.decode()
     assert history.count(" by admin") == 2
 

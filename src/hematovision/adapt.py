@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
+from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from threadpoolctl import threadpool_limits
 
@@ -391,12 +392,15 @@ def adapted_calibration(base: Calibration, lab_distances: np.ndarray) -> Calibra
     return replace(base, ood_threshold=max(base.ood_threshold, lab))
 
 
-def accuracy(features, labels, w, b) -> float:
-    """Top-1 accuracy of the head (w, b); features (n, d), or (n, views, d): logits averaged."""
-    if not len(labels):
-        return float("nan")
+def predicted(features, w, b) -> np.ndarray:
+    """The head (w, b)'s classes; features (n, d), or (n, views, d): logits averaged."""
     logits = features @ w.T + b
-    return float(((logits.mean(1) if logits.ndim == 3 else logits).argmax(1) == labels).mean())
+    return (logits.mean(1) if logits.ndim == 3 else logits).argmax(1)
+
+
+def accuracy(features, labels, w, b) -> float:
+    """Top-1 accuracy of the head (w, b) on ``features`` as ``predicted`` reads them."""
+    return float((predicted(features, w, b) == labels).mean()) if len(labels) else float("nan")
 
 
 def adapt(
@@ -447,15 +451,22 @@ def _held_out_scores(base: ModelArtifact, views, labels, base_head, head) -> dic
     """Accuracy on the held-out cells (n, views, d) before (as the base predicts) and after,
     with one view and with the 8 averaged, and whether the adapted model is to use the 8."""
     after, after_tta = accuracy(views[:, 0], labels, *head), accuracy(views, labels, *head)
+    # a head fitted on a new lab's cells answers better on the 8 views averaged than on
+    # one (LISC, 100 crops: 96.7% against 94.2%; on every left-out lab, issue 11): worth
+    # 8x the model's time unless the held-out cells say one view does better
+    tta = bool(after_tta >= after)
+    classes = range(len(base.classes))
+    before_as_predicted = predicted(views if base.tta else views[:, 0], *base_head)
+    after_as_predicted = predicted(views if tta else views[:, 0], *head)
     return {
         "n": int(len(labels)),
         "accuracy_before": accuracy(views if base.tta else views[:, 0], labels, *base_head),
         "accuracy_after": after,
         "accuracy_after_tta": after_tta,  # predict --tta: the 8 views averaged
-        # a head fitted on a new lab's cells answers better on the 8 views averaged than on
-        # one (LISC, 100 crops: 96.7% against 94.2%; on every left-out lab, issue 11): worth
-        # 8x the model's time unless the held-out cells say one view does better
-        "tta": bool(after_tta >= after),
+        "tta": tta,
+        # rows: the true class, columns: the answer, in the base's class order; as predicted
+        "confusion_before": confusion_matrix(labels, before_as_predicted, labels=classes).tolist(),
+        "confusion_after": confusion_matrix(labels, after_as_predicted, labels=classes).tolist(),
     }
 
 
@@ -555,6 +566,23 @@ def _split(labels: np.ndarray, groups: np.ndarray, held_out: float, seed: int):
     return train_test_split(index, test_size=held_out, random_state=seed, stratify=stratify)
 
 
+def plot_adaptation(base: ModelArtifact, held: dict, out: Path) -> str:
+    """``adaptation.png``: the held-out cells' confusion matrices before and after, over the
+    classes among their truths and answers; returns the file name."""
+    from .evaluation import plot_confusions
+
+    before, after = np.asarray(held["confusion_before"]), np.asarray(held["confusion_after"])
+    seen = np.flatnonzero(before.sum(0) + before.sum(1) + after.sum(0))
+    after_accuracy = held["accuracy_after_tta" if held["tta"] else "accuracy_after"]
+    matrices = {
+        f"{base.name} as it was: {held['accuracy_before']:.1%}": before[np.ix_(seen, seen)],
+        f"adapted to the lab: {after_accuracy:.1%}": after[np.ix_(seen, seen)],
+    }
+    title = f"The lab's {held['n']} cells held out from the fit (rows: their true class)"
+    classes = [base.classes[i] for i in seen]
+    return plot_confusions(matrices, classes, out / "adaptation.png", title)
+
+
 def _write(base, model, out, cells, train, scores, calibration, seconds) -> ModelArtifact:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -569,6 +597,7 @@ def _write(base, model, out, cells, train, scores, calibration, seconds) -> Mode
     artifact.tta = scores["held_out"]["tta"]
     artifact.files = {k: v for k, v in artifact.files.items() if not v.path.endswith(".onnx")}
     artifact.add_file("onnx", "model.onnx")
+    artifact.add_file("adaptation", plot_adaptation(base, scores["held_out"], out))
     artifact.version = f"{base.version}+lab.{hashlib.sha256(data).hexdigest()[:8]}"
     artifact.name = f"{base.name}-adapted"
     artifact.checks = {}

@@ -41,11 +41,40 @@ def plot_history(history: list[dict], path: Path) -> str:
 
 
 def plot_confusion(metrics: dict, path: Path) -> str:
-    cm = np.asarray(metrics["confusion_matrix"])
     classes = metrics["classes"]
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = 2.5 + 0.6 * len(classes)
     fig, ax = plt.subplots(figsize=(size + 1, size))
+    title = "Confusion matrix (counts; colour = row %)"
+    im = _confusion_axes(ax, np.asarray(metrics["confusion_matrix"]), classes, title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_confusions(
+    matrices: dict[str, np.ndarray], classes: list[str], path: Path, title: str = ""
+) -> str:
+    """Confusion matrices of the same cells side by side (e.g. before and after adapting),
+    titled by the keys of ``matrices``; colour = row %, one scale for all."""
+    size = 2.5 + 0.6 * len(classes)
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=(size * len(matrices) + 1, size), layout="constrained"
+    )
+    axes = np.atleast_1d(axes)
+    for ax, (title, cm) in zip(axes, matrices.items()):
+        im = _confusion_axes(ax, np.asarray(cm), classes, title)
+    for ax in axes[1:]:  # the rows are the same classes: named once, on the left
+        ax.set_ylabel("")
+        ax.tick_params(labelleft=False)
+    fig.colorbar(im, ax=axes, fraction=0.046 / len(matrices))
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _confusion_axes(ax, cm: np.ndarray, classes: list[str], title: str):
+    """One confusion matrix drawn into ``ax``: counts written, colour = share of the row."""
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -60,9 +89,8 @@ def plot_confusion(metrics: dict, path: Path) -> str:
                 color="white" if norm[i, j] > 0.5 else "black",
                 fontsize=8,
             )
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (counts; colour = row %)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return im
 
 
 def plot_per_class(metrics: dict, path: Path) -> str:

@@ -265,15 +265,27 @@ def model():
         smear=smear,
         smear_metrics=smear.artifact.metrics,
         has_confusion=clf.artifact.file("confusion_matrix") is not None,
+        adaptation=clf.artifact.metrics.get("adaptation"),
+        has_adaptation_plot=clf.artifact.file("adaptation") is not None,
     )
 
 
 @pages.get("/model/confusion.png")
 def confusion_png():
     """The test confusion matrix, rendered at export time into the artifact."""
-    path = get_classifier().artifact.file("confusion_matrix")
+    return _artifact_plot("confusion_matrix", "this model has no confusion matrix")
+
+
+@pages.get("/model/adaptation.png")
+def adaptation_png():
+    """An adapted model's held-out lab cells before and after, rendered by ``adapt``."""
+    return _artifact_plot("adaptation", "this model was not adapted to a lab")
+
+
+def _artifact_plot(key: str, missing: str):
+    path = get_classifier().artifact.file(key)
     if path is None or not path.is_file():
-        abort(404, description="this model has no confusion matrix")
+        abort(404, description=missing)
     return send_file(path, mimetype="image/png")
 
 
