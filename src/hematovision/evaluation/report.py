@@ -60,8 +60,8 @@ def plot_confusions(
         1, len(matrices), figsize=(size * len(matrices) + 1, size), layout="constrained"
     )
     axes = np.atleast_1d(axes)
-    for ax, (title, cm) in zip(axes, matrices.items()):
-        im = _confusion_axes(ax, np.asarray(cm), classes, title)
+    for ax, (name, cm) in zip(axes, matrices.items()):
+        im = _confusion_axes(ax, np.asarray(cm), classes, name)
     for ax in axes[1:]:  # the rows are the same classes: named once, on the left
         ax.set_ylabel("")
         ax.tick_params(labelleft=False)
