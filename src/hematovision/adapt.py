@@ -398,9 +398,9 @@ def predicted(features, w, b) -> np.ndarray:
     return (logits.mean(1) if logits.ndim == 3 else logits).argmax(1)
 
 
-def accuracy(features, labels, w, b) -> float:
-    """Top-1 accuracy of the head (w, b) on ``features`` as ``predicted`` reads them."""
-    return float((predicted(features, w, b) == labels).mean()) if len(labels) else float("nan")
+def accuracy(answers: np.ndarray, labels: np.ndarray) -> float:
+    """The share of ``answers`` (``predicted``'s classes) that are ``labels``; NaN for none."""
+    return float((answers == labels).mean()) if len(labels) else float("nan")
 
 
 def adapt(
@@ -450,23 +450,25 @@ def adapt(
 def _held_out_scores(base: ModelArtifact, views, labels, base_head, head) -> dict:
     """Accuracy on the held-out cells (n, views, d) before (as the base predicts) and after,
     with one view and with the 8 averaged, and whether the adapted model is to use the 8."""
-    after, after_tta = accuracy(views[:, 0], labels, *head), accuracy(views, labels, *head)
+    before = predicted(views if base.tta else views[:, 0], *base_head)  # as the base predicts
+    one_view, eight_views = predicted(views[:, 0], *head), predicted(views, *head)
+    after, after_tta = accuracy(one_view, labels), accuracy(eight_views, labels)
     # a head fitted on a new lab's cells answers better on the 8 views averaged than on
     # one (LISC, 100 crops: 96.7% against 94.2%; on every left-out lab, issue 11): worth
     # 8x the model's time unless the held-out cells say one view does better
     tta = bool(after_tta >= after)
     classes = range(len(base.classes))
-    before_as_predicted = predicted(views if base.tta else views[:, 0], *base_head)
-    after_as_predicted = predicted(views if tta else views[:, 0], *head)
     return {
         "n": int(len(labels)),
-        "accuracy_before": accuracy(views if base.tta else views[:, 0], labels, *base_head),
+        "accuracy_before": accuracy(before, labels),
         "accuracy_after": after,
         "accuracy_after_tta": after_tta,  # predict --tta: the 8 views averaged
         "tta": tta,
         # rows: the true class, columns: the answer, in the base's class order; as predicted
-        "confusion_before": confusion_matrix(labels, before_as_predicted, labels=classes).tolist(),
-        "confusion_after": confusion_matrix(labels, after_as_predicted, labels=classes).tolist(),
+        "confusion_before": confusion_matrix(labels, before, labels=classes).tolist(),
+        "confusion_after": confusion_matrix(
+            labels, eight_views if tta else one_view, labels=classes
+        ).tolist(),
     }
 
 

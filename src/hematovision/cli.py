@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ._version import __version__
 from .errors import HematoVisionError
-from .files import output_folder
+from .files import FAST_PNG, IMAGE_SUFFIXES, output_folder  # a leaf: data.folders imports sklearn
 
 out = Console(highlight=False)  # results: stdout
 err = Console(stderr=True, highlight=False)  # messages: stderr
@@ -215,8 +215,6 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     """Files as given, folders searched recursively for images, globs expanded; in order."""
     import glob
 
-    from .files import IMAGE_SUFFIXES  # not data.folders: the data package imports sklearn
-
     found: list[str] = []
     for pattern in patterns:
         path = Path(pattern)
@@ -301,7 +299,6 @@ def _on_ray(args, patterns: list[str], job, done: str) -> int:
 
 def _classify_paths(classifier, paths: list[str], heat_dir: Path | None, args):
     """[(absolute path, Prediction)] and the error of each file that could not be read."""
-    from .files import FAST_PNG
     from .inference import heatmap_overlay
     from .progress import progress_bar
 
@@ -417,7 +414,6 @@ def cmd_smear(args) -> int:
 
 def _analyse_paths(classifier, paths, params, out_dir: Path | None, args):
     """Each readable field as a dict (``SmearField.to_dict``), and the error of each other."""
-    from .files import FAST_PNG
     from .progress import progress_bar
     from .smear import annotate
     from .smear.slide import analyze_any, overview

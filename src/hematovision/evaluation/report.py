@@ -41,13 +41,8 @@ def plot_history(history: list[dict], path: Path) -> str:
 
 
 def plot_confusion(metrics: dict, path: Path) -> str:
-    classes = metrics["classes"]
-    size = 2.5 + 0.6 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
     title = "Confusion matrix (counts; colour = row %)"
-    im = _confusion_axes(ax, np.asarray(metrics["confusion_matrix"]), classes, title)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return plot_confusions({title: metrics["confusion_matrix"]}, metrics["classes"], path)
 
 
 def plot_confusions(
@@ -66,7 +61,8 @@ def plot_confusions(
         ax.set_ylabel("")
         ax.tick_params(labelleft=False)
     fig.colorbar(im, ax=axes, fraction=0.046 / len(matrices))
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
